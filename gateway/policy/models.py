@@ -1,0 +1,84 @@
+"""What every policy holds, whatever its kind.
+
+Each kind subclasses ``PolicyBase`` with ``kind: Literal["name"]`` and its
+detector parameters; the loader validates a discriminated union of all
+registered kinds, so an unknown field or kind is an error that points into
+the YAML.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Action(str, Enum):
+    ALLOW = "allow"
+    ANNOTATE = "annotate"
+    REDACT = "redact"
+    FALLBACK = "fallback"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def rank(self) -> int:
+        return _ACTION_RANK[self]
+
+
+# Strictest wins. Redacting keeps the answer; a fallback replaces it with
+# another upstream's (which is scanned again); review withholds it pending a
+# human; block withholds it for good.
+_ACTION_RANK = {a: i for i, a in enumerate(Action)}
+
+
+class Severity(str, Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+class Status(str, Enum):
+    PASS = "pass"
+    BREACH = "breach"
+    ERROR = "error"
+    SKIPPED = "skipped"
+    NOT_SCANNED = "not_scanned"
+
+
+PolicyId = str
+
+
+class PolicyBase(Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=100)
+    kind: str
+    description: str = ""
+    mode: Literal["enforce", "monitor", "off"] = "enforce"
+    # route names this policy applies to; "*" is every route
+    routes: list[str] = Field(default_factory=lambda: ["*"])
+    action: Action = Action.BLOCK
+    severity: Severity = Severity.MEDIUM
+    on_error: Literal["allow", "block"] = "block"
+    # what the client sees when this policy blocks or holds a response
+    message: str = "The response was withheld by a governance policy."
+    # answer a block with an OpenAI-shaped HTTP error instead of a
+    # well-formed ``content_filter`` completion
+    error_response: bool = False
+    redact_with: str = "[REDACTED]"
+    # budget for one scan; past it the status is ``error``
+    timeout_ms: int = Field(default=2000, gt=0, le=60000)
+
+    def applies_to(self, route: str) -> bool:
+        return "*" in self.routes or route in self.routes
