@@ -164,7 +164,9 @@ def validation_messages(
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         kind = err["type"]
-        code = _CODES.get(kind, "invalid-type" if kind.endswith(("_type", "_parsing")) else kind)
+        code = _CODES.get(
+            kind, "invalid-type" if kind.endswith(("_type", "_parsing")) else "invalid-value"
+        )
         shown_loc = [str(p) for p in loc if not _is_tag(p, loc)]
         dotted = ".".join(([label] if label else []) + shown_loc) or label or "<root>"
         if kind == "extra_forbidden":

@@ -78,8 +78,8 @@ class PhrasesDetector:
         flags = re.IGNORECASE if self._case else 0
         self._literal = re.compile("|".join(alternatives), flags) if alternatives else None
         self._patterns = [re.compile(p, flags) for p in config.patterns]
-        if self._patterns:
-            longest = max(longest, config.max_match_chars)
+        for pattern in config.patterns:
+            longest = max(longest, _match_width(pattern, config.max_match_chars))
         self.hold_back = longest
 
     def _fold(self, text: str) -> tuple[str, list[int] | None]:
@@ -118,6 +118,18 @@ class PhrasesDetector:
             yield self._literal, "phrase"
         for regex in self._patterns:
             yield regex, f"pattern {regex.pattern}"
+
+
+def _match_width(pattern: str, cap: int) -> int:
+    """Longest text ``pattern`` can match, or ``cap`` when it is unbounded."""
+    try:
+        from re import _parser  # type: ignore[attr-defined]
+
+        widest = _parser.parse(pattern).getwidth()[1]
+    except Exception:  # the private parser moved: fall back to the declared cap
+        return cap
+    # folding may add invisible characters back in the source text
+    return min(cap, 2 * widest + 16)
 
 
 def build(config: PhrasesPolicy, ctx: BuildContext) -> PhrasesDetector:

@@ -39,6 +39,10 @@ class Action(str, Enum):
 _ACTION_RANK = {a: i for i, a in enumerate(Action)}
 
 
+# actions after which nothing of the response is served
+STOPPING_ACTIONS = frozenset({Action.BLOCK, Action.REVIEW, Action.FALLBACK})
+
+
 class Severity(str, Enum):
     LOW = "low"
     MEDIUM = "medium"

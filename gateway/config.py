@@ -1,0 +1,221 @@
+"""``gateway.yaml``: listeners, routes, policies, store, indexes and auth.
+
+Validated by pydantic with ``extra="forbid"``; errors point into the file as
+``file:line:col``. Secrets never live in the file: upstream keys, admin
+tokens and the store URL can all come from environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+from gateway.policy.models import Strict
+from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
+
+Protocol = Literal["auto", "openai", "anthropic", "rag-json"]
+Role = Literal["reviewer", "lead", "admin"]
+
+
+class Listener(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class Listeners(Strict):
+    proxy: Listener = Listener(port=8080)
+    admin: Listener = Listener(port=8081)
+
+
+class Timeouts(Strict):
+    """Seconds. Every wait on the upstream has one."""
+
+    connect: float = Field(default=5.0, gt=0)
+    # until the upstream's response headers arrive
+    first_byte: float = Field(default=60.0, gt=0)
+    # between two reads of the body (a stalled stream)
+    idle: float = Field(default=60.0, gt=0)
+    # the whole exchange, streams included
+    total: float = Field(default=600.0, gt=0)
+
+
+class ApiKey(Strict):
+    """How the upstream credential is set: the client's own, or one from the environment."""
+
+    mode: Literal["passthrough", "inject"] = "passthrough"
+    env: str | None = None
+    # header to set when injecting; ``auto`` picks by protocol
+    header: Literal["auto", "authorization", "x-api-key"] = "auto"
+
+    @model_validator(mode="after")
+    def _env_for_inject(self) -> ApiKey:
+        if self.mode == "inject" and not self.env:
+            raise ValueError("api_key.mode inject needs api_key.env, the variable holding the key")
+        return self
+
+
+class RagJson(Strict):
+    text_path: str = "answer"
+    sources_path: str = "sources"
+    query_path: str = "query"
+    stream_text_path: str = "delta"
+    # request field that asks the upstream for a stream
+    stream_field: str = "stream"
+
+
+class Route(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    path_prefix: str = "/"
+    # model names (shell globs) this route serves; empty means any
+    models: list[str] = Field(default_factory=list)
+    upstream: str
+    protocol: Protocol = "auto"
+    timeouts: Timeouts = Timeouts()
+    fallback: str | None = None
+    api_key: ApiKey = ApiKey()
+    rag: RagJson = RagJson()
+    # dropped from the request path before it is appended to ``upstream``
+    strip_prefix: str = ""
+
+    @field_validator("upstream")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"upstream must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("path_prefix must start with '/'")
+        return value
+
+
+class Store(Strict):
+    # sqlite:///relative/path.db, sqlite:////abs/path.db or postgresql://…
+    url: str = "sqlite:///.gateway/gateway.db"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("store.url must start with sqlite:// or postgresql://")
+        return value
+
+
+class Token(Strict):
+    name: str
+    token: str | None = None
+    token_env: str | None = None
+    roles: list[Role] = Field(default_factory=lambda: ["reviewer"])
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Token:
+        if bool(self.token) == bool(self.token_env):
+            raise ValueError("give exactly one of token or token_env")
+        return self
+
+    def secret(self) -> str | None:
+        return self.token or os.environ.get(self.token_env or "")
+
+
+class Auth(Strict):
+    tokens: list[Token] = Field(default_factory=list)
+
+
+class Limits(Strict):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_upstream_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+
+
+class Settings(Strict):
+    listeners: Listeners = Listeners()
+    routes: list[Route] = Field(min_length=1)
+    policies: list[str] = Field(default_factory=lambda: ["policies"])
+    store: Store = Store()
+    # index name -> directory of a built index
+    indexes: dict[str, str] = Field(default_factory=dict)
+    auth: Auth = Auth()
+    limits: Limits = Limits()
+    # seconds between checks of policy files for changes
+    reload_interval: float = Field(default=0.5, gt=0, le=60)
+    data_dir: str = ".gateway"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> Settings:
+        names = [r.name for r in self.routes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"route names must be unique: {', '.join(dupes)}")
+        for route in self.routes:
+            if route.fallback is not None:
+                if route.fallback == route.name:
+                    raise ValueError(f"route {route.name}: fallback cannot be the route itself")
+                if route.fallback not in names:
+                    raise ValueError(f"route {route.name}: fallback {route.fallback!r} is no route")
+        return self
+
+    def route(self, name: str) -> Route:
+        return next(r for r in self.routes if r.name == name)
+
+    def store_url(self) -> str:
+        return os.environ.get("GATEWAY_STORE_URL") or self.store.url
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read ``gateway.yaml``; relative paths in it resolve against its directory."""
+    try:
+        source = load_source(path)
+    except YamlSyntaxError as exc:
+        raise ConfigError(f"invalid config {path}", exc.errors) from None
+    try:
+        settings = Settings.model_validate(source.data or {})
+    except ValidationError as exc:
+        errors = validation_messages(source, exc, model=Settings, data=source.data)
+        raise ConfigError(f"invalid config {path}", errors) from None
+    base = Path(path).resolve().parent
+    return _resolve_paths(settings, base)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def absolute(p: str) -> str:
+        return p if Path(p).is_absolute() else str(base / p)
+
+    store = settings.store
+    if store.url.startswith("sqlite:///") and not store.url.startswith("sqlite:////"):
+        store = Store(url="sqlite:///" + absolute(store.url[len("sqlite:///") :]))
+    return settings.model_copy(
+        update={
+            "policies": [absolute(p) for p in settings.policies],
+            "indexes": {k: absolute(v) for k, v in settings.indexes.items()},
+            "data_dir": absolute(settings.data_dir),
+            "store": store,
+        }
+    )
+
+
+def quickstart(
+    upstream: str,
+    policies: list[str] | None = None,
+    port: int = 8080,
+    admin_port: int = 8081,
+    host: str = "127.0.0.1",
+) -> Settings:
+    """Settings for ``gateway serve --upstream URL``: one route for OpenAI and Anthropic paths."""
+    base = upstream.rstrip("/")
+    # clients already send /v1/...; an upstream given as https://host/v1 would double it
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return Settings(
+        listeners=Listeners(proxy=Listener(host=host, port=port), admin=Listener(host=host, port=admin_port)),
+        routes=[Route(name="default", upstream=base, protocol="auto")],
+        policies=policies or ["policies"],
+    )

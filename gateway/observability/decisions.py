@@ -1,0 +1,80 @@
+"""Decision records leave the hot path through a bounded queue.
+
+The request handler only appends a dict; a background task writes batches
+to the store. A store outage is retried, never blocks requests, and a full
+queue drops the oldest-waiting records with a metric rather than growing
+without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from gateway.observability.metrics import Metrics
+from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class DecisionLog:
+    def __init__(
+        self, store: Store, metrics: Metrics, *, max_queue: int = 50_000, batch: int = 500,
+        interval: float = 0.05,
+    ):
+        self.store = store
+        self.metrics = metrics
+        self._queue: deque[dict[str, Any]] = deque()
+        self._max = max_queue
+        self._batch = batch
+        self._interval = interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def add(self, record: dict[str, Any]) -> None:
+        if len(self._queue) >= self._max:
+            self._queue.popleft()
+            self.metrics.decisions_dropped.inc()
+        self._queue.append(record)
+        if len(self._queue) >= self._batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="decision-log")
+
+    async def _run(self) -> None:
+        backoff = self._interval
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+                backoff = self._interval
+            except Exception as exc:  # the store is down: keep the records, retry later
+                log.warning("decision log write failed, will retry: %s", exc)
+                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff)
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch = [self._queue[i] for i in range(min(self._batch, len(self._queue)))]
+            await self.store.insert_decisions(batch)
+            for _ in batch:
+                self._queue.popleft()
+            self.metrics.decision_queue.set(len(self._queue))
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.error("could not write %d decision records at shutdown: %s", len(self._queue), exc)

@@ -1,0 +1,51 @@
+"""JSON logs; every line carries the decision id of the request in flight."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+
+decision_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "decision_id", default=None
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        decision_id = decision_id_var.get()
+        if decision_id:
+            out["decision_id"] = decision_id
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log duplicates our decision records
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_fields(**fields) -> dict:
+    """``extra=`` for a log call whose fields go into the JSON line."""
+    return {"fields": fields}
+
+
+def now() -> float:
+    return time.time()

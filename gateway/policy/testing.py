@@ -1,0 +1,133 @@
+"""``gateway policy test``: YAML cases beside the policies they test.
+
+``x_test.yaml`` tests the policies of ``x.yaml`` (or the files its
+``policies:`` key lists). Each case gives a text (and optionally sources, a
+query, a route) and the expected action and breached policy ids. A case
+PASSes, FAILs (the decision differs) or ERRORs (a policy crashed, or the case
+itself is malformed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from gateway.errors import ConfigError
+from gateway.policy.check import context_for, evaluate
+from gateway.policy.loader import TEST_SUFFIX, load_policies
+from gateway.policy.models import Action, Status, Strict
+from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
+
+
+class Expect(Strict):
+    action: Action
+    breached: list[str] = Field(default_factory=list)
+    # the text the client would get (after redaction), when it matters
+    text: str | None = None
+
+
+class Case(Strict):
+    name: str
+    text: str
+    sources: list[Any] | None = None
+    query: str | None = None
+    route: str = "default"
+    # also feed the text in pieces of this many characters, as a stream would
+    stream_chunk: int | None = Field(default=None, ge=1)
+    expect: Expect
+
+
+class CaseFile(Strict):
+    policies: list[str] | None = None
+    cases: list[Case] = Field(min_length=1)
+
+
+@dataclass
+class CaseResult:
+    file: str
+    name: str
+    outcome: Literal["PASS", "FAIL", "ERROR"]
+    detail: str = ""
+
+
+def test_files(paths: list[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir()
+                              if p.suffix in (".yaml", ".yml") and p.stem.endswith(TEST_SUFFIX)))
+        elif path.stem.endswith(TEST_SUFFIX):
+            out.append(path)
+        else:
+            sibling = path.with_name(path.stem + TEST_SUFFIX + path.suffix)
+            if sibling.exists():
+                out.append(sibling)
+    return out
+
+
+def run_tests(paths: list[str | Path], resources: dict | None = None) -> list[CaseResult]:
+    return asyncio.run(_run(paths, resources or {}))
+
+
+async def _run(paths: list[str | Path], resources: dict) -> list[CaseResult]:
+    results: list[CaseResult] = []
+    for test_path in test_files(paths):
+        results.extend(await _run_file(test_path, resources))
+    return results
+
+
+async def _run_file(test_path: Path, resources: dict) -> list[CaseResult]:
+    shown = str(test_path)
+    try:
+        source = load_source(test_path)
+        spec = CaseFile.model_validate(source.data or {})
+    except YamlSyntaxError as exc:
+        return [CaseResult(shown, "<file>", "ERROR", "\n".join(exc.errors))]
+    except ValidationError as exc:
+        lines = validation_messages(source, exc, model=CaseFile, data=source.data)
+        return [CaseResult(shown, "<file>", "ERROR", "\n".join(lines))]
+    if spec.policies:
+        policy_paths = [test_path.parent / p for p in spec.policies]
+    else:
+        stem = test_path.stem[: -len(TEST_SUFFIX)]
+        policy_paths = [test_path.with_name(stem + test_path.suffix)]
+    try:
+        policy_set = load_policies(policy_paths, resources=resources)
+    except ConfigError as exc:
+        return [CaseResult(shown, "<policies>", "ERROR", "\n".join(exc.errors))]
+    out = []
+    for case in spec.cases:
+        out.append(await _run_case(shown, case, policy_set))
+    return out
+
+
+async def _run_case(shown: str, case: Case, policy_set) -> CaseResult:
+    policies = policy_set.for_route(case.route)
+    chunks = [None] + ([case.stream_chunk] if case.stream_chunk else [])
+    for chunk in chunks:
+        ctx = context_for(case.route, query=case.query, sources=case.sources)
+        guard = await evaluate(policies, [("0", case.text)], ctx, chunk=chunk)
+        errors = [r for r in guard.results if r.status is Status.ERROR]
+        mode = "streamed" if chunk else "whole"
+        if errors:
+            detail = "; ".join(f"{r.config.id}: {r.error}" for r in errors)
+            return CaseResult(shown, case.name, "ERROR", f"({mode}) {detail}")
+        problems = []
+        action = guard.action()
+        if action is not case.expect.action:
+            problems.append(f"action {action.value}, expected {case.expect.action.value}")
+        breached = sorted(guard.breached())
+        if breached != sorted(case.expect.breached):
+            problems.append(f"breached {breached}, expected {sorted(case.expect.breached)}")
+        if case.expect.text is not None:
+            got = guard.segments["0"].released_text if "0" in guard.segments else ""
+            if got != case.expect.text:
+                problems.append(f"text {got!r}, expected {case.expect.text!r}")
+        if problems:
+            return CaseResult(shown, case.name, "FAIL", f"({mode}) " + "; ".join(problems))
+    return CaseResult(shown, case.name, "PASS")

@@ -1,0 +1,94 @@
+"""The gateway's shared state, built once per process and kept under an ``AppKey``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.observability.decisions import DecisionLog
+from gateway.observability.metrics import Metrics
+from gateway.policy.reload import PolicyHolder
+from gateway.proxy.adapters import RagJsonAdapter
+from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    policies: PolicyHolder
+    metrics: Metrics
+    store: Store
+    decisions: DecisionLog
+    rag_adapters: dict[str, RagJsonAdapter]
+    resources: dict[str, Any]
+    session: aiohttp.ClientSession | None = None
+    # CPU-heavy detector scans run here, off the event loop
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="detect")
+    )
+    decision_listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    background: list[asyncio.Task] = field(default_factory=list)
+    # hooks subsystems add: coroutines run at start and at stop
+    on_start: list[Callable[[Gateway], Any]] = field(default_factory=list)
+    on_stop: list[Callable[[Gateway], Any]] = field(default_factory=list)
+    _users: int = 0
+
+    def run_blocking(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def on_decision(self, record: dict[str, Any]) -> None:
+        for listener in self.decision_listeners:
+            try:
+                listener(record)
+            except Exception:  # a listener must never fail a request
+                log.exception("decision listener failed")
+
+    async def acquire(self) -> None:
+        """Start shared resources on first use (the proxy and admin apps share them)."""
+        self._users += 1
+        if self._users > 1:
+            return
+        await self.store.open()
+        self.decisions.start()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            auto_decompress=True,
+        )
+        self.background.append(
+            asyncio.create_task(self.policies.watch(self.settings.reload_interval),
+                                name="policy-watch")
+        )
+        for hook in self.on_start:
+            await hook(self)
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        for hook in reversed(self.on_stop):
+            try:
+                await hook(self)
+            except Exception:
+                log.exception("shutdown hook failed")
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
+        if self.session is not None:
+            await self.session.close()
+        await self.decisions.close()
+        await self.store.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,96 @@
+"""The store interface: SQLite by default, PostgreSQL through a DSN.
+
+Callers write portable SQL with ``?`` placeholders; each backend translates.
+Every method is a coroutine and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from typing import Any
+
+Row = dict[str, Any]
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class Store(ABC):
+    dialect = "base"
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and run pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; return the number of rows it changed."""
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+    @abstractmethod
+    async def fetchall(self, sql: str, *params: Any) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, *params: Any) -> Row | None:
+        rows = await self.fetchall(sql, *params)
+        return rows[0] if rows else None
+
+    @abstractmethod
+    async def transaction(self, statements: list[Statement]) -> list[int]:
+        """Run statements atomically; return each one's changed-row count."""
+
+    # -- decision records ---------------------------------------------------
+    async def insert_decisions(self, records: list[dict[str, Any]]) -> None:
+        rows = [
+            (
+                r["decision_id"],
+                r["ts"],
+                r.get("route") or "",
+                r.get("model"),
+                r.get("action") or "",
+                r.get("revision"),
+                json.dumps(r, default=str),
+            )
+            for r in records
+        ]
+        await self.executemany(
+            "INSERT INTO decisions (id, ts, route, model, action, revision, record) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            rows,
+        )
+
+    async def get_decision(self, decision_id: str) -> dict[str, Any] | None:
+        row = await self.fetchone("SELECT record FROM decisions WHERE id = ?", decision_id)
+        return json.loads(row["record"]) if row else None
+
+    async def list_decisions(
+        self, *, route: str | None = None, action: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        clauses, params = [], []
+        if route:
+            clauses.append("route = ?")
+            params.append(route)
+        if action:
+            clauses.append("action = ?")
+            params.append(action)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.fetchall(
+            f"SELECT record FROM decisions {where} ORDER BY ts DESC LIMIT ?", *params, limit
+        )
+        return [json.loads(r["record"]) for r in rows]
+
+
+def open_store(url: str) -> Store:
+    """A store for ``url`` (not yet opened)."""
+    if url.startswith("sqlite://"):
+        from gateway.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from gateway.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported store URL {url!r}")

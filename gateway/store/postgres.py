@@ -1,0 +1,83 @@
+"""PostgreSQL backend on asyncpg, behind the same interface as SQLite."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import asyncpg
+
+from gateway.store.base import Row, Statement, Store
+from gateway.store.migrations import MIGRATIONS
+
+_PLACEHOLDER = re.compile(r"\?")
+# one advisory lock id, so two gateways starting together migrate one at a time
+_MIGRATION_LOCK = 7_341_001
+
+
+def to_dollar(sql: str) -> str:
+    """``?`` placeholders to ``$1, $2…`` (our SQL never holds a literal ``?``)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+
+
+def _count(status: str) -> int:
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10):
+        self.dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._sizes = (min_size, max_size)
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self._sizes[0], max_size=self._sizes[1], command_timeout=30
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT, applied_at DOUBLE PRECISION)"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for sql in statements:
+                    await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time()
+                )
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        async with self.pool.acquire() as conn:
+            return _count(await conn.execute(to_dollar(sql), *params))
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.executemany(to_dollar(sql), rows)
+
+    async def fetchall(self, sql: str, *params: Any) -> list[Row]:
+        async with self.pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch(to_dollar(sql), *params)]
+
+    async def transaction(self, statements: list[Statement]) -> list[int]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return [_count(await conn.execute(to_dollar(sql), *params)) for sql, params in statements]

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.admin import create_admin_app
+from gateway.app import GATEWAY, create_app
+from gateway.config import Route, Settings, Store
+from tests.fakes import FakeUpstream
+
+POLICIES = """\
+policies:
+  - id: no-forbidden
+    kind: phrases
+    phrases: ["forbidden phrase", "launch codes"]
+    action: block
+    severity: high
+    message: "Blocked by policy."
+  - id: mask-ids
+    kind: phrases
+    patterns: ['ACCT-[0-9]{6}']
+    action: redact
+    redact_with: "[ACCOUNT]"
+  - id: watch-competitor
+    kind: phrases
+    phrases: ["competitor"]
+    mode: monitor
+    action: block
+"""
+
+ADMIN_TOKEN = "test-admin-token"
+REVIEWER_TOKEN = "test-reviewer-token"
+
+
+def write_policies(directory: Path, text: str = POLICIES, name: str = "main.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+async def fake(aiohttp_server):
+    upstream = FakeUpstream()
+    server = await aiohttp_server(upstream.app)
+    upstream.url = str(server.make_url("")).rstrip("/")
+    return upstream
+
+
+@pytest.fixture
+async def fallback_fake(aiohttp_server):
+    upstream = FakeUpstream()
+    upstream.name = "fallback"
+    upstream.script.text = "A safe answer from the fallback model."
+    server = await aiohttp_server(upstream.app)
+    upstream.url = str(server.make_url("")).rstrip("/")
+    return upstream
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies"
+    write_policies(directory)
+    return directory
+
+
+def settings_for(tmp_path: Path, routes: list[Route], policies: list[str], **extra) -> Settings:
+    return Settings(
+        routes=routes,
+        policies=policies,
+        store=Store(url=f"sqlite:///{tmp_path / 'gateway.db'}"),
+        data_dir=str(tmp_path / "data"),
+        reload_interval=0.1,
+        auth={"tokens": [
+            {"name": "root", "token": ADMIN_TOKEN, "roles": ["admin"]},
+            {"name": "rita", "token": REVIEWER_TOKEN, "roles": ["reviewer"]},
+        ]},
+        **extra,
+    )
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client, tmp_path, policy_dir):
+    """Start the real gateway (proxy + admin) in front of the given upstreams."""
+
+    async def start(routes: list[Route] | None = None, *, upstream=None, **extra):
+        if routes is None:
+            routes = [Route(name="default", upstream=upstream.url)]
+        settings = settings_for(tmp_path, routes, [str(policy_dir)], **extra)
+        app = create_app(settings)
+        proxy = await aiohttp_client(app)
+        admin = await aiohttp_client(create_admin_app(app[GATEWAY]))
+        return proxy, admin, app[GATEWAY]
+
+    return start
