@@ -6,6 +6,7 @@ are open, as scrapers and orchestrators expect.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import orjson
@@ -152,6 +153,10 @@ def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Applic
     app[GATEWAY] = gw
     app[TOKENS] = tokens or TokenBook(gw.settings)
     app.add_routes(routes)
+    from gateway.app import SUBSYSTEMS
+
+    for name in SUBSYSTEMS:
+        importlib.import_module(name).admin_routes(app)
 
     async def lifecycle(app: web.Application):
         await gw.acquire()

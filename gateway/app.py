@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 
 from aiohttp import web
@@ -18,6 +19,12 @@ from gateway.proxy.state import GATEWAY, Gateway
 from gateway.store.base import open_store
 
 log = logging.getLogger(__name__)
+
+# Subsystems that plug into the gateway. Each module exposes
+# ``install(gw: Gateway) -> None`` (register services, decision listeners and
+# start/stop hooks on ``gw``) and ``admin_routes(app: web.Application) -> None``
+# (add its API and pages to the admin app).
+SUBSYSTEMS: tuple[str, ...] = ()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -49,6 +56,8 @@ def build_gateway(settings: Settings) -> Gateway:
         },
         resources=resources,
     )
+    for name in SUBSYSTEMS:
+        importlib.import_module(name).install(gw)
     holder.load_now()
     # what we just built lives for the process: keep it out of every collection
     gc.collect()

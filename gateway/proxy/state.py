@@ -37,6 +37,8 @@ class Gateway:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="detect")
     )
     decision_listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    # subsystems by name (``review``, ``incidents``…), installed by ``create_app``
+    services: dict[str, Any] = field(default_factory=dict)
     background: list[asyncio.Task] = field(default_factory=list)
     # hooks subsystems add: coroutines run at start and at stop
     on_start: list[Callable[[Gateway], Any]] = field(default_factory=list)
