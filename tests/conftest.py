@@ -95,3 +95,35 @@ def make_gateway(aiohttp_client, tmp_path, policy_dir):
         return proxy, admin, app[GATEWAY]
 
     return start
+
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request, tmp_path):
+    """A fresh, empty store of each backend; PostgreSQL gets its own schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    import uuid
+
+    import asyncpg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_DSN}?schema={schema}"
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def store(store_url):
+    from gateway.store.base import open_store
+
+    s = open_store(store_url)
+    await s.open()
+    yield s
+    await s.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -31,13 +32,28 @@ class PostgresStore(Store):
     dialect = "postgresql"
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10):
-        self.dsn = dsn
+        # ``?schema=name`` keeps the gateway's tables in their own schema
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        self.schema = (query.pop("schema", [None]) or [None])[0]
+        self.dsn = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
 
     async def open(self) -> None:
+        settings = {}
+        if self.schema:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.schema):
+                raise ValueError(f"invalid schema name {self.schema!r}")
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            finally:
+                await conn.close()
+            settings["search_path"] = self.schema
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self._sizes[0], max_size=self._sizes[1], command_timeout=30
+            self.dsn, min_size=self._sizes[0], max_size=self._sizes[1], command_timeout=30,
+            server_settings=settings,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import time
+
+from gateway.store.base import open_store
+
+
+def record(i: int, route: str = "default", action: str = "allow") -> dict:
+    return {"decision_id": f"d{i:04d}", "ts": time.time() + i, "route": route,
+            "model": "m", "action": action, "revision": "rev", "policies": []}
+
+
+async def test_decisions_roundtrip(store):
+    await store.insert_decisions([record(i) for i in range(5)] + [record(9, action="block")])
+    got = await store.get_decision("d0003")
+    assert got["decision_id"] == "d0003" and got["model"] == "m"
+    assert await store.get_decision("nope") is None
+    blocked = await store.list_decisions(action="block")
+    assert [r["decision_id"] for r in blocked] == ["d0009"]
+    latest = await store.list_decisions(limit=2)
+    assert [r["decision_id"] for r in latest] == ["d0009", "d0004"]
+
+
+async def test_duplicate_decision_ids_are_ignored(store):
+    await store.insert_decisions([record(1)])
+    await store.insert_decisions([record(1, action="block")])
+    assert (await store.get_decision("d0001"))["action"] == "allow"
+
+
+async def test_transaction_is_atomic(store):
+    await store.insert_decisions([record(1)])
+    try:
+        await store.transaction([
+            ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "d0001")),
+            ("INSERT INTO no_such_table VALUES (?)", (1,)),
+        ])
+    except Exception:
+        pass
+    else:
+        raise AssertionError("the bad statement should have failed the transaction")
+    row = await store.fetchone("SELECT action FROM decisions WHERE id = ?", "d0001")
+    assert row["action"] == "allow"
+    counts = await store.transaction([
+        ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "d0001")),
+        ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "missing")),
+    ])
+    assert counts == [1, 0]
+
+
+async def test_migrations_run_once(store_url):
+    for _ in range(2):
+        s = open_store(store_url)
+        await s.open()
+        rows = await s.fetchall("SELECT version FROM schema_migrations")
+        await s.close()
+    assert [r["version"] for r in rows] == sorted({r["version"] for r in rows})
