@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=8081)
     demo.add_argument("--upstream-port", type=int, default=9000)
     demo.add_argument("--pace-ms", type=float, default=15.0, help="delay between streamed tokens")
+    demo.add_argument("--policies", action="append", help="policy files (default: policies/)")
     demo.set_defaults(func=cmd_demo)
 
     for module in ("gateway.index.cli",):

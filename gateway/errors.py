@@ -63,6 +63,13 @@ class UpstreamUnavailable(UpstreamError, ConnectionError):
     status = 502
 
 
+class UpstreamDisconnected(UpstreamError, ConnectionError):
+    """The upstream hung up in the middle of its response."""
+
+    code = "upstream-disconnected"
+    status = 502
+
+
 class UpstreamTimeout(UpstreamError, TimeoutError):
     code = "upstream-timeout"
     status = 504

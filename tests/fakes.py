@@ -57,7 +57,7 @@ class FakeUpstream:
     async def _record(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()
         self.requests.append({"path": request.path, "body": body,
-                              "headers": dict(request.headers)})
+                              "headers": request.headers.copy()})
         if self.script.delay:
             await asyncio.sleep(self.script.delay)
         return body
@@ -277,7 +277,7 @@ class FakeUpstream:
 
     # -- passthrough ------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
-        self.requests.append({"path": request.path, "headers": dict(request.headers)})
+        self.requests.append({"path": request.path, "headers": request.headers.copy()})
         return web.json_response({"object": "list", "data": [
             {"id": "gpt-test", "object": "model", "created": 0, "owned_by": self.name}]})
 

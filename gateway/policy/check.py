@@ -55,8 +55,10 @@ async def evaluate(
                 await guard.feed(key, text[i : i + chunk])
                 if guard.stopped:
                     break
-        if not guard.stopped:
-            await guard.finish(key)
+            if not guard.stopped:
+                await guard.finish(key)
+        else:
+            await guard.feed(key, text, final=True)
         if guard.stopped:
             break
     guard.close()

@@ -13,6 +13,7 @@ from gateway.config import Route
 from gateway.errors import (
     GatewayError,
     UpstreamMalformed,
+    UpstreamDisconnected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -99,9 +100,7 @@ def map_read_error(route: Route, exc: BaseException) -> GatewayError:
         return exc
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"upstream {route.name} stalled while sending its response")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamMalformed(f"upstream {route.name} sent a broken body: {exc}")
-    return UpstreamUnavailable(f"upstream {route.name} dropped the connection: {exc}")
+    return UpstreamDisconnected(f"upstream {route.name} dropped the connection mid-response: {exc}")
 
 
 async def read_body(resp: aiohttp.ClientResponse, route: Route, limit: int, deadline: float) -> bytes:

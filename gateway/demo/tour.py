@@ -1,0 +1,157 @@
+"""``gateway demo``: the gateway in front of the bundled simulator, and a short tour.
+
+Everything runs in this one process on loopback: the demo upstream (clearly
+a simulator, see ``gateway.demo.upstream``), the proxy and admin listeners,
+and a client using the official ``openai`` and ``anthropic`` SDKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.demo.upstream import DemoUpstream
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_demo(args) -> int:
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args) -> int:
+    from gateway.cli import serve
+    from gateway.config import quickstart
+    from gateway.observability.logs import setup_logging
+
+    setup_logging("warning")
+    upstream = web.AppRunner(DemoUpstream(args.pace_ms).app, access_log=None)
+    await upstream.setup()
+    await web.TCPSite(upstream, "127.0.0.1", args.upstream_port).start()
+    policies = args.policies or (
+        [str(ROOT / "policies")] if (ROOT / "policies").is_dir() else ["policies"]
+    )
+    settings = quickstart(f"http://127.0.0.1:{args.upstream_port}", policies,
+                          port=args.port, admin_port=args.admin_port)
+    settings = settings.model_copy(update={"data_dir": str(Path(".gateway").resolve())})
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve(settings, ready=ready, stop=stop))
+    done, _ = await asyncio.wait([server, asyncio.create_task(ready.wait())],
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if server in done:
+        server.result()
+    base = f"http://127.0.0.1:{args.port}"
+    _say(f"Demo upstream (a simulator, not a model) on http://127.0.0.1:{args.upstream_port}")
+    _say(f"Gateway proxy on {base}/v1, admin on http://127.0.0.1:{args.admin_port}")
+    _say()
+    try:
+        failures = await _tour(base, args.admin_port)
+        if args.serve:
+            _say("Serving until Ctrl-C. Point OPENAI_BASE_URL at " + base + "/v1")
+            await stop.wait()
+    finally:
+        stop.set()
+        await server
+        await upstream.cleanup()
+    return 1 if failures else 0
+
+
+async def _tour(base: str, admin_port: int) -> int:
+    import anthropic
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="demo-key", max_retries=0)
+    failures = 0
+
+    def check(ok: bool, what: str) -> None:
+        nonlocal failures
+        _say(f"   {'ok' if ok else 'UNEXPECTED'}: {what}")
+        failures += 0 if ok else 1
+
+    _say("1. A clean answer passes through unchanged")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="demo-model", messages=[{"role": "user", "content": "How do I grow tomatoes?"}])
+    answer = raw.parse()
+    _say(f"   answer: {answer.choices[0].message.content[:90]}...")
+    check(raw.headers.get("x-governance-decision") == "allow",
+          f"decision {raw.headers.get('x-governance-decision')}, "
+          f"id {raw.headers.get('x-governance-decision-id')}")
+    _say()
+
+    _say("2. An answer quoting an internal document is blocked")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="demo-model", messages=[{"role": "user", "content": "Share the internal deploy note"}])
+    answer = raw.parse()
+    _say(f"   answer: {answer.choices[0].message.content}")
+    check(answer.choices[0].finish_reason == "content_filter",
+          f"finish_reason {answer.choices[0].finish_reason}")
+    _say()
+
+    _say("3. A streamed answer is cut mid-way when a secret key appears")
+    started = time.perf_counter()
+    stream = await client.chat.completions.create(
+        model="demo-model", stream=True,
+        messages=[{"role": "user", "content": "Tell me a story"}])
+    received, finish = [], None
+    sys.stdout.write("   stream: ")
+    async for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                received.append(choice.delta.content)
+                sys.stdout.write(choice.delta.content)
+                sys.stdout.flush()
+            finish = choice.finish_reason or finish
+    _say(f"\n   ({len(''.join(received))} characters in {time.perf_counter() - started:.1f}s)")
+    check(finish == "content_filter" and "sk-live" not in "".join(received),
+          f"stream ended with finish_reason {finish}; the key never left the gateway")
+    _say()
+
+    _say("4. An e-mail address is redacted, the rest of the answer kept")
+    answer = await client.chat.completions.create(
+        model="demo-model", messages=[{"role": "user", "content": "How do I contact support?"}])
+    text = answer.choices[0].message.content
+    _say(f"   answer: {text}")
+    check("@" not in text and "[email]" in text, "address masked")
+    _say()
+
+    _say("5. The same over Anthropic's Messages API, streamed")
+    aclient = anthropic.AsyncAnthropic(base_url=base, api_key="demo-key", max_retries=0)
+    pieces, stop_reason = [], None
+    async with aclient.messages.stream(
+        model="demo-model", max_tokens=200,
+        messages=[{"role": "user", "content": "Tell me a story"}],
+    ) as astream:
+        async for text_piece in astream.text_stream:
+            pieces.append(text_piece)
+        final = await astream.get_final_message()
+        stop_reason = final.stop_reason
+    check(stop_reason == "refusal" and "sk-live" not in "".join(pieces),
+          f"stop_reason {stop_reason} after {len(''.join(pieces))} characters")
+    _say()
+
+    token_path = Path(".gateway/admin-token")
+    token = token_path.read_text().strip() if token_path.exists() else ""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{admin_port}/governance/v1/decisions?limit=5",
+                               headers={"authorization": f"Bearer {token}"}) as resp:
+            records = (await resp.json()).get("decisions", [])
+    _say("Latest decision records (GET /governance/v1/decisions, bearer token in "
+         f"{token_path}):")
+    for rec in records:
+        summary = {k: rec[k] for k in ("decision_id", "action", "breached", "chars_released",
+                                       "added_latency_ms")}
+        _say("   " + json.dumps(summary))
+    _say()
+    _say("Tour complete." if not failures else f"Tour finished with {failures} surprise(s).")
+    return failures
