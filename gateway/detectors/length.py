@@ -30,16 +30,23 @@ class LengthPolicy(PolicyBase):
 
 
 class _LengthScan:
-    __slots__ = ("_cfg", "_words", "_word_cursor", "_reported")
+    __slots__ = ("_cfg", "_words", "_word_cursor", "_reported", "_cut")
 
     def __init__(self, cfg: LengthPolicy):
         self._cfg = cfg
         self._words = 0
         self._word_cursor = 0
         self._reported = False
+        self._cut: int | None = None
 
     def feed(self, text: str, final: bool) -> list[Finding]:
         if self._reported:
+            # the overflow kept growing after it was found: report its full extent
+            # once, at the end, so a redaction covers all of it
+            if final and self._cut is not None:
+                cut, self._cut = self._cut, None
+                return [Finding(cut, len(text), 1.0, "answer is over the length limit",
+                                {"limit_at": cut})]
             return []
         cfg = self._cfg
         cut: int | None = None
@@ -51,6 +58,7 @@ class _LengthScan:
                 cut = word_cut if cut is None else min(cut, word_cut)
         if cut is not None:
             self._reported = True
+            self._cut = None if final else cut
             return [
                 Finding(cut, len(text), 1.0, "answer is over the length limit", {"limit_at": cut})
             ]

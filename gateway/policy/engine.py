@@ -244,9 +244,17 @@ class ResponseGuard:
 
     def _breach(self, result: PolicyResult, seg: SegmentGuard, findings: list[Finding]) -> None:
         result.status = Status.BREACH
-        result.finding_count += len(findings)
-        room = MAX_FINDINGS - len(result.findings)
-        result.findings.extend((seg.key, f) for f in findings[: max(room, 0)])
+        for f in findings:
+            # a finding re-reported with a longer extent updates the first one
+            known = next((old for key, old in result.findings
+                          if key == seg.key and old.start == f.start
+                          and old.message == f.message), None)
+            if known is not None:
+                known.end = max(known.end, f.end)
+                continue
+            result.finding_count += 1
+            if len(result.findings) < MAX_FINDINGS:
+                result.findings.append((seg.key, f))
         if not result.enforced:
             return
         action = result.config.action
