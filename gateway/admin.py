@@ -51,7 +51,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["store"] = "ok"
     except Exception as exc:
         checks["store"] = f"error: {exc}"
-    checks["upstream_client"] = "ok" if gw.session is not None and not gw.session.closed else "closed"
+    checks["upstream_client"] = (
+        "ok" if gw.session is not None and not gw.session.closed else "closed"
+    )
     ready = all(v == "ok" for v in checks.values())
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
@@ -83,8 +85,9 @@ async def check(request: web.Request) -> web.Response:
     ctx.sources.extend(sources)
     ctx.source_errors.extend(errors)
     policy_set = gw.policies.current
-    guard = await evaluate(policy_set.for_route(route), segments, ctx,
-                           thread_runner=gw.run_blocking)
+    guard = await evaluate(
+        policy_set.for_route(route), segments, ctx, thread_runner=gw.run_blocking
+    )
     out = decision_json(guard, policy_set.revision)
     out["route"] = route
     if protocol:
@@ -96,18 +99,26 @@ async def check(request: web.Request) -> web.Response:
 async def policies(request: web.Request) -> web.Response:
     holder = request.app[GATEWAY].policies
     current = holder.current
-    return json_response({
-        "revision": current.revision if current else None,
-        "files": sorted(current.files) if current else [],
-        "policies": [
-            {"id": p.config.id, "kind": p.config.kind, "mode": p.config.mode,
-             "action": p.config.action.value, "severity": p.config.severity.value,
-             "routes": p.config.routes, "file": p.file}
-            for p in (current.policies if current else [])
-        ],
-        "last_reload": holder.last_reload,
-        "last_reload_errors": holder.last_error,
-    })
+    return json_response(
+        {
+            "revision": current.revision if current else None,
+            "files": sorted(current.files) if current else [],
+            "policies": [
+                {
+                    "id": p.config.id,
+                    "kind": p.config.kind,
+                    "mode": p.config.mode,
+                    "action": p.config.action.value,
+                    "severity": p.config.severity.value,
+                    "routes": p.config.routes,
+                    "file": p.file,
+                }
+                for p in (current.policies if current else [])
+            ],
+            "last_reload": holder.last_reload,
+            "last_reload_errors": holder.last_error,
+        }
+    )
 
 
 @routes.post("/governance/v1/policies/reload")
@@ -116,8 +127,9 @@ async def reload_policies(request: web.Request) -> web.Response:
     holder = request.app[GATEWAY].policies
     ok = await holder.reload()
     status = 200 if ok else 422
-    return json_response({"reloaded": ok, "revision": holder.current.revision,
-                          "errors": holder.last_error}, status)
+    return json_response(
+        {"reloaded": ok, "revision": holder.current.revision, "errors": holder.last_error}, status
+    )
 
 
 @routes.get("/governance/v1/decisions/{decision_id}")

@@ -92,7 +92,7 @@ class FakeUpstream:
                     request.transport.close()
                     return resp
                 await resp.write(data)
-                await asyncio.sleep(self.script.delay or 0.001)
+                await asyncio.sleep(self.script.delay)
             if fault != "no-terminator" and terminator:
                 await resp.write(terminator)
             self.finished_streams += 1

@@ -150,7 +150,10 @@ policies:
         assert "secret plan" not in released
         if guard.stopped:
             break
+    if not guard.stopped:
+        released += await guard.finish("0")
     assert guard.stopped and released.startswith("x" * 60)
+    assert "secret" not in released
     guard.close()
     assert guard.action() is Action.BLOCK
 

@@ -40,13 +40,18 @@ async def _demo(args) -> int:
     policies = args.policies or (
         [str(ROOT / "policies")] if (ROOT / "policies").is_dir() else ["policies"]
     )
-    settings = quickstart(f"http://127.0.0.1:{args.upstream_port}", policies,
-                          port=args.port, admin_port=args.admin_port)
+    settings = quickstart(
+        f"http://127.0.0.1:{args.upstream_port}",
+        policies,
+        port=args.port,
+        admin_port=args.admin_port,
+    )
     settings = settings.model_copy(update={"data_dir": str(Path(".gateway").resolve())})
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve(settings, ready=ready, stop=stop))
-    done, _ = await asyncio.wait([server, asyncio.create_task(ready.wait())],
-                                 return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        [server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
     if server in done:
         server.result()
     base = f"http://127.0.0.1:{args.port}"
@@ -79,28 +84,34 @@ async def _tour(base: str, admin_port: int) -> int:
 
     _say("1. A clean answer passes through unchanged")
     raw = await client.chat.completions.with_raw_response.create(
-        model="demo-model", messages=[{"role": "user", "content": "How do I grow tomatoes?"}])
+        model="demo-model", messages=[{"role": "user", "content": "How do I grow tomatoes?"}]
+    )
     answer = raw.parse()
     _say(f"   answer: {answer.choices[0].message.content[:90]}...")
-    check(raw.headers.get("x-governance-decision") == "allow",
-          f"decision {raw.headers.get('x-governance-decision')}, "
-          f"id {raw.headers.get('x-governance-decision-id')}")
+    check(
+        raw.headers.get("x-governance-decision") == "allow",
+        f"decision {raw.headers.get('x-governance-decision')}, "
+        f"id {raw.headers.get('x-governance-decision-id')}",
+    )
     _say()
 
     _say("2. An answer quoting an internal document is blocked")
     raw = await client.chat.completions.with_raw_response.create(
-        model="demo-model", messages=[{"role": "user", "content": "Share the internal deploy note"}])
+        model="demo-model", messages=[{"role": "user", "content": "Share the internal deploy note"}]
+    )
     answer = raw.parse()
     _say(f"   answer: {answer.choices[0].message.content}")
-    check(answer.choices[0].finish_reason == "content_filter",
-          f"finish_reason {answer.choices[0].finish_reason}")
+    check(
+        answer.choices[0].finish_reason == "content_filter",
+        f"finish_reason {answer.choices[0].finish_reason}",
+    )
     _say()
 
     _say("3. A streamed answer is cut mid-way when a secret key appears")
     started = time.perf_counter()
     stream = await client.chat.completions.create(
-        model="demo-model", stream=True,
-        messages=[{"role": "user", "content": "Tell me a story"}])
+        model="demo-model", stream=True, messages=[{"role": "user", "content": "Tell me a story"}]
+    )
     received, finish = [], None
     sys.stdout.write("   stream: ")
     async for chunk in stream:
@@ -111,13 +122,16 @@ async def _tour(base: str, admin_port: int) -> int:
                 sys.stdout.flush()
             finish = choice.finish_reason or finish
     _say(f"\n   ({len(''.join(received))} characters in {time.perf_counter() - started:.1f}s)")
-    check(finish == "content_filter" and "sk-live" not in "".join(received),
-          f"stream ended with finish_reason {finish}; the key never left the gateway")
+    check(
+        finish == "content_filter" and "sk-live" not in "".join(received),
+        f"stream ended with finish_reason {finish}; the key never left the gateway",
+    )
     _say()
 
     _say("4. An e-mail address is redacted, the rest of the answer kept")
     answer = await client.chat.completions.create(
-        model="demo-model", messages=[{"role": "user", "content": "How do I contact support?"}])
+        model="demo-model", messages=[{"role": "user", "content": "How do I contact support?"}]
+    )
     text = answer.choices[0].message.content
     _say(f"   answer: {text}")
     check("@" not in text and "[email]" in text, "address masked")
@@ -127,15 +141,18 @@ async def _tour(base: str, admin_port: int) -> int:
     aclient = anthropic.AsyncAnthropic(base_url=base, api_key="demo-key", max_retries=0)
     pieces, stop_reason = [], None
     async with aclient.messages.stream(
-        model="demo-model", max_tokens=200,
+        model="demo-model",
+        max_tokens=200,
         messages=[{"role": "user", "content": "Tell me a story"}],
     ) as astream:
         async for text_piece in astream.text_stream:
             pieces.append(text_piece)
         final = await astream.get_final_message()
         stop_reason = final.stop_reason
-    check(stop_reason == "refusal" and "sk-live" not in "".join(pieces),
-          f"stop_reason {stop_reason} after {len(''.join(pieces))} characters")
+    check(
+        stop_reason == "refusal" and "sk-live" not in "".join(pieces),
+        f"stop_reason {stop_reason} after {len(''.join(pieces))} characters",
+    )
     _say()
 
     token_path = Path(".gateway/admin-token")
@@ -143,14 +160,17 @@ async def _tour(base: str, admin_port: int) -> int:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{admin_port}/governance/v1/decisions?limit=5",
-                               headers={"authorization": f"Bearer {token}"}) as resp:
+        async with session.get(
+            f"http://127.0.0.1:{admin_port}/governance/v1/decisions?limit=5",
+            headers={"authorization": f"Bearer {token}"},
+        ) as resp:
             records = (await resp.json()).get("decisions", [])
-    _say("Latest decision records (GET /governance/v1/decisions, bearer token in "
-         f"{token_path}):")
+    _say(f"Latest decision records (GET /governance/v1/decisions, bearer token in {token_path}):")
     for rec in records:
-        summary = {k: rec[k] for k in ("decision_id", "action", "breached", "chars_released",
-                                       "added_latency_ms")}
+        summary = {
+            k: rec[k]
+            for k in ("decision_id", "action", "breached", "chars_released", "added_latency_ms")
+        }
         _say("   " + json.dumps(summary))
     _say()
     _say("Tour complete." if not failures else f"Tour finished with {failures} surprise(s).")

@@ -88,8 +88,9 @@ class DemoUpstream:
             yield token
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream",
-                                           "cache-control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+        )
         await resp.prepare(request)
         return resp
 
@@ -97,21 +98,40 @@ class DemoUpstream:
         body = await request.json()
         text = pick_answer(_prompt(body))
         model = body.get("model", "demo-model")
-        base = {"id": f"chatcmpl-demo{uuid.uuid4().hex[:12]}", "created": int(time.time()),
-                "model": model}
+        base = {
+            "id": f"chatcmpl-demo{uuid.uuid4().hex[:12]}",
+            "created": int(time.time()),
+            "model": model,
+        }
         words = len(text.split())
         usage = {"prompt_tokens": 12, "completion_tokens": words, "total_tokens": 12 + words}
         if not body.get("stream"):
             await asyncio.sleep(self.pace * words)
-            return web.json_response({**base, "object": "chat.completion", "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None, "finish_reason": "stop"}], "usage": usage})
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text, "refusal": None},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         resp = await self._sse(request)
         chunk = {**base, "object": "chat.completion.chunk"}
 
         def event(delta: dict, finish: str | None = None) -> bytes:
-            obj = {**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                         "finish_reason": finish}]}
+            obj = {
+                **chunk,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
             return f"data: {json.dumps(obj)}\n\n".encode()
 
         await resp.write(event({"role": "assistant", "content": ""}))
@@ -124,30 +144,63 @@ class DemoUpstream:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         text = pick_answer(_prompt(body))
-        msg = {"id": f"msg_demo{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
-               "model": body.get("model", "demo-model"), "stop_sequence": None}
+        msg = {
+            "id": f"msg_demo{uuid.uuid4().hex[:12]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "demo-model"),
+            "stop_sequence": None,
+        }
         if not body.get("stream"):
             await asyncio.sleep(self.pace * len(text.split()))
-            return web.json_response({**msg, "content": [{"type": "text", "text": text}],
-                                      "stop_reason": "end_turn",
-                                      "usage": {"input_tokens": 12, "output_tokens": 40}})
+            return web.json_response(
+                {
+                    **msg,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 12, "output_tokens": 40},
+                }
+            )
         resp = await self._sse(request)
 
         async def send(kind: str, obj: dict) -> None:
-            await resp.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **obj})}\n\n".encode())
+            await resp.write(
+                f"event: {kind}\ndata: {json.dumps({'type': kind, **obj})}\n\n".encode()
+            )
 
-        await send("message_start", {"message": {**msg, "content": [], "stop_reason": None,
-                                                 "usage": {"input_tokens": 12, "output_tokens": 1}}})
-        await send("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        await send(
+            "message_start",
+            {
+                "message": {
+                    **msg,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": 12, "output_tokens": 1},
+                }
+            },
+        )
+        await send(
+            "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+        )
         async for token in self._tokens(text):
-            await send("content_block_delta", {"index": 0,
-                                               "delta": {"type": "text_delta", "text": token}})
+            await send(
+                "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": token}}
+            )
         await send("content_block_stop", {"index": 0})
-        await send("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": 40}})
+        await send(
+            "message_delta",
+            {
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 40},
+            },
+        )
         await send("message_stop", {})
         return resp
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": "demo-model", "object": "model", "created": 0, "owned_by": "demo"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "demo-model", "object": "model", "created": 0, "owned_by": "demo"}],
+            }
+        )

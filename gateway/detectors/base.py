@@ -82,22 +82,33 @@ class Detector(Protocol):
     def start(self, ctx: ScanContext) -> Scan: ...
 
 
+# A stream arrives a few characters at a time; scanning after every chunk
+# would rescan the overlap hundreds of times per answer. Waiting for this
+# many new characters cuts that work several-fold for a few characters more
+# of hold-back.
+MIN_SCAN_CHARS = 16
+
+
 class WindowScan:
     """A ``Scan`` for detectors whose matches are at most ``overlap`` chars long.
 
     Each ``feed`` calls ``find(text, start, final)`` from ``overlap`` chars
-    before the previous end, and drops findings already returned.
+    before the previous end, and drops findings already returned. Text past
+    the last scan stays held until it is scanned.
     """
 
-    __slots__ = ("_find", "_overlap", "_scanned", "_seen")
+    __slots__ = ("_find", "_overlap", "_scanned", "_seen", "_min_new")
 
-    def __init__(self, find, overlap: int):
+    def __init__(self, find, overlap: int, min_new: int = MIN_SCAN_CHARS):
         self._find = find
         self._overlap = overlap
         self._scanned = 0
         self._seen: set[tuple[int, int, str]] = set()
+        self._min_new = min_new
 
     def feed(self, text: str, final: bool) -> list[Finding]:
+        if not final and len(text) - self._scanned < self._min_new:
+            return []
         start = max(0, self._scanned - self._overlap)
         self._scanned = len(text)
         out = []
@@ -109,7 +120,7 @@ class WindowScan:
         return out
 
     def hold_from(self, text: str) -> int:
-        return max(0, len(text) - self._overlap)
+        return max(0, self._scanned - self._overlap)
 
 
 class WholeTextScan:

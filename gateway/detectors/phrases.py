@@ -8,9 +8,11 @@ letters still matches.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
+# the third-party ``regex`` engine finds literal prefixes and case-insensitive
+# classes many times faster than ``re`` on long answers, with the same syntax
+import regex
 from pydantic import Field, field_validator, model_validator
 
 from gateway.detectors.base import Finding, ScanContext, WindowScan
@@ -44,8 +46,8 @@ class PhrasesPolicy(PolicyBase):
     def _compiles(cls, value: list[str]) -> list[str]:
         for pattern in value:
             try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
+                compiled = regex.compile(pattern)
+            except regex.error as exc:
                 raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
             if compiled.match(""):
                 raise ValueError(f"pattern {pattern!r} matches the empty string")
@@ -69,15 +71,19 @@ class PhrasesDetector:
         for phrase in config.phrases:
             folded = self._fold(phrase)[0] if config.normalize else phrase
             words = folded.split()
-            body = r"\s+".join(re.escape(w) for w in words)
-            if config.whole_words:
-                body = rf"(?<!\w){body}(?!\w)"
-            alternatives.append(body)
+            alternatives.append(r"\s+".join(regex.escape(w) for w in words))
             # room for extra white space and invisible characters in the source
             longest = max(longest, 2 * len(phrase) + 16)
-        flags = re.IGNORECASE if self._case else 0
-        self._literal = re.compile("|".join(alternatives), flags) if alternatives else None
-        self._patterns = [re.compile(p, flags) for p in config.patterns]
+        flags = regex.IGNORECASE if self._case else 0
+        self._literal = None
+        if alternatives:
+            body = "(?:" + "|".join(alternatives) + ")"
+            if config.whole_words:
+                body = rf"(?<!\w){body}(?!\w)"
+            # folded text is already lower case: no case-insensitive matching needed
+            literal_flags = 0 if (self._case and self._normalize) else flags
+            self._literal = regex.compile(body, literal_flags)
+        self._patterns = [regex.compile(p, flags) for p in config.patterns]
         for pattern in config.patterns:
             longest = max(longest, _match_width(pattern, config.max_match_chars))
         self.hold_back = longest
@@ -94,8 +100,8 @@ class PhrasesDetector:
         piece = text[start:]
         folded, origin = self._fold(piece)
         out: list[Finding] = []
-        for regex, label in self._regexes():
-            for m in regex.finditer(folded):
+        for compiled, label in self._regexes():
+            for m in compiled.finditer(folded):
                 if m.end() == m.start():
                     continue
                 # a match touching the end may still grow with the next chunk
@@ -116,8 +122,8 @@ class PhrasesDetector:
     def _regexes(self):
         if self._literal is not None:
             yield self._literal, "phrase"
-        for regex in self._patterns:
-            yield regex, f"pattern {regex.pattern}"
+        for compiled in self._patterns:
+            yield compiled, f"pattern {compiled.pattern}"
 
 
 def _match_width(pattern: str, cap: int) -> int:

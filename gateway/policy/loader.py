@@ -86,7 +86,9 @@ def load_policies(
     mtimes: dict[str, float] = {}
     seen_ids: dict[str, str] = {}
     if not files:
-        raise ConfigError("no policy files found", [f"{', '.join(map(str, paths))}: no policy files"])
+        raise ConfigError(
+            "no policy files found", [f"{', '.join(map(str, paths))}: no policy files"]
+        )
     for path in files:
         try:
             raw = path.read_bytes()
@@ -127,7 +129,9 @@ def load_policies(
             try:
                 detector = registry.get(policy.kind).build(policy, ctx)
             except (ConfigError, ValueError, OSError) as exc:
-                errors.append(source.error(("policies", index), "build-failed", f"{policy.id}: {exc}"))
+                errors.append(
+                    source.error(("policies", index), "build-failed", f"{policy.id}: {exc}")
+                )
                 continue
             compiled.append(CompiledPolicy(policy, detector, str(path)))
     if errors:
@@ -142,7 +146,12 @@ def _policy_items(source: Source) -> tuple[list[tuple[int, Any]], list[str]]:
     if not isinstance(data, dict):
         return [], [source.error((), "invalid-type", "expected a mapping with a 'policies' list")]
     errors = [
-        source.error((key,), "unknown-field", f"{key} (allowed: policies, {', '.join(EXTRA_SECTIONS)})", at_key=True)
+        source.error(
+            (key,),
+            "unknown-field",
+            f"{key} (allowed: policies, {', '.join(EXTRA_SECTIONS)})",
+            at_key=True,
+        )
         for key in data
         if key != "policies" and key not in EXTRA_SECTIONS
     ]
@@ -162,17 +171,23 @@ def _validate_item(
     label = str(item.get("id") or f"policies[{index}]")
     kind = item.get("kind")
     if kind is None:
-        return None, [source.error(base, "missing-field", f"{label}.kind: every policy needs a kind")]
+        return None, [
+            source.error(base, "missing-field", f"{label}.kind: every policy needs a kind")
+        ]
     if not isinstance(kind, str) or kind not in registry:
         known = ", ".join(registry.names())
         return None, [
-            source.error(base + ("kind",), "unknown-kind", f"{label}.kind: {kind!r} (known: {known})")
+            source.error(
+                base + ("kind",), "unknown-kind", f"{label}.kind: {kind!r} (known: {known})"
+            )
         ]
     model = registry.get(kind).config
     try:
         return model.model_validate(item), []
     except ValidationError as exc:
-        return None, validation_messages(source, exc, base=base, label=label, model=model, data=item)
+        return None, validation_messages(
+            source, exc, base=base, label=label, model=model, data=item
+        )
 
 
 def check_files(paths: Iterable[str | Path], registry: Registry | None = None) -> list[str]:

@@ -12,8 +12,8 @@ from multidict import CIMultiDict
 from gateway.config import Route
 from gateway.errors import (
     GatewayError,
-    UpstreamMalformed,
     UpstreamDisconnected,
+    UpstreamMalformed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -21,9 +21,18 @@ from gateway.errors import (
 # never forwarded in either direction (RFC 9110 §7.6.1, plus what we recompute)
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailer", "transfer-encoding", "upgrade", "host", "content-length",
-        "accept-encoding", "content-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "content-encoding",
     }
 )
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
@@ -61,7 +70,8 @@ def upstream_url(route: Route, path: str, query: str) -> str:
 def response_headers(upstream: Mapping[str, str]) -> CIMultiDict:
     """Upstream response headers worth passing on (request ids, rate limits…)."""
     return CIMultiDict(
-        (k, v) for k, v in upstream.items()
+        (k, v)
+        for k, v in upstream.items()
         if k.lower() not in HOP_BY_HOP and k.lower() != "content-type"
     )
 
@@ -89,7 +99,9 @@ async def send(
             f"upstream {route.name} did not answer within {min(t.first_byte, t.total):g}s"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnavailable(f"cannot connect to upstream {route.name}: {exc.os_error}") from None
+        raise UpstreamUnavailable(
+            f"cannot connect to upstream {route.name}: {exc.os_error}"
+        ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable(f"upstream {route.name} failed: {exc}") from None
 
@@ -103,7 +115,9 @@ def map_read_error(route: Route, exc: BaseException) -> GatewayError:
     return UpstreamDisconnected(f"upstream {route.name} dropped the connection mid-response: {exc}")
 
 
-async def read_body(resp: aiohttp.ClientResponse, route: Route, limit: int, deadline: float) -> bytes:
+async def read_body(
+    resp: aiohttp.ClientResponse, route: Route, limit: int, deadline: float
+) -> bytes:
     loop = asyncio.get_running_loop()
     parts: list[bytes] = []
     size = 0
@@ -115,7 +129,9 @@ async def read_body(resp: aiohttp.ClientResponse, route: Route, limit: int, dead
                     raise UpstreamMalformed(f"upstream {route.name} sent a body over {limit} bytes")
                 parts.append(chunk)
     except TimeoutError:
-        raise UpstreamTimeout(f"upstream {route.name} did not finish within {route.timeouts.total:g}s") from None
+        raise UpstreamTimeout(
+            f"upstream {route.name} did not finish within {route.timeouts.total:g}s"
+        ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise map_read_error(route, exc) from None
     return b"".join(parts)

@@ -52,7 +52,10 @@ class PostgresStore(Store):
                 await conn.close()
             settings["search_path"] = self.schema
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self._sizes[0], max_size=self._sizes[1], command_timeout=30,
+            self.dsn,
+            min_size=self._sizes[0],
+            max_size=self._sizes[1],
+            command_timeout=30,
             server_settings=settings,
         )
         async with self.pool.acquire() as conn, conn.transaction():
@@ -96,4 +99,6 @@ class PostgresStore(Store):
 
     async def transaction(self, statements: list[Statement]) -> list[int]:
         async with self.pool.acquire() as conn, conn.transaction():
-            return [_count(await conn.execute(to_dollar(sql), *params)) for sql, params in statements]
+            return [
+                _count(await conn.execute(to_dollar(sql), *params)) for sql, params in statements
+            ]

@@ -1,0 +1,231 @@
+"""Gateway-added latency against a direct call to the same upstream, in one run.
+
+Three processes on loopback: a fast upstream (no model, a fixed ~2,000
+character answer), the gateway in front of it, and this client. Requests to
+the upstream directly and through the gateway are interleaved, so both see
+the same machine noise. Prints JSON: per scenario, per round p50/p99 of
+direct and gateway times, the added p50/p99 and the ratio, and the medians
+over rounds.
+
+    python bench/overhead.py                      # phrases policies (policies/main.yaml)
+    python bench/overhead.py --policies policies/bias.yaml --label bias
+    python bench/overhead.py --rounds 5 --requests 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+UPSTREAM = r'''
+import asyncio, json, sys, time
+from aiohttp import web
+
+TEXT = sys.argv[2]
+CHUNK = 4
+
+async def chat(request):
+    body = await request.json()
+    base = {"id": "chatcmpl-bench", "created": int(time.time()), "model": "bench",
+            "system_fingerprint": "fp_bench"}
+    if not body.get("stream"):
+        return web.json_response({**base, "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": TEXT},
+             "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 500, "total_tokens": 510}})
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    chunk = {**base, "object": "chat.completion.chunk"}
+    def ev(delta, finish=None):
+        return ("data: " + json.dumps({**chunk, "choices": [{"index": 0, "delta": delta,
+                "logprobs": None, "finish_reason": finish}]}) + "\n\n").encode()
+    await resp.write(ev({"role": "assistant", "content": ""}))
+    for i in range(0, len(TEXT), CHUNK):
+        await resp.write(ev({"content": TEXT[i:i + CHUNK]}))
+    await resp.write(ev({}, "stop"))
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+app = web.Application()
+app.router.add_post("/v1/chat/completions", chat)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+'''
+
+# about 2,000 characters of ordinary prose that trips none of the shipped policies
+PARAGRAPH = (
+    "Tomatoes grow best in full sun with at least six hours of light a day. Water them "
+    "deeply twice a week, mulch to keep the soil moist, and stake the plants early so the "
+    "stems do not snap once the fruit sets. Pinch out the side shoots on cordon varieties, "
+    "feed with a high potash fertiliser once the first truss has set, and pick the fruit as "
+    "soon as it colours. "
+)
+TEXT = (PARAGRAPH * 6)[:2000]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_up(session: aiohttp.ClientSession, url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            async with session.get(url) as resp:
+                if resp.status < 500:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def one_whole(session, url) -> float:
+    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+    started = time.perf_counter()
+    async with session.post(url, json=body) as resp:
+        data = await resp.read()
+    elapsed = time.perf_counter() - started
+    if resp.status != 200 or len(data) < 2000:
+        raise SystemExit(f"bad answer {resp.status}: {data[:200]!r}")
+    return elapsed
+
+
+async def one_stream(session, url) -> tuple[float, float, float]:
+    """Time to first text, time from the last text to the end, and the total."""
+    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    started = time.perf_counter()
+    first = last = None
+    async with session.post(url, json=body) as resp:
+        async for line in resp.content:
+            if line.startswith(b"data: {") and b'"content":"' in line.replace(b" ", b"") \
+                    and b'"content":""' not in line.replace(b" ", b""):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+        end = time.perf_counter()
+    if first is None:
+        raise SystemExit("stream carried no text")
+    return first - started, end - last, end - started
+
+
+def summarise(direct: list[float], gateway: list[float]) -> dict:
+    out = {
+        "direct_p50_ms": pct(direct, 0.5) * 1000,
+        "direct_p99_ms": pct(direct, 0.99) * 1000,
+        "gateway_p50_ms": pct(gateway, 0.5) * 1000,
+        "gateway_p99_ms": pct(gateway, 0.99) * 1000,
+    }
+    out["added_p50_ms"] = out["gateway_p50_ms"] - out["direct_p50_ms"]
+    out["added_p99_ms"] = out["gateway_p99_ms"] - out["direct_p99_ms"]
+    out["ratio_p50"] = out["gateway_p50_ms"] / out["direct_p50_ms"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+async def measure(args, direct_url: str, gateway_url: str) -> dict:
+    rounds = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(args.warmup):
+            await one_whole(session, gateway_url)
+            await one_stream(session, gateway_url)
+        for _ in range(args.rounds):
+            whole_d, whole_g = [], []
+            ttft_d, ttft_g, tail_d, tail_g, total_d, total_g = [], [], [], [], [], []
+            for _ in range(args.requests):
+                whole_d.append(await one_whole(session, direct_url))
+                whole_g.append(await one_whole(session, gateway_url))
+            for _ in range(max(args.requests // 3, 10)):
+                f, t, a = await one_stream(session, direct_url)
+                ttft_d.append(f)
+                tail_d.append(t)
+                total_d.append(a)
+                f, t, a = await one_stream(session, gateway_url)
+                ttft_g.append(f)
+                tail_g.append(t)
+                total_g.append(a)
+            rounds.append({
+                "non_stream": summarise(whole_d, whole_g),
+                "stream_ttft": summarise(ttft_d, ttft_g),
+                "stream_tail": summarise(tail_d, tail_g),
+                "stream_total": summarise(total_d, total_g),
+            })
+    medians = {
+        section: {key: round(statistics.median(r[section][key] for r in rounds), 3)
+                  for key in rounds[0][section]}
+        for section in rounds[0]
+    }
+    return {"rounds": rounds, "median_over_rounds": medians}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", action="append",
+                        help="policy files for the gateway (default policies/main.yaml)")
+    parser.add_argument("--label", default="phrases")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args()
+    policies = args.policies or [str(ROOT / "policies" / "main.yaml")]
+    up_port, gw_port, admin_port = free_port(), free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port), TEXT], env=env)]
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--upstream",
+           f"http://127.0.0.1:{up_port}", "--port", str(gw_port), "--admin-port",
+           str(admin_port), "--store", f"sqlite:///{tmp / 'bench.db'}"]
+    for p in policies:
+        cmd += ["--policies", p]
+    procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL))
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_up(session, f"http://127.0.0.1:{admin_port}/healthz")
+        result = await measure(
+            args,
+            f"http://127.0.0.1:{up_port}/v1/chat/completions",
+            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(json.dumps({
+        "benchmark": "overhead",
+        "label": args.label,
+        "policies": policies,
+        "response_chars": len(TEXT),
+        "stream_chunk_chars": 4,
+        "concurrency": 1,
+        "rounds": args.rounds,
+        "requests_per_round": args.requests,
+        **result,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
