@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", action="append", help="policy files (default: policies/)")
     demo.set_defaults(func=cmd_demo)
 
-    for module in ("gateway.index.cli",):
+    for module in ("gateway.index.cli", "gateway.incidents.cli"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ImportError:
@@ -108,8 +108,18 @@ def cmd_serve(args) -> int:
 
     settings = load_config(args)
     setup_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    run_loop(serve(settings))
     return 0
+
+
+def run_loop(coro) -> None:
+    """Run on uvloop where it is installed: it cuts the per-request cost of the event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 async def serve(settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None):

@@ -23,6 +23,7 @@ from gateway.detectors.base import Finding, ScanContext
 from gateway.policy.loader import CompiledPolicy
 from gateway.policy.models import STOPPING_ACTIONS as STOPPING
 from gateway.policy.models import Action, Status
+
 # a policy keeps at most this many findings in the record; the count is kept
 MAX_FINDINGS = 20
 
@@ -218,7 +219,7 @@ class ResponseGuard:
                     )
                 else:
                     findings = scan.feed(seg.text, final)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 result.elapsed_ms += (time.perf_counter() - started) * 1000
                 self._fail(result, TimeoutError(f"scan took over {result.config.timeout_ms} ms"))
                 continue
