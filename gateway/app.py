@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # ``install(gw: Gateway) -> None`` (register services, decision listeners and
 # start/stop hooks on ``gw``) and ``admin_routes(app: web.Application) -> None``
 # (add its API and pages to the admin app).
-SUBSYSTEMS: tuple[str, ...] = ()
+SUBSYSTEMS: tuple[str, ...] = ("gateway.incidents.service", "gateway.review.service")
 
 
 def build_gateway(settings: Settings) -> Gateway:

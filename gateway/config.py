@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
+from gateway.incidents.severity import Sev
 from gateway.policy.models import Strict
 from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
 
@@ -68,6 +69,43 @@ class RagJson(Strict):
     stream_field: str = "stream"
 
 
+class Containment(Strict):
+    """Automatic containment of a route when an incident on it opens (see docs/incidents.md)."""
+
+    # switch to the route's ``fallback`` when an incident of this severity or worse opens
+    fallback_on: Sev | None = None
+    # hold every response for human review
+    review_all_on: Sev | None = None
+    # kill switch: answer every request with ``block_message``, never calling the upstream
+    block_on: Sev | None = None
+    block_message: str = "This service is paused while an incident is handled."
+    # undo an automatic switch once its incident resolves; off by default, so a
+    # person decides when a contained route serves its primary again
+    auto_revert: bool = False
+
+
+class RouteReview(Strict):
+    """Review-queue options of one route (see docs/review.md)."""
+
+    # notified with a signed POST when an item of this route is decided
+    callback_url: str | None = None
+    # variable holding the callback's HMAC secret
+    callback_secret_env: str | None = None
+    # hash-and-evidence: keep no request or response text for this route
+    privacy: Literal["full", "hash-and-evidence"] = "full"
+    # decided items are deleted this many days after they were held
+    retention_days: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _callback(self) -> RouteReview:
+        if self.callback_url is not None:
+            if urlsplit(self.callback_url).scheme not in ("http", "https"):
+                raise ValueError(f"review.callback_url must be http(s), got {self.callback_url!r}")
+            if not self.callback_secret_env:
+                raise ValueError("review.callback_url needs review.callback_secret_env")
+        return self
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path_prefix: str = "/"
@@ -81,6 +119,8 @@ class Route(Strict):
     rag: RagJson = RagJson()
     # dropped from the request path before it is appended to ``upstream``
     strip_prefix: str = ""
+    containment: Containment = Containment()
+    review: RouteReview = RouteReview()
 
     @field_validator("upstream")
     @classmethod
@@ -130,6 +170,77 @@ class Auth(Strict):
     tokens: list[Token] = Field(default_factory=list)
 
 
+class Sink(Strict):
+    """Where incident events go. Credentials are named by environment variable only."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    type: Literal["pagerduty", "opsgenie", "slack", "webhook"]
+    # endpoint; PagerDuty and Opsgenie default to their public APIs
+    url: str | None = None
+    # endpoint read from the environment (a Slack webhook URL is itself a secret)
+    url_env: str | None = None
+    # PagerDuty routing key, Opsgenie API key or the webhook's HMAC secret
+    secret_env: str | None = None
+    # events of incidents less severe than this are not sent here
+    min_severity: Sev = "SEV4"
+    timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs(self) -> Sink:
+        if self.type in ("pagerduty", "opsgenie", "webhook") and not self.secret_env:
+            what = {"pagerduty": "the routing key", "opsgenie": "the API key",
+                    "webhook": "the HMAC secret"}[self.type]
+            raise ValueError(f"sink {self.name}: secret_env must name the variable holding {what}")
+        if self.type in ("slack", "webhook") and not (self.url or self.url_env):
+            raise ValueError(f"sink {self.name}: give url or url_env")
+        for url in (self.url,):
+            if url is not None and urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(f"sink {self.name}: url must be http(s), got {url!r}")
+        return self
+
+
+class Outbox(Strict):
+    """Delivery of incident events: retries with exponential backoff and jitter."""
+
+    base_delay: float = Field(default=1.0, gt=0)
+    max_delay: float = Field(default=300.0, gt=0)
+    # seconds between looks at the outbox when nothing woke the sender
+    poll_interval: float = Field(default=1.0, gt=0)
+    # give up on an event after this many tries; unset keeps trying forever
+    max_attempts: int | None = Field(default=None, ge=1)
+
+
+class Incidents(Strict):
+    sinks: list[Sink] = Field(default_factory=list)
+    outbox: Outbox = Outbox()
+    # decision ids kept per incident as evidence
+    samples: int = Field(default=20, ge=1, le=1000)
+    # quiet period after which an incident resolves, unless its rule says otherwise
+    auto_resolve_after: float = Field(default=900.0, gt=0)
+    # seconds between checks for quiet incidents and reverts
+    tick: float = Field(default=1.0, gt=0)
+    # base URL of the admin listener as people reach it, for links in alerts
+    public_url: str | None = None
+
+
+class ReviewSettings(Strict):
+    """The review queue: SLAs by severity, background sweeps, reviewer sessions."""
+
+    # seconds to a decision before an item is overdue and escalated
+    sla: dict[Literal["low", "medium", "high", "critical"], float] = Field(
+        default_factory=lambda: {"low": 86400.0, "medium": 14400.0, "high": 3600.0,
+                                 "critical": 900.0}
+    )
+    # seconds between sweeps for overdue, expired and out-of-retention items
+    sweep_interval: float = Field(default=5.0, gt=0)
+    # reviewer UI session lifetime, seconds
+    session_ttl: float = Field(default=8 * 3600.0, gt=0)
+    # mark the session cookie Secure (needs HTTPS in front of the admin listener)
+    secure_cookie: bool = False
+    callback_attempts: int = Field(default=6, ge=1, le=50)
+    callback_timeout: float = Field(default=10.0, gt=0)
+
+
 class Limits(Strict):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_upstream_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
@@ -144,6 +255,8 @@ class Settings(Strict):
     indexes: dict[str, str] = Field(default_factory=dict)
     auth: Auth = Auth()
     limits: Limits = Limits()
+    incidents: Incidents = Incidents()
+    review: ReviewSettings = ReviewSettings()
     # seconds between checks of policy files for changes
     reload_interval: float = Field(default=0.5, gt=0, le=60)
     data_dir: str = ".gateway"
@@ -161,6 +274,18 @@ class Settings(Strict):
                     raise ValueError(f"route {route.name}: fallback cannot be the route itself")
                 if route.fallback not in names:
                     raise ValueError(f"route {route.name}: fallback {route.fallback!r} is no route")
+                if self.route(route.fallback).upstream == route.upstream:
+                    raise ValueError(
+                        f"route {route.name}: fallback {route.fallback!r} has the same upstream; "
+                        "a fallback must go somewhere else"
+                    )
+            if route.containment.fallback_on is not None and route.fallback is None:
+                raise ValueError(
+                    f"route {route.name}: containment.fallback_on needs a fallback route")
+        sinks = [s.name for s in self.incidents.sinks]
+        dupes = sorted({n for n in sinks if sinks.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sink names must be unique: {', '.join(dupes)}")
         return self
 
     def route(self, name: str) -> Route:

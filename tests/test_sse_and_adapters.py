@@ -130,3 +130,30 @@ async def test_sources_from_header_reach_detectors(make_gateway, fake, policy_di
     await (await proxy.post("/v1/chat/completions",
                             json={"model": "m", "messages": [], "stream": False})).read()
     assert ["doc-9"] in seen
+
+
+async def test_anthropic_stream_blocked_before_text_is_well_formed(make_gateway, fake):
+    fake.script.text = "the launch codes"
+    proxy, _, _ = await make_gateway(upstream=fake)
+    resp = await proxy.post("/v1/messages", json={
+        "model": "c", "max_tokens": 5, "stream": True,
+        "messages": [{"role": "user", "content": "x"}]})
+    raw = (await resp.read()).decode()
+    kinds = [line[7:] for line in raw.splitlines() if line.startswith("event: ")]
+    assert kinds == ["message_start", "content_block_start", "ping", "content_block_delta",
+                     "content_block_stop", "message_delta", "message_stop"]
+    assert "Blocked by policy." in raw and "launch" not in raw
+    assert '"stop_reason":"refusal"' in raw
+
+
+async def test_chat_stream_keeps_role_chunk_first(make_gateway, fake):
+    fake.script.text = "plain words " * 10
+    proxy, _, _ = await make_gateway(upstream=fake)
+    resp = await proxy.post("/v1/chat/completions",
+                            json={"model": "m", "messages": [], "stream": True})
+    raw = (await resp.read()).decode()
+    chunks = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == \
+        fake.script.text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -51,6 +51,8 @@ async def test_migrations_run_once(store_url):
     for _ in range(2):
         s = open_store(store_url)
         await s.open()
-        rows = await s.fetchall("SELECT version FROM schema_migrations")
+        rows = await s.fetchall("SELECT version FROM schema_migrations ORDER BY version")
         await s.close()
-    assert [r["version"] for r in rows] == sorted({r["version"] for r in rows})
+    from gateway.store.migrations import MIGRATIONS
+
+    assert [r["version"] for r in rows] == sorted(m[0] for m in MIGRATIONS)

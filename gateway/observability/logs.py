@@ -13,6 +13,28 @@ decision_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+def _stamp_decision_id() -> None:
+    """Attach the request's decision id to every log record when it is created.
+
+    Handlers may format a record later or on another thread, where the
+    context variable no longer holds the request's id.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_stamps_decision_id", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        record.decision_id = decision_id_var.get()
+        return record
+
+    factory._stamps_decision_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_stamp_decision_id()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -21,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        decision_id = decision_id_var.get()
+        decision_id = getattr(record, "decision_id", None)
         if decision_id:
             out["decision_id"] = decision_id
         extra = getattr(record, "fields", None)

@@ -65,6 +65,23 @@ class Status(str, Enum):
 PolicyId = str
 
 
+class ReviewOptions(Strict):
+    """How a response held by a ``review`` action is handled (see docs/review.md)."""
+
+    # placeholder: answer at once with a "held" completion and the review id;
+    # wait: first wait up to ``wait_seconds`` for a reviewer's decision
+    mode: Literal["placeholder", "wait"] = "placeholder"
+    wait_seconds: float = Field(default=0.0, ge=0, le=300)
+    # seconds a reviewer has before the item is overdue; unset uses the
+    # gateway's SLA for the policy's severity
+    sla: float | None = Field(default=None, gt=0)
+    # seconds after which an undecided item expires, then ``expire_action`` applies
+    expire_after: float = Field(default=7 * 86400, gt=0)
+    expire_action: Literal["reject", "approve"] = "reject"
+    # False keeps only a hash of the response and the evidence
+    store_text: bool = True
+
+
 class PolicyBase(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=100)
     kind: str
@@ -83,6 +100,7 @@ class PolicyBase(Strict):
     redact_with: str = "[REDACTED]"
     # budget for one scan; past it the status is ``error``
     timeout_ms: int = Field(default=2000, gt=0, le=60000)
+    review: ReviewOptions = ReviewOptions()
 
     def applies_to(self, route: str) -> bool:
         return "*" in self.routes or route in self.routes

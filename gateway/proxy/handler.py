@@ -29,6 +29,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamMalformed,
 )
+from gateway.incidents.containment import HOLD_ALL, Switch, blocked_answer, switch_for
 from gateway.observability.logs import decision_id_var
 from gateway.policy.engine import ResponseGuard, new_decision_id
 from gateway.policy.models import Action, Status
@@ -60,6 +61,23 @@ class Stopwatch:
         if self._since is not None:
             self.total += time.perf_counter() - self._since
             self._since = None
+
+
+def coalesce(items: list) -> list:
+    """Merge neighbouring text pieces of one segment that arrived in one read.
+
+    When the upstream outpaces us, a read holds many events; scanning their
+    text once instead of once per event keeps the gateway from falling
+    further behind, and adds no delay when it keeps up.
+    """
+    out: list = []
+    for item in items:
+        if isinstance(item, Text) and out and isinstance(out[-1], Text) \
+                and out[-1].key == item.key:
+            out[-1] = Text(item.key, out[-1].text + item.text)
+        else:
+            out.append(item)
+    return out
 
 
 class FallbackWanted(Exception):
@@ -204,6 +222,13 @@ class Exchange:
         self.response: web.StreamResponse | None = None
         self.client_gone = False
         self.upstream_seconds = 0.0
+        # the upstream stream has ended: nothing may wait any longer
+        self.upstream_done = False
+        # text is about to leave: preamble events may go ahead of it
+        self.text_ready = False
+        self.pending: deque[Any] = deque()
+        # the incident containment switch this request was answered under
+        self.containment: Switch | None = None
 
     # -- the attempt loop ------------------------------------------------------
     async def run(self) -> web.StreamResponse:
@@ -211,6 +236,18 @@ class Exchange:
         route: Route | None = self.route
         used: set[str] = set()
         try:
+            # incident containment, read from memory: kill switch, fallback or hold all
+            switch = switch_for(self.gw, self.route.name)
+            if switch is not None:
+                self.containment = switch
+                if switch.mode == "block":
+                    return await self.kill_switch(switch)
+                if switch.mode == "fallback" and self.route.fallback:
+                    used.add(self.route.name)
+                    self.attempts.append({"route": self.route.name,
+                                          "upstream": self.route.upstream,
+                                          "skipped": "containment"})
+                    route = self.gw.settings.route(self.route.fallback)
             while route is not None:
                 used.add(route.name)
                 nxt = self.gw.settings.route(route.fallback) if route.fallback else None
@@ -234,6 +271,8 @@ class Exchange:
                                     route.name, err.code, nxt.name)  # type: ignore[union-attr]
                         route = nxt
                         continue
+                    log.warning("upstream %s failed: %s", route.name, err.message,
+                                extra={"fields": {"code": err.code, "route": route.name}})
                     self.finish_record(action="error", error=err)
                     return error_response(err, self.adapter, self.decision_id)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -244,7 +283,17 @@ class Exchange:
         finally:
             if not self.record:
                 self.finish_record(action="error")
+            if self.containment is not None:
+                self.record["containment"] = {"mode": self.containment.mode,
+                                              "route": self.route.name,
+                                              "incident_id": self.containment.incident_id}
             self.gw.decisions.add(self.record)
+
+    async def kill_switch(self, switch: Switch) -> web.StreamResponse:
+        """Answer without calling any upstream: the route's kill switch is on."""
+        response = await blocked_answer(self, switch, self.route.containment.block_message)
+        self.finish_record(action="block", scanned=False)
+        return response
 
     def fallback_possible(self, route: Route) -> bool:
         return route.fallback is not None and route.fallback not in {
@@ -333,7 +382,10 @@ class Exchange:
             self.attempts[-1]["action"] = action.value
             raise FallbackWanted(self.breach_summary(guard))
         headers = up.response_headers(resp.headers)
-        if action in (Action.BLOCK, Action.REVIEW, Action.FALLBACK):
+        if action is Action.REVIEW and "review" in self.gw.services:
+            # stored durably before the client hears anything
+            out = await self.gw.services["review"].hold(self, guard, body)
+        elif action in (Action.BLOCK, Action.REVIEW, Action.FALLBACK):
             out = self.blocked_response(guard, action, body)
         elif action is Action.REDACT:
             texts = {key: guard.segments[key].released_text for key, _ in segments}
@@ -380,7 +432,7 @@ class Exchange:
         self.add_header_sources(resp, sources.items, sources.errors)
         guard = self.new_guard(route, sources.items, sources.errors)
         parser = SSEParser()
-        pending: deque[Any] = deque()
+        pending = self.pending
         self.upstream_headers = up.response_headers(resp.headers)
         done = False
         loop = asyncio.get_running_loop()
@@ -392,17 +444,18 @@ class Exchange:
                     self.busy.start()
                     if first_chunk_at is None:
                         first_chunk_at = time.perf_counter()
-                    for ev in parser.feed(chunk):
-                        done = await self.on_event(ev, translator, guard, pending) or done
-                        if guard.stopped:
-                            break
+                    items = [item for ev in parser.feed(chunk) for item in translator.parse(ev)]
+                    done = await self.on_items(coalesce(items), translator, guard, pending)
+                    if guard.stopped:
+                        # a review hold reads on from here to keep the whole answer
+                        self.unread = (resp, parser, items)
                     if guard.stopped or done:
                         break
                     self.busy.stop()
                 self.busy.start()
                 if not guard.stopped and not done:
-                    for ev in parser.close():
-                        done = await self.on_event(ev, translator, guard, pending) or done
+                    items = [item for ev in parser.close() for item in translator.parse(ev)]
+                    done = await self.on_items(items, translator, guard, pending)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -424,51 +477,72 @@ class Exchange:
         self.finish_record(action=action.value, upstream_status=resp.status, stream=True)
         return self.response  # type: ignore[return-value]
 
-    async def on_event(self, ev, translator, guard: ResponseGuard, pending: deque) -> bool:
-        """Handle one upstream event; True when it was the stream's terminator."""
+    async def on_items(self, items: list, translator, guard: ResponseGuard,
+                       pending: deque) -> bool:
+        """Handle parsed upstream items; True when the stream's terminator was among them."""
         terminal = False
-        for item in translator.parse(ev):
+        for item in items:
             if isinstance(item, Text):
-                out = await guard.feed(item.key, item.text)
+                await self.release(translator, guard, pending, item.key, item.text, final=False)
                 if guard.stopped:
                     return False
-                if out:
-                    await self.flush_pending(translator, guard, pending)
-                    await self.emit(translator.render_text(item.key, out))
                 continue
             if isinstance(item, End):
-                out = await guard.finish(item.key)
+                await self.release(translator, guard, pending, item.key, "", final=True)
                 if guard.stopped:
                     return False
-                if out:
-                    await self.flush_pending(translator, guard, pending)
-                    await self.emit(translator.render_text(item.key, out))
             elif isinstance(item, Done):
+                self.upstream_done = True
                 for key, seg in list(guard.segments.items()):
                     if not seg.closed:
-                        out = await guard.finish(key)
+                        await self.release(translator, guard, pending, key, "", final=True)
                         if guard.stopped:
                             return False
-                        if out:
-                            await self.emit(translator.render_text(key, out))
                 terminal = True
-            pending.append(item)
+            pending.append((item, self.positions(guard, item)))
             await self.flush_pending(translator, guard, pending)
         return terminal
 
-    async def flush_pending(self, translator, guard: ResponseGuard, pending: deque) -> None:
-        """Send queued events whose segment has no text held back, in order."""
+    async def release(self, translator, guard: ResponseGuard, pending: deque, key: str,
+                      text: str, *, final: bool) -> None:
+        """Scan new text of a segment and send what is cleared, in upstream order."""
+        before = guard.segments[key].released if key in guard.segments else 0
+        out = await guard.feed(key, text, final=final)
+        if guard.stopped or not out:
+            return
+        self.text_ready = True
+        # events that came before this text go first, the ones after it follow
+        await self.flush_pending(translator, guard, pending, caps={key: before})
+        await self.emit(translator.render_text(key, out))
+        await self.flush_pending(translator, guard, pending)
+
+    @staticmethod
+    def positions(guard: ResponseGuard, item) -> dict[str, int]:
+        """How much text of which segments must be out before ``item`` may follow."""
+        key = item.key if isinstance(item, (Raw, End)) else None
+        if key is not None:
+            seg = guard.segments.get(key)
+            return {key: len(seg.text) if seg else 0}
+        return {k: len(seg.text) for k, seg in guard.segments.items()}
+
+    async def flush_pending(self, translator, guard: ResponseGuard, pending: deque,
+                            caps: dict[str, int] | None = None) -> None:
+        """Send queued events in order, each once the text before it has gone out."""
         while pending:
-            item = pending[0]
-            key = item.key if isinstance(item, (Raw, End)) else None
-            if key is None:
-                if isinstance(item, Raw) and any(s.held for s in guard.segments.values()):
-                    return
-            elif key in guard.segments and guard.segments[key].held:
+            item, positions = pending[0]
+            if self.response is None and isinstance(item, Raw) and item.lead \
+                    and not (self.upstream_done or self.text_ready):
                 return
+            for key, pos in positions.items():
+                seg = guard.segments.get(key)
+                if seg is None:
+                    continue
+                released = min(seg.released, caps[key]) if caps and key in caps else seg.released
+                if released < pos:
+                    return
             pending.popleft()
-            released = {k: s.released_text for k, s in guard.segments.items()}
-            data = translator.render(item, released)
+            released_texts = {k: s.released_text for k, s in guard.segments.items()}
+            data = translator.render(item, released_texts)
             if data:
                 await self.emit(data)
 
@@ -488,8 +562,10 @@ class Exchange:
             await self.open_stream(guard.action().value if guard else "allow")
         self.busy.stop()
         try:
-            await self.response.write(data)  # type: ignore[union-attr]
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            # a client that stops reading must not pin the upstream forever
+            async with asyncio.timeout(self.route.timeouts.idle):
+                await self.response.write(data)  # type: ignore[union-attr]
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError):
             self.client_gone = True
             raise asyncio.CancelledError() from None
         finally:
@@ -512,10 +588,17 @@ class Exchange:
             raise FallbackWanted(self.breach_summary(guard))
         stopper = guard.stopped_by
         config = stopper.config if stopper else None
+        if action is Action.REVIEW and "review" in self.gw.services:
+            out = await self.gw.services["review"].hold_stream(
+                self, guard, translator, getattr(self, "unread", None)
+            )
+            self.finish_record(action=action.value, stream=True, cut=out is self.response)
+            return out
         if self.response is None and config is not None and config.error_response:
             self.finish_record(action=action.value, stream=True)
             return self.blocked_response(guard, action, None)
         open_keys = [k for k, s in guard.segments.items() if not s.closed] or list(guard.segments)
+        await self.send_preamble(translator, guard)
         if guard.chars_released() == 0:
             # nothing reached the client yet: say why instead of an empty answer
             key = open_keys[0] if open_keys else "0"
@@ -524,6 +607,11 @@ class Exchange:
         await self.write_eof()
         self.finish_record(action=action.value, stream=True, cut=True)
         return self.response
+
+    async def send_preamble(self, translator, guard: ResponseGuard) -> None:
+        """Send the held preamble (role, message start…) so an ending is well-formed."""
+        self.text_ready = True
+        await self.flush_pending(translator, guard, self.pending)
 
     async def stream_failed(self, err: GatewayError, route: Route, guard: ResponseGuard,
                             translator):
@@ -546,6 +634,8 @@ class Exchange:
     # -- shared -----------------------------------------------------------------------
     def new_guard(self, route: Route, sources: list, errors: list) -> ResponseGuard:
         policies = self.policy_set.for_route(route.name) if self.policy_set else []
+        if self.containment is not None and self.containment.mode == "review_all":
+            policies = [*policies, HOLD_ALL]
         self.guard = ResponseGuard(
             policies,
             self.scan_context(route, sources, errors),

@@ -1,0 +1,1 @@
+"""The review queue: held responses, the reviewer API and UI, outcomes for clients."""

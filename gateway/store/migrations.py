@@ -26,3 +26,166 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ],
     ),
 ]
+
+MIGRATIONS.append(
+    (
+        10,
+        "review queue",
+        [
+            """CREATE TABLE review_items (
+                id TEXT PRIMARY KEY,
+                decision_id TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                state TEXT NOT NULL,
+                outcome TEXT,
+                route TEXT NOT NULL,
+                protocol TEXT NOT NULL,
+                path TEXT NOT NULL,
+                model TEXT,
+                stream INTEGER NOT NULL,
+                policy TEXT NOT NULL,
+                policies TEXT NOT NULL,
+                severity TEXT NOT NULL,
+                severity_rank INTEGER NOT NULL,
+                priority INTEGER NOT NULL,
+                sla_deadline DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                expire_action TEXT NOT NULL,
+                retain_until DOUBLE PRECISION NOT NULL,
+                overdue INTEGER NOT NULL,
+                escalations INTEGER NOT NULL,
+                assignee TEXT,
+                key_id TEXT,
+                tenant TEXT,
+                text_stored INTEGER NOT NULL,
+                text_hash TEXT NOT NULL,
+                request TEXT,
+                response TEXT,
+                segments TEXT,
+                record TEXT NOT NULL,
+                edited TEXT,
+                reason TEXT,
+                decided_by TEXT,
+                decided_at DOUBLE PRECISION,
+                version INTEGER NOT NULL,
+                op_token TEXT
+            )""",
+            "CREATE INDEX review_items_queue ON review_items (state, sla_deadline)",
+            "CREATE INDEX review_items_policy ON review_items (policy, state)",
+            "CREATE INDEX review_items_route ON review_items (route, state)",
+            "CREATE INDEX review_items_assignee ON review_items (assignee, state)",
+            "CREATE INDEX review_items_retain ON review_items (retain_until)",
+            """CREATE TABLE review_audit (
+                id TEXT PRIMARY KEY,
+                item_id TEXT NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                before_state TEXT,
+                after_state TEXT,
+                detail TEXT
+            )""",
+            "CREATE INDEX review_audit_item ON review_audit (item_id, ts)",
+            """CREATE TABLE review_comments (
+                id TEXT PRIMARY KEY,
+                item_id TEXT NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                author TEXT NOT NULL,
+                body TEXT NOT NULL
+            )""",
+            "CREATE INDEX review_comments_item ON review_comments (item_id, ts)",
+            """CREATE TABLE review_callbacks (
+                id TEXT PRIMARY KEY,
+                item_id TEXT NOT NULL,
+                route TEXT NOT NULL,
+                url TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_at DOUBLE PRECISION NOT NULL,
+                last_error TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX review_callbacks_due ON review_callbacks (state, next_at)",
+        ],
+    )
+)
+
+
+MIGRATIONS.append(
+    (
+        20,
+        "incidents, their timelines, the sink outbox and route containment",
+        [
+            """CREATE TABLE incidents (
+                id TEXT PRIMARY KEY,
+                dedup_key TEXT NOT NULL,
+                title TEXT NOT NULL,
+                severity TEXT NOT NULL,
+                state TEXT NOT NULL,
+                source TEXT NOT NULL,
+                rule_id TEXT,
+                route TEXT,
+                upstream TEXT,
+                policy TEXT,
+                opened_at DOUBLE PRECISION NOT NULL,
+                first_seen DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL,
+                resolved_at DOUBLE PRECISION,
+                breach_count INTEGER NOT NULL DEFAULT 0,
+                data TEXT NOT NULL
+            )""",
+            "CREATE INDEX incidents_state ON incidents (state, opened_at)",
+            "CREATE INDEX incidents_dedup ON incidents (dedup_key, state)",
+            """CREATE TABLE incident_events (
+                incident_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                kind TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                message TEXT NOT NULL,
+                data TEXT NOT NULL,
+                PRIMARY KEY (incident_id, seq)
+            )""",
+            """CREATE TABLE incident_outbox (
+                id TEXT PRIMARY KEY,
+                incident_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                dedup_key TEXT NOT NULL,
+                ord BIGINT NOT NULL,
+                sink TEXT NOT NULL,
+                event TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at DOUBLE PRECISION NOT NULL,
+                last_error TEXT,
+                dead INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX incident_outbox_due ON incident_outbox (dead, next_attempt_at)",
+            """CREATE TABLE route_containment (
+                route TEXT PRIMARY KEY,
+                mode TEXT NOT NULL,
+                incident_id TEXT,
+                actor TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                since DOUBLE PRECISION NOT NULL,
+                auto_revert INTEGER NOT NULL DEFAULT 0
+            )""",
+        ],
+    )
+)
+
+MIGRATIONS.append(
+    (
+        11,
+        "review queue: covering indexes for counts and approval rates",
+        [
+            # the queue page counts by state and severity and reads approval rates
+            # on every load; these keep both off the wide item rows
+            "CREATE INDEX review_items_state_severity ON review_items (state, severity)",
+            "CREATE INDEX review_items_outcomes ON review_items (policy, outcome, decided_by)",
+        ],
+    )
+)

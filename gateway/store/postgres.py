@@ -65,7 +65,7 @@ class PostgresStore(Store):
                 "(version INTEGER PRIMARY KEY, name TEXT, applied_at DOUBLE PRECISION)"
             )
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, name, statements in MIGRATIONS:
+            for version, name, statements in sorted(MIGRATIONS, key=lambda m: m[0]):
                 if version in done:
                     continue
                 for sql in statements:

@@ -55,7 +55,7 @@ class SQLiteStore(Store):
             "(version INTEGER PRIMARY KEY, name TEXT, applied_at DOUBLE PRECISION)"
         )
         done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-        for version, name, statements in MIGRATIONS:
+        for version, name, statements in sorted(MIGRATIONS, key=lambda m: m[0]):
             if version in done:
                 continue
             conn.execute("BEGIN IMMEDIATE")

@@ -80,6 +80,8 @@ class AnthropicStream(StreamTranslator):
     def __init__(self, info: RequestInfo):
         super().__init__(info)
         self.text_blocks: set[str] = set()
+        # blocks whose start the client has seen and whose stop it has not:
+        # parsing runs ahead of sending, so this is tracked as events go out
         self.open_blocks: list[str] = []
 
     def parse(self, ev: SSEEvent) -> list[Any]:
@@ -89,12 +91,13 @@ class AnthropicStream(StreamTranslator):
         if kind == "content_block_start":
             key = str(obj.get("index", 0))
             block = obj.get("content_block") or {}
-            self.open_blocks.append(key)
             if block.get("type") != "text":
                 return [Raw(key, obj, name)]
             self.text_blocks.add(key)
             first = block.get("text") or ""
-            items: list[Any] = [Raw(key, dict(obj, content_block=dict(block, text="")), name)]
+            items: list[Any] = [
+                Raw(key, dict(obj, content_block=dict(block, text="")), name, lead=True)
+            ]
             if first:
                 items.append(Text(key, first))
             return items
@@ -106,14 +109,22 @@ class AnthropicStream(StreamTranslator):
             return [Raw(key, obj, name)]
         if kind == "content_block_stop":
             key = str(obj.get("index", 0))
-            if key in self.open_blocks:
-                self.open_blocks.remove(key)
             if key in self.text_blocks:
                 return [End(key, obj, name)]
             return [Raw(key, obj, name)]
         if kind == "message_stop":
             return [Done(obj, name)]
-        return [Raw(None, obj, name)]
+        return [Raw(None, obj, name, lead=kind in ("message_start", "ping"))]
+
+    def render(self, item, released: dict[str, str]) -> bytes:
+        payload = item.payload
+        if isinstance(payload, dict):
+            key = str(payload.get("index", 0))
+            if payload.get("type") == "content_block_start":
+                self.open_blocks.append(key)
+            elif payload.get("type") == "content_block_stop" and key in self.open_blocks:
+                self.open_blocks.remove(key)
+        return super().render(item, released)
 
     def render_text(self, key: str, text: str) -> bytes:
         payload = {

@@ -54,11 +54,17 @@ class Text:
 
 @dataclass(slots=True)
 class Raw:
-    """An upstream event to pass on, after the held text of ``key`` (None: of every key)."""
+    """An upstream event to pass on, after the held text of ``key`` (None: of every key).
+
+    ``lead`` marks a preamble event (a role, a message or block start, a ping)
+    that may wait for the first released text: until the first byte leaves, a
+    breach can still fall back to another upstream or become an error answer.
+    """
 
     key: str | None
     payload: Any
     event: str | None = None
+    lead: bool = False
 
 
 @dataclass(slots=True)

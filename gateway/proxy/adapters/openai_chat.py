@@ -148,7 +148,8 @@ class ChatStream(StreamTranslator):
         delta = choice.get("delta") or {}
         other = {k: v for k, v in delta.items() if k != "content"}
         if other:
-            items.append(Raw(key, self._chunk(obj, index, other, None)))
+            role_only = set(other) <= {"role", "refusal"} and not other.get("refusal")
+            items.append(Raw(key, self._chunk(obj, index, other, None), lead=role_only))
         content = delta.get("content")
         if isinstance(content, str) and content:
             items.append(Text(key, content))

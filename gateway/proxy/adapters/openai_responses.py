@@ -31,6 +31,12 @@ from gateway.proxy.adapters.base import (
 from gateway.proxy.sse import SSEEvent, encode_event
 
 FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+LEAD_EVENTS = (
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+)
 
 
 def _query(body: dict[str, Any]) -> str | None:
@@ -139,7 +145,7 @@ class ResponsesStream(StreamTranslator):
             return [Raw(key, obj, name)]
         if kind in FINAL_EVENTS:
             return [Done(obj, name)]
-        return [Raw(None, obj, name)]
+        return [Raw(None, obj, name, lead=kind in LEAD_EVENTS)]
 
     def _emit(self, payload: dict[str, Any], name: str | None) -> bytes:
         if "sequence_number" in payload or self.sequence:

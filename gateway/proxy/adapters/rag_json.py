@@ -139,7 +139,8 @@ class RagJsonStream(StreamTranslator):
             if _has_more_than(rest, self.adapter.stream_text_path):
                 items.append(Raw("0", rest, ev.event))
             return items
-        return [Raw(None, obj, ev.event)]
+        # an event without answer text (the sources, say) may wait for the first text
+        return [Raw(None, obj, ev.event, lead=True)]
 
     def render_text(self, key: str, text: str) -> bytes:
         out: dict[str, Any] = {}

@@ -1,0 +1,151 @@
+"""The incidents pages: auth, escaping, CSP, chart, forms; and the route CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from gateway.cli import main as cli_main
+from gateway.config import Route
+from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
+
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+CHAT = "/v1/chat/completions"
+
+POLICIES = """\
+policies:
+  - id: no-forbidden
+    kind: phrases
+    phrases: ["launch codes"]
+    action: block
+    severity: high
+incident_rules:
+  - id: leaks
+    source: policy
+    title: "<script>alert(1)</script> {policy} on {route}"
+"""
+
+
+async def opened(make_gateway, fake, policy_dir, routes=None):
+    write_policies(policy_dir, POLICIES)
+    fake.script.text = "the launch codes are 1"
+    proxy, admin, gw = await make_gateway(routes, upstream=fake)
+    for _ in range(3):
+        await proxy.post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())[
+        "incidents"]
+    return proxy, admin, gw, inc
+
+
+async def test_pages_need_auth_escape_and_send_csp(make_gateway, fake, policy_dir):
+    _, admin, _, inc = await opened(make_gateway, fake, policy_dir)
+    resp = await admin.get("/incidents/", allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["location"] == "/incidents/login?next=/incidents/"
+
+    resp = await admin.get("/incidents/", headers=ADMIN)
+    assert resp.status == 200
+    html = await resp.text()
+    csp = resp.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    nonce = re.search(r"style-src 'nonce-([^']+)'", csp).group(1)
+    assert f'<style nonce="{nonce}">' in html
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; no-forbidden on default" in html
+    assert f'href="/incidents/{inc["id"]}"' in html
+
+    resp = await admin.get(f"/incidents/{inc['id']}", headers=ADMIN)
+    html = await resp.text()
+    assert "<script>" not in html
+    svg = re.search(r"<svg .*?</svg>", html, re.S).group(0)
+    bars = re.findall(r'<rect class="bar"[^>]*height="([0-9.]+)"><title>[^<]*: (\d+)</title>',
+                      svg)
+    assert sum(int(n) for _, n in bars) == 3
+    assert "opened" in html and "postmortem.md" in html
+
+    resp = await admin.get(f"/incidents/{inc['id']}/postmortem.md", headers=ADMIN)
+    assert resp.status == 200
+    assert (await resp.text()).startswith("# Post-mortem (draft): <script>")
+    assert "attachment" in resp.headers["content-disposition"]
+
+
+async def test_token_login_session_and_csrf(make_gateway, fake, policy_dir):
+    _, admin, gw, inc = await opened(make_gateway, fake, policy_dir)
+    form = await (await admin.get("/incidents/login?next=/incidents/")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    bad = await admin.post("/incidents/login", data={"csrf": csrf, "token": "nope",
+                                                     "next": "/incidents/"})
+    assert bad.status == 401
+    form = await bad.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    resp = await admin.post("/incidents/login", allow_redirects=False,
+                            data={"csrf": csrf, "token": REVIEWER_TOKEN,
+                                  "next": "https://evil.example/"})
+    assert resp.status == 303
+    assert resp.headers["location"] == "/incidents/"
+    page = await admin.get(f"/incidents/{inc['id']}")
+    assert page.status == 200
+    html = await page.text()
+    session_csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    # a form posted without the session's token is refused
+    refused = await admin.post(f"/incidents/{inc['id']}", data={"action": "acknowledge"})
+    assert refused.status == 403
+    ok = await admin.post(f"/incidents/{inc['id']}", allow_redirects=False,
+                          data={"action": "acknowledge", "csrf": session_csrf})
+    assert ok.status == 303
+    detail = await (await admin.get(f"/governance/v1/incidents/{inc['id']}",
+                                    headers=ADMIN)).json()
+    assert detail["state"] == "acknowledged"
+    assert detail["timeline"][-1]["actor"] == "rita"
+    # a reviewer may not resolve
+    denied = await admin.post(f"/incidents/{inc['id']}",
+                              data={"action": "resolved", "csrf": session_csrf})
+    assert denied.status == 403
+
+
+async def test_route_cli_contains_and_restores(make_gateway, fake, fallback_fake, policy_dir,
+                                               capsys, monkeypatch):
+    routes = [Route(name="primary", upstream=fake.url, fallback="backup"),
+              Route(name="backup", upstream=fallback_fake.url, path_prefix="/never/")]
+    proxy, admin, gw, inc = await opened(make_gateway, fake, policy_dir, routes)
+    url = str(admin.make_url("")).rstrip("/")
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+    code = await asyncio.to_thread(cli_main, [
+        "route", "contain", "primary", "--mode", "fallback", "--incident", inc["id"],
+        "--admin-url", url])
+    assert code == 0
+    assert "route primary contained: fallback (by root)" in capsys.readouterr().out
+    resp = await proxy.post(CHAT, json={"model": "m", "messages": [{"role": "user",
+                                                                     "content": "x"}]})
+    assert resp.headers["x-governance-route"] == "backup"
+    code = await asyncio.to_thread(cli_main, ["route", "restore", "primary", "--admin-url", url])
+    assert code == 0
+    assert "route primary restored (was fallback)" in capsys.readouterr().out
+    code = await asyncio.to_thread(cli_main, ["route", "restore", "primary", "--admin-url", url])
+    assert code == 1
+    assert "409: route primary is not contained" in capsys.readouterr().err
+    kinds = [e["kind"] for e in (await (await admin.get(
+        f"/governance/v1/incidents/{inc['id']}", headers=ADMIN)).json())["timeline"]]
+    assert kinds == ["opened", "contained", "restored"]
+    code = await asyncio.to_thread(cli_main, ["incident", "list", "--admin-url", url])
+    assert code == 0
+    assert inc["id"] in capsys.readouterr().out
+
+
+async def test_review_ui_session_cookie_is_accepted(make_gateway, fake, policy_dir):
+    from types import SimpleNamespace
+
+    from gateway.auth import Principal
+    from gateway.review.sessions import COOKIE, SessionBook
+
+    _, admin, gw, inc = await opened(make_gateway, fake, policy_dir)
+    book = SessionBook(600)
+    gw.services.setdefault("review", SimpleNamespace())
+    gw.services["review"].sessions = book
+    session = book.create(Principal("rita", frozenset({"reviewer"})))
+    resp = await admin.get("/incidents/", allow_redirects=False,
+                           cookies={COOKIE: "not-a-session"})
+    assert resp.status == 303
+    resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: session.id})
+    assert resp.status == 200
+    assert "signed in as rita" in await resp.text()
