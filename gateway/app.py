@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 # Subsystems that plug into the gateway. Each module exposes
 # ``install(gw: Gateway) -> None`` (register services, decision listeners and
 # start/stop hooks on ``gw``) and ``admin_routes(app: web.Application) -> None``
-# (add its API and pages to the admin app).
+# (add its API and pages to the admin app), and optionally
+# ``proxy_routes(app)`` for paths clients reach on the proxy listener.
 SUBSYSTEMS: tuple[str, ...] = ("gateway.incidents.service", "gateway.review.service")
 
 
@@ -71,6 +72,12 @@ def create_app(settings: Settings | Gateway) -> web.Application:
     # bodies are read and limited by the handler, which answers in the client's format
     app = web.Application(client_max_size=1024**4)
     app[GATEWAY] = gw
+    # a subsystem may serve a path to clients on the proxy listener (the review
+    # result poll); those routes must come before the catch-all
+    for name in SUBSYSTEMS:
+        hook = getattr(importlib.import_module(name), "proxy_routes", None)
+        if hook is not None:
+            hook(app)
     app.router.add_route("*", "/{tail:.*}", handle)
 
     async def lifecycle(app: web.Application):

@@ -129,6 +129,21 @@ async def test_poll_needs_the_same_api_key(make_gateway, fake):
                             headers=auth(CLIENT_KEY))).status == 401
 
 
+async def test_poll_on_the_proxy_listener(make_gateway, fake):
+    fake.script.text = SAUCE
+    proxy, admin, _ = await start(make_gateway, fake)
+    review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
+    url = f"/governance/v1/reviews/{review_id}/result"
+    poll = await proxy.get(url, headers=auth(CLIENT_KEY))
+    assert poll.status == 200 and (await poll.json())["status"] == "pending"
+    assert (await proxy.get(url, headers=auth(OTHER_KEY))).status == 403
+    assert (await proxy.get(url)).status == 401
+    # nothing else of the governance API is reachable from the proxy side
+    listed = await proxy.get("/governance/v1/reviews", headers=auth(REVIEWER_TOKEN))
+    assert listed.status == 404
+    assert fake.requests[-1]["path"] != "/governance/v1/reviews"
+
+
 async def test_edit_and_reject_reach_the_client(make_gateway, fake):
     fake.script.text = SAUCE
     proxy, admin, _ = await start(make_gateway, fake)

@@ -128,6 +128,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     decision_id_var.set(decision_id)
     adapter: Adapter | None = None
     try:
+        if request.path.startswith("/governance/"):
+            # never forward governance paths (and the tokens they carry) upstream
+            raise NotFound("the governance API is served on the admin listener")
         body = b""
         if request.method in ("POST", "PUT", "PATCH"):
             body = await read_request_body(request, gw.settings.limits.max_body_bytes)

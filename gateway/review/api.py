@@ -193,6 +193,18 @@ async def client_result(request: web.Request, handler):
         return json_response(openai_error(err), err.status)
 
 
+async def client_result_on_proxy(request: web.Request) -> web.Response:
+    """The same poll on the proxy listener, the one address a client already knows."""
+    try:
+        return await service(request).client_result(request, request.match_info["id"])
+    except GatewayError as err:
+        return json_response(openai_error(err), err.status)
+
+
+def install_proxy_routes(app: web.Application) -> None:
+    app.router.add_get(BASE + "/{id:[0-9a-f]{32}}/result", client_result_on_proxy)
+
+
 def install_routes(app: web.Application) -> None:
     app.middlewares.insert(0, client_result)
     app.router.add_get(BASE, list_items)

@@ -777,6 +777,12 @@ def install(gw: Gateway) -> None:
     gw.on_start.append(service.start)
 
 
+def proxy_routes(app: web.Application) -> None:
+    from gateway.review.api import install_proxy_routes
+
+    install_proxy_routes(app)
+
+
 def admin_routes(app: web.Application) -> None:
     from gateway.review.api import install_routes
     from gateway.review.ui import install_ui
