@@ -25,6 +25,7 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     NoRoute,
+    NotFound,
     PayloadTooLarge,
     UpstreamError,
     UpstreamMalformed,
@@ -153,6 +154,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
                             decision_id)
         return await exchange.run()
     except GatewayError as err:
+        return error_response(err, adapter, decision_id)
+    except (asyncio.CancelledError, web.HTTPException):
+        raise
+    except Exception:
+        # a bug of ours still answers in the client's format, and is logged loudly
+        log.exception("internal error while handling %s %s", request.method, request.path)
+        err = GatewayError("the gateway failed to handle this request", code="internal-error")
         return error_response(err, adapter, decision_id)
 
 
