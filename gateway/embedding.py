@@ -4,6 +4,11 @@ One model per name per process, loaded lazily and offline. Calls are batched
 by the caller and run on one dedicated worker thread with one torch compute
 thread, so a burst of requests queues instead of oversubscribing two cores,
 and the event loop never waits on the model.
+
+Variants of the same model trade accuracy for speed: ``fp32`` (the model as
+published) and ``int8`` (its linear layers dynamically quantised at load
+time; same vector space, so an index built with ``fp32`` can be queried with
+``int8``). ``docs/copyright.md`` has the measured effect of each.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import hashlib
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+VARIANTS = ("fp32", "int8")
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -45,8 +52,20 @@ def resolve_model(name: str) -> str:
 class Embedder:
     """Unit-normalised float32 sentence embeddings, with a small LRU cache."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, threads: int = 1, cache_size: int = 8192):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        threads: int = 1,
+        cache_size: int = 8192,
+        variant: str = "fp32",
+    ):
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"unknown embedding variant {variant!r} (known: {', '.join(VARIANTS)})"
+            )
         self.model_name = model
+        self.variant = variant
         self._threads = threads
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -64,15 +83,18 @@ class Embedder:
                 from sentence_transformers import SentenceTransformer
 
                 torch.set_num_threads(self._threads)
-                self._model = SentenceTransformer(path, device="cpu")
+                model = SentenceTransformer(path, device="cpu")
+                if self.variant == "int8":
+                    model = _quantize(model)
+                self._model = model
         return self._model
 
     @property
     def dim(self) -> int:
         model = self._load()
-        getter = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
-        )
+        getter = getattr(model, "get_embedding_dimension", None)
+        if getter is None:
+            getter = model.get_sentence_embedding_dimension
         return int(getter())
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -116,13 +138,26 @@ class Embedder:
         self.encode(["warm up"])
 
 
-_shared: dict[str, Embedder] = {}
+def _quantize(model: Any) -> Any:
+    """Int8 weights for every linear layer; activations stay float (dynamic quantisation)."""
+    import torch
+
+    with warnings.catch_warnings():
+        # the eager quantisation API is deprecated upstream but still ships and works
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+_shared: dict[tuple[str, str], Embedder] = {}
 _shared_lock = threading.Lock()
 
 
-def get_embedder(model: str = DEFAULT_MODEL) -> Embedder:
-    """The process-wide embedder for ``model`` (created on first use)."""
+def get_embedder(model: str = DEFAULT_MODEL, variant: str = "fp32") -> Embedder:
+    """The process-wide embedder for ``model`` and ``variant`` (created on first use)."""
     with _shared_lock:
-        if model not in _shared:
-            _shared[model] = Embedder(model)
-        return _shared[model]
+        key = (model, variant)
+        if key not in _shared:
+            _shared[key] = Embedder(model, variant=variant)
+        return _shared[key]

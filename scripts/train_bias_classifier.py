@@ -96,6 +96,27 @@ STEREOTYPE_TEMPLATES = [
     "{g} are less deserving of promotion.",
     "{g} slow everything down.",
     "{g} are inherently untrustworthy.",
+    # stereotypes often hide in hedged or casual wording, not in slurs
+    "{g} are all the same: loud and rude.",
+    "{g} only ever think about themselves.",
+    "{g} are obsessed with status and money.",
+    "You'll find that {g} rarely pull their weight.",
+    "{g} usually need someone to check their work.",
+    "{g} come here to take advantage of the system.",
+    "{g} are just not wired for science.",
+    "{g} can never be fully trusted with responsibility.",
+    "{g} are basically all cheats.",
+    "It's typical of {g} to complain instead of working.",
+    "{g} are a bad influence on children.",
+    "Putting {g} in charge never ends well.",
+    "{g} don't really care about their families.",
+    "{g} are too stupid to understand politics.",
+    "{g} ruin every neighbourhood they move into.",
+    "Everyone knows {g} are entitled and spoiled.",
+    "{g} would rather steal than work.",
+    "{g} are faking it to get attention.",
+    "{g} don't belong in positions of authority.",
+    "Of course the {g} got it wrong again.",
 ]
 
 NEUTRAL_TEMPLATES = [
@@ -119,6 +140,32 @@ NEUTRAL_TEMPLATES = [
     "The study found no difference in performance between {g} and other groups.",
     "She works with {g} as a social worker.",
     "The book is about {g} and their contributions to science.",
+    # quantifiers and statistics are common in neutral text; without these
+    # the model learns that "most X" or a percentage about X is a stereotype
+    "Roughly a third of {g} in the region own their home, the housing agency reported.",
+    "Most {g} who answered the poll wanted longer library hours.",
+    "All {g} registered for the course will get the reading list by email.",
+    "In the last election, turnout among {g} rose by six points.",
+    "The program served more than two thousand {g} last year.",
+    "A new hotline answers questions from {g} about their pension rights.",
+    "Several {g} were elected to the school board in November.",
+    "The exhibition features photographs taken by {g} over fifty years.",
+    "Data on wages for {g} is published every quarter.",
+    "The guide explains how {g} can register to vote.",
+    "The hospital translated its forms so that {g} could fill them in easily.",
+    "Historians have written about how {g} were treated unfairly in the past.",
+    "{g} often volunteer at the food bank on weekends.",
+    "Local {g} organised a street party to raise money for the school.",
+    "{g} observed the holiday with family gatherings and meals.",
+    "The league added a division for {g} this season.",
+    "{g} and their neighbours planted trees along the river.",
+    "Two {g} shared the prize for best short film.",
+    "The podcast interviews {g} about the jobs they love.",
+    "Test results for {g} matched the national average.",
+    "{g} in our team often mentor new colleagues.",
+    "The choir welcomes {g} of every background.",
+    "The council consulted {g} before redesigning the bus routes.",
+    "Staff were trained to support {g} who use the service.",
 ]
 
 INDIVIDUAL_NEUTRAL = [
@@ -146,10 +193,10 @@ def generated() -> tuple[list[str], list[int]]:
     texts: list[str] = []
     labels: list[int] = []
     for g in GROUPS:
-        for t in rng.sample(STEREOTYPE_TEMPLATES, 8):
+        for t in rng.sample(STEREOTYPE_TEMPLATES, 14):
             texts.append(_cap(t.format(g=g)))
             labels.append(1)
-        for t in rng.sample(NEUTRAL_TEMPLATES, 8):
+        for t in rng.sample(NEUTRAL_TEMPLATES, 16):
             texts.append(_cap(t.format(g=g)))
             labels.append(0)
     for s in INDIVIDUAL_NEUTRAL:
@@ -233,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     # StereoSet's sentences are longer and subtler than HateCheck's short
     # templates; without extra weight the model learns mostly "hateful"
     parser.add_argument("--stereoset-weight", type=float, default=3.0)
+    # the generated sentences are few but are the only ones that state
+    # stereotypes the way an assistant would; weighting them up buys recall on
+    # implicit statements and precision on plain mentions
+    parser.add_argument("--generated-weight", type=float, default=10.0)
+    # train for the embedding variant the policy will use (its `variant:`)
+    parser.add_argument("--variant", default="fp32")
     parser.add_argument(
         "--cache", type=Path, default=None, help="reuse embeddings across runs (an .npz path)"
     )
@@ -243,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from gateway.embedding import get_embedder
 
-    embedder = CachedEncoder(get_embedder(), args.cache)
+    embedder = CachedEncoder(get_embedder("all-MiniLM-L6-v2", args.variant), args.cache)
 
     texts: list[str] = []
     labels: list[int] = []
@@ -257,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         sources[name] = sources.get(name, 0) + len(ts)
 
     add(*load_hatecheck(args.data), 1.0, "hatecheck")
-    add(*generated(), 2.0, "generated_templates")
+    add(*generated(), args.generated_weight, "generated_templates")
     stereo = load_stereoset(args.data)
     sw = args.stereoset_weight
     add([stereoset_text(it, "stereotype") for it in stereo], [1] * len(stereo), sw,
@@ -287,11 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "model": "logistic regression on all-MiniLM-L6-v2 sentence embeddings",
         "embedding_model": "all-MiniLM-L6-v2",
+        "embedding_variant": args.variant,
         "seed": SEED,
         "trained_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "l2": args.l2,
         "pair_weight": args.pair_weight,
         "stereoset_weight": args.stereoset_weight,
+        "generated_weight": args.generated_weight,
         "training_examples": sources,
         "licences": {
             "hatecheck": "CC BY 4.0",

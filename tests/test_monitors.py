@@ -250,3 +250,17 @@ def test_psi_and_ks():
     assert psi(same[:1000], same[1000:] + 1.0, 10) > 0.2
     assert ks(same[:1000], same[1000:]) < 0.1
     assert ks(same[:1000], same[1000:] + 1.0) > 0.3
+
+
+def test_monitors_section_from_the_policy_loader():
+    from pathlib import Path
+
+    from gateway.policy.loader import load_policies
+
+    policy_set = load_policies([Path(__file__).parents[1] / "policies" / "monitors.yaml"])
+    mset = MonitorSet(parse_monitors(policy_set.sections["monitors"]))
+    assert set(mset.monitors) == {"credit-decisions", "recommendations-drift"}
+    body = {"result": {"decision": "declined", "score": 0.3}, "applicant": {"cohort": "a"}}
+    assert mset.observe("credit", body, now=0.0) == []
+    assert mset.monitors["credit-decisions"].count == 1
+    assert mset.monitors["recommendations-drift"].count == 0

@@ -58,10 +58,13 @@ class FieldSpec(_Strict):
         return self
 
 
+_REJECTED: list[str | int | float | bool] = ["rejected"]
+
+
 class DecisionSpec(FieldSpec):
     # values meaning "rejected"; anything else counts as approved, unless
     # approve_values is given, in which case other values are skipped
-    reject_values: list[str | int | float | bool] = Field(default_factory=lambda: ["rejected"])
+    reject_values: list[str | int | float | bool] = Field(default_factory=lambda: _REJECTED)
     approve_values: list[str | int | float | bool] | None = None
 
 
@@ -382,14 +385,17 @@ class Monitor:
         if rules.score_drift is not None and self.ready():
             r3 = rules.score_drift
             if self.count % r3.every == 0 or "score_drift" not in self.last_values:
-                base = np.array([o[2] for o in self.baseline if o[2] is not None])
-                cur = np.array([o[2] for o in self.window if o[2] is not None])
-                if len(base) >= r3.bins and len(cur) >= r3.bins:
-                    value = psi(base, cur, r3.bins) if r3.method == "psi" else ks(base, cur)
+                base_s = np.array([o[2] for o in self.baseline if o[2] is not None])
+                cur_s = np.array([o[2] for o in self.window if o[2] is not None])
+                if len(base_s) >= r3.bins and len(cur_s) >= r3.bins:
+                    if r3.method == "psi":
+                        drift = psi(base_s, cur_s, r3.bins)
+                    else:
+                        drift = ks(base_s, cur_s)
                     out["score_drift"] = (
-                        value >= r3.threshold, value, r3.threshold,
-                        {"method": r3.method, "window_mean": round(float(cur.mean()), 4),
-                         "baseline_mean": round(float(base.mean()), 4)},
+                        drift >= r3.threshold, drift, r3.threshold,
+                        {"method": r3.method, "window_mean": round(float(cur_s.mean()), 4),
+                         "baseline_mean": round(float(base_s.mean()), 4)},
                     )
         return out
 

@@ -1,0 +1,661 @@
+"""Policy kind ``bias``: stereotyping and derogatory statements about protected groups.
+
+The detector works sentence by sentence. In a stream it scans each sentence
+once it is complete and holds back only the unfinished one, so a long answer
+costs one pass. Per sentence it combines four signals:
+
+* ``lexicon``: group terms from YAML lexicons (one per protected attribute).
+  A mention alone never breaches; it gates the classifier.
+* ``slurs``: slur lists matched fuzzily after undoing l33t, spacing and
+  punctuation obfuscation. Unambiguous slurs breach on their own.
+* ``generalisation``: "all/most X", "X are naturally/always …", "typical X".
+  It raises the classifier score by ``generalisation_boost``.
+* ``classifier``: a logistic model on MiniLM sentence embeddings, trained by
+  ``scripts/train_bias_classifier.py``, that scores stereotyping statements,
+  including implicit ones no pattern names.
+
+Dehumanising words ("vermin", "parasites") next to a group mention score at
+least ``dehumanising_score``. Quoted speech and sentences matching an
+allowlist pattern (educational or historical discussion) are not reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import Field, field_validator
+from rapidfuzz import fuzz, process
+
+from gateway.detectors.base import Finding, ScanContext
+from gateway.detectors.textnorm import fold
+from gateway.errors import ConfigError
+from gateway.policy.models import PolicyBase
+from gateway.policy.registry import BuildContext, PolicyKind
+
+HERE = Path(__file__).parent
+LEXICON_DIR = HERE / "lexicons"
+DEFAULT_CLASSIFIER = HERE / "data" / "bias_classifier.npz"
+ATTRIBUTES = (
+    "race_ethnicity",
+    "nationality",
+    "religion",
+    "gender",
+    "sexual_orientation",
+    "age",
+    "disability",
+    "socioeconomic",
+)
+Signal = Literal["lexicon", "slurs", "generalisation", "classifier", "dehumanising"]
+ALL_SIGNALS: list[Signal] = ["lexicon", "slurs", "generalisation", "classifier", "dehumanising"]
+
+# Markers of discussion about a stereotype rather than assertion of one. They
+# are deliberately specific: a broad marker such as "research shows" would
+# also excuse "research shows women are worse at maths".
+DEFAULT_ALLOW_PATTERNS = [
+    r"\b(?:the|a|this|that|common|harmful|racist|sexist|old|false)\s+(?:stereotypes?|tropes?|myths?)\b",
+    r"\bstereotyp(?:e|es|ed|ing)\s+(?:that|of|about)\b",
+    r"\b(?:myth|misconception|falsehood|prejudice|canard)\s+that\b",
+    r"\b(?:it is|it's|that is|that's)\s+(?:false|wrong|untrue|a myth|racist|sexist|bigoted)\s+"
+    r"(?:to (?:say|claim|think|assume)|that)\b",
+    r"\b(?:was|were)\s+(?:once\s+|widely\s+|commonly\s+)*(?:believed|claimed|argued|portrayed)\b",
+    r"\bpropaganda\b",
+    r"\b(?:debunk(?:ed|s)?|refut(?:e|ed|es))\b",
+]
+
+
+class BiasPolicy(PolicyBase):
+    kind: Literal["bias"]
+    # protected attributes to watch; extra lexicons may add more names
+    groups: list[str] = Field(default_factory=lambda: list(ATTRIBUTES))
+    signals: list[Signal] = Field(default_factory=lambda: list(ALL_SIGNALS))
+    # a sentence scoring at or above this is reported
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    # added to the classifier score when a generalisation pattern matches
+    generalisation_boost: float = Field(default=0.2, ge=0.0, le=1.0)
+    # floor for a sentence that names a group and uses a dehumanising word
+    dehumanising_score: float = Field(default=0.9, ge=0.0, le=1.0)
+    # rapidfuzz ratio (0-100) a de-obfuscated token needs to count as a slur;
+    # entries of four letters or fewer must match exactly
+    slur_similarity: float = Field(default=88.0, ge=50.0, le=100.0)
+    # extra lexicon / slur YAML files, relative to the policy file
+    lexicons: list[str] = Field(default_factory=list)
+    slur_lists: list[str] = Field(default_factory=list)
+    # replace the shipped group lexicons instead of extending them
+    replace_lexicons: bool = False
+    # classifier artefact; None is the shipped one
+    classifier: str | None = None
+    model: str = "all-MiniLM-L6-v2"
+    # an embedding variant gateway.embedding offers ("fp32", "int8": linear
+    # layers quantised, faster, vectors close to fp32); checked at build time
+    variant: str = "fp32"
+    # "mentions" runs the classifier only on sentences naming a group (and
+    # the sentence after one, see context_sentences); "all" on every sentence
+    classify: Literal["mentions", "all"] = "mentions"
+    # a sentence without a group term that opens with a pronoun, right after
+    # one that has a group term ("My neighbour is Mexican. He came here
+    # illegally."), is scored together with it, so references are not lost
+    context_sentences: int = Field(default=1, ge=0, le=1)
+    # quoted speech is reported speech, not the model's claim
+    allow_quotes: bool = True
+    # sentences matching one of these are discussion, not assertion;
+    # None means the shipped defaults
+    allow_patterns: list[str] | None = None
+    extra_allow_patterns: list[str] = Field(default_factory=list)
+    # longest sentence held back in a stream before it is scanned anyway
+    max_sentence_chars: int = Field(default=400, ge=40, le=5000)
+    redact_with: str = "[removed: biased statement]"
+
+    @field_validator("allow_patterns", "extra_allow_patterns")
+    @classmethod
+    def _compiles(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+        return value
+
+    @field_validator("signals")
+    @classmethod
+    def _some_signal(cls, value: list[Signal]) -> list[Signal]:
+        if not value:
+            raise ValueError("a bias policy needs at least one signal")
+        return value
+
+
+# --- lexicons ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    # term (folded) -> "attribute/group"
+    terms: dict[str, str]
+    # slur (plain spelling) -> "attribute/group"
+    slurs: dict[str, str]
+    ambiguous: frozenset[str]
+    dehumanising: frozenset[str]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read lexicon: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: lexicon is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a lexicon must be a mapping")
+    return data
+
+
+def _group_file(path: Path, into: dict[str, str]) -> None:
+    data = _read_yaml(path)
+    attribute = data.get("attribute")
+    groups = data.get("groups")
+    if not isinstance(attribute, str) or not isinstance(groups, dict):
+        raise ConfigError(f"{path}: a group lexicon needs `attribute:` and a `groups:` mapping")
+    for group, terms in groups.items():
+        if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
+            raise ConfigError(f"{path}: groups.{group} must be a list of non-empty strings")
+        for term in terms:
+            into[fold(term.strip())[0]] = f"{attribute}/{group}"
+
+
+def _slur_file(path: Path, slurs: dict[str, str], ambiguous: set[str], dehum: set[str]) -> None:
+    data = _read_yaml(path)
+    entries = data.get("slurs", {}) or {}
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path}: `slurs:` must map each term to attribute/group")
+    for term, group in entries.items():
+        slurs[_squash(str(term))] = str(group)
+    ambiguous.update(_squash(str(t)) for t in data.get("ambiguous", []) or [])
+    dehum.update(fold(str(t))[0] for t in data.get("dehumanising", []) or [])
+
+
+def load_lexicon(
+    extra_groups: Sequence[Path] = (), extra_slurs: Sequence[Path] = (), replace: bool = False
+) -> Lexicon:
+    """The shipped lexicons plus any extra files (later files win on conflicts)."""
+    terms: dict[str, str] = {}
+    if not replace:
+        for path in sorted(LEXICON_DIR.glob("*.yaml")):
+            if path.name != "slurs.yaml":
+                _group_file(path, terms)
+    for path in extra_groups:
+        _group_file(path, terms)
+    slurs: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    dehum: set[str] = set()
+    _slur_file(LEXICON_DIR / "slurs.yaml", slurs, ambiguous, dehum)
+    for path in extra_slurs:
+        _slur_file(path, slurs, ambiguous, dehum)
+    return Lexicon(terms, slurs, frozenset(ambiguous), frozenset(dehum))
+
+
+# --- obfuscation-tolerant tokens ------------------------------------------------
+
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b",
+                       "@": "a", "$": "s", "!": "i", "|": "l", "+": "t"})
+_NON_LETTER = re.compile(r"[^a-z]")
+_TOKEN = re.compile(r"\S+")
+
+
+def _squash(token: str) -> str:
+    """Lower-case letters only, with l33t digits and symbols read as letters."""
+    folded = fold(token)[0]
+    return _NON_LETTER.sub("", folded.translate(_LEET))
+
+
+def _candidates(sentence: str) -> list[tuple[str, int, int]]:
+    """De-obfuscated words with their spans, including spaced-out letter runs."""
+    tokens = [(m.start(), m.end(), _squash(m.group())) for m in _TOKEN.finditer(sentence)]
+    out: list[tuple[str, int, int]] = []
+    i = 0
+    while i < len(tokens):
+        s, e, word = tokens[i]
+        # "n i g g e r" or "w-o-m-e-n" split by spaces: join single letters
+        if len(word) == 1:
+            j = i
+            while j + 1 < len(tokens) and len(tokens[j + 1][2]) == 1:
+                j += 1
+            if j - i >= 2:
+                out.append(("".join(t[2] for t in tokens[i : j + 1]), s, tokens[j][1]))
+                i = j + 1
+                continue
+        if word:
+            out.append((word, s, e))
+        i += 1
+    # two-word slurs and words split in two ("fag got")
+    pairs = [
+        (a[0] + b[0], a[1], b[2]) for a, b in zip(out, out[1:], strict=False) if a[0] and b[0]
+    ]
+    return out + pairs
+
+
+# --- classifier -----------------------------------------------------------------
+
+
+class StereotypeClassifier:
+    """Logistic scores on sentence embeddings; results cached by sentence hash."""
+
+    def __init__(self, path: Path, embedder: Any, cache_size: int = 4096):
+        try:
+            with np.load(path) as data:
+                self.coef = data["coef"].astype(np.float32)
+                self.intercept = float(data["intercept"][0])
+                self.meta = json.loads(str(data["meta"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"{path}: not a bias classifier artefact: {exc}") from None
+        self._embedder = embedder
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """Raw scores (no cache), for benchmarks that rank sentences."""
+        return self._embedder.encode(texts) @ self.coef + self.intercept
+
+    def scores(self, texts: list[str]) -> list[float]:
+        keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
+        out: list[float | None] = []
+        with self._lock:
+            for key in keys:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                out.append(hit)
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            logits = self.logits([texts[i] for i in missing])
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            with self._lock:
+                for i, p in zip(missing, probs, strict=True):
+                    out[i] = float(p)
+                    self._cache[keys[i]] = float(p)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out  # type: ignore[return-value]
+
+
+# --- sentences --------------------------------------------------------------------
+
+# a sentence ends at . ! ? (plus closing quotes or brackets) before white
+# space, or at a line break; list items and headings are their own sentences
+_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
+# a sentence that opens by pointing back at people ("He came here
+# illegally.", "They never…") inherits the previous sentence's group; others
+# are judged alone, which keeps classifier calls to sentences that need them
+_REFERS_BACK = re.compile(
+    r"\W*(?:\w+\W+){0,2}?(?:he|she|they|them|his|her|their|these|those|such|the people)\b"
+)
+_QUOTED = re.compile(r"\"[^\"\n]{1,400}\"|\u201c[^\u201d\n]{1,400}\u201d")
+
+
+def split_sentences(text: str, start: int, final: bool, max_chars: int):
+    """Yield ``(s, e)`` spans of complete sentences in ``text[start:]``; return the cursor."""
+    spans: list[tuple[int, int]] = []
+    pos = start
+    for m in _SENTENCE_END.finditer(text, start):
+        end = m.end()
+        while pos < end and end - pos > max_chars:
+            cut = _forced_cut(text, pos, max_chars)
+            spans.append((pos, cut))
+            pos = cut
+        spans.append((pos, end))
+        pos = end
+    while len(text) - pos > max_chars:
+        cut = _forced_cut(text, pos, max_chars)
+        spans.append((pos, cut))
+        pos = cut
+    if final and pos < len(text):
+        spans.append((pos, len(text)))
+        pos = len(text)
+    trimmed = []
+    for s, e in spans:
+        piece = text[s:e]
+        lead = len(piece) - len(piece.lstrip())
+        tail = len(piece.rstrip())
+        if tail > lead:
+            trimmed.append((s + lead, s + tail))
+    return trimmed, pos
+
+
+def _forced_cut(text: str, pos: int, max_chars: int) -> int:
+    space = text.rfind(" ", pos + max_chars // 2, pos + max_chars)
+    return space + 1 if space > pos else pos + max_chars
+
+
+# --- detector -----------------------------------------------------------------------
+
+
+@dataclass
+class _Sentence:
+    start: int
+    end: int
+    text: str
+    groups: list[str]
+    mention_spans: list[tuple[int, int]]
+
+
+@dataclass
+class _Candidate:
+    sent: _Sentence
+    signals: dict[str, Any]
+    groups: list[str]
+    floor: float
+    boost: float
+    # what the classifier reads; None when it is off for this sentence
+    classify_text: str | None
+    score: float
+
+
+class BiasDetector:
+    blocking: bool = True
+    hold_back: int | None
+
+    def __init__(self, config: BiasPolicy, lexicon: Lexicon, classifier: Any | None):
+        self.config = config
+        self.hold_back = config.max_sentence_chars
+        self._signals = set(config.signals)
+        self._classifier = classifier if "classifier" in self._signals else None
+        watched = set(config.groups)
+        terms = {t: g for t, g in lexicon.terms.items() if g.split("/")[0] in watched}
+        self._terms = terms
+        self._slurs = {s: g for s, g in lexicon.slurs.items() if g.split("/")[0] in watched}
+        self._slur_names = list(self._slurs)
+        self._ambiguous = lexicon.ambiguous
+        self._dehum = lexicon.dehumanising
+        if terms:
+            alternation = "|".join(
+                re.escape(t).replace(r"\ ", r"\s+") for t in sorted(terms, key=len, reverse=True)
+            )
+            self._group_re: re.Pattern[str] | None = re.compile(
+                rf"(?<![\w-])(?:{alternation})(?:s|es)?(?![\w-])"
+            )
+            g = rf"(?:{alternation})(?:s|es)?"
+            self._general_re: list[tuple[re.Pattern[str], str]] = [
+                (re.compile(rf"\b(?:all|most|every|typical|those|these)\s+(?:of\s+(?:the|them)\s+)?"
+                            rf"(?:[a-z'-]+\s+){{0,2}}?{g}(?![\w-])"), "all/most X"),
+                (re.compile(rf"(?<![\w-]){g}\s+(?:are|is|were|tend to be|seem)\s+"
+                            r"(?:all\s+|just\s+|so\s+|simply\s+)?(?:naturally|always|inherently|"
+                            r"innately|genetically|never|by nature|born|incapable|all|"
+                            r"usually|typically|generally)\b"), "X are naturally/always Y"),
+                (re.compile(rf"(?<![\w-]){g}\s+(?:always|never|can't|cannot|can never|"
+                            r"tend to|are known|are known to|are unable|don't know how)\b"),
+                 "X always/never Y"),
+                (re.compile(rf"\b(?:like|such)\s+(?:a\s+|all\s+)?(?:typical|true|real)\s+{g}"
+                            r"(?![\w-])"), "typical X"),
+            ]
+        else:
+            self._group_re = None
+            self._general_re = []
+        self._dehum_re = (
+            re.compile(rf"\b(?:{'|'.join(re.escape(d) for d in sorted(self._dehum))})\b")
+            if self._dehum
+            else None
+        )
+        allow = DEFAULT_ALLOW_PATTERNS if config.allow_patterns is None else config.allow_patterns
+        self._allow = [re.compile(p, re.IGNORECASE) for p in [*allow, *config.extra_allow_patterns]]
+
+    def start(self, ctx: ScanContext) -> _BiasScan:
+        return _BiasScan(self)
+
+    # each sentence is judged on its own, plus the previous one when that
+    # carries the group the sentence refers to
+    def judge(self, sentences: list[tuple[_Sentence, _Sentence | None]]) -> list[Finding]:
+        return [
+            self._finding(c.sent, c.signals, c.groups, c.score)
+            for c in self._scored(sentences)
+            if c.score >= self.config.threshold
+        ]
+
+    def score(self, text: str) -> float:
+        """Highest sentence score in ``text``, before the threshold (for benchmarks)."""
+        spans, _ = split_sentences(text, 0, True, self.config.max_sentence_chars)
+        batch: list[tuple[_Sentence, _Sentence | None]] = []
+        previous: _Sentence | None = None
+        for s, e in spans:
+            sent = _Sentence(s, e, text[s:e], *self.mentions(text[s:e]))
+            batch.append((sent, previous if self.config.context_sentences else None))
+            previous = sent
+        return max((c.score for c in self._scored(batch)), default=0.0)
+
+    def _scored(self, sentences: list[tuple[_Sentence, _Sentence | None]]) -> list[_Candidate]:
+        cfg = self.config
+        candidates: list[_Candidate] = []
+        for sent, previous in sentences:
+            cand = self._signals_of(sent, previous)
+            if cand is not None:
+                candidates.append(cand)
+        to_classify = [c for c in candidates if c.classify_text is not None]
+        if to_classify and self._classifier is not None:
+            probs = self._classifier.scores([c.classify_text for c in to_classify])
+            for cand, prob in zip(to_classify, probs, strict=True):
+                cand.signals["classifier"] = round(prob, 4)
+                if "slur" in cand.signals and cand.floor < 1.0 and prob < cfg.threshold / 2:
+                    # an ambiguous term in a benign sentence ("queer theory")
+                    cand.signals.pop("slur")
+                cand.score = max(cand.floor, min(1.0, prob + cand.boost))
+        return candidates
+
+    def _signals_of(self, sent: _Sentence, previous: _Sentence | None) -> _Candidate | None:
+        cfg = self.config
+        if any(p.search(sent.text) for p in self._allow):
+            return None
+        folded = fold(sent.text)[0]
+        # mention and pattern spans are offsets into the folded text, slur
+        # spans into the original; folding can shift offsets, so keep both
+        quoted = _quoted_ranges(folded) if cfg.allow_quotes else []
+        quoted_original = _quoted_ranges(sent.text) if cfg.allow_quotes else []
+        signals: dict[str, Any] = {}
+        groups = [
+            g for g, span in zip(sent.groups, sent.mention_spans, strict=True)
+            if not _inside(span, quoted)
+        ]
+        floor = 0.0
+        if "slurs" in self._signals:
+            hit = self._slur(sent.text, quoted_original)
+            if hit is not None:
+                term, group, similarity, ambiguous = hit
+                signals["slur"] = {"term": term, "similarity": round(similarity, 1)}
+                groups.append(group)
+                if not ambiguous:
+                    floor = 1.0
+        if groups and "dehumanising" in self._signals and self._dehum_re is not None:
+            m = self._dehum_re.search(folded)
+            if m and not _inside((m.start(), m.end()), quoted):
+                signals["dehumanising"] = m.group()
+                floor = max(floor, cfg.dehumanising_score)
+        boost = 0.0
+        if groups and "generalisation" in self._signals:
+            for regex, label in self._general_re:
+                m = regex.search(folded)
+                if m and not _inside((m.start(), m.end()), quoted):
+                    signals["generalisation"] = label
+                    boost = cfg.generalisation_boost
+                    break
+        text = sent.text
+        if (
+            not groups
+            and previous is not None
+            and previous.groups
+            and _REFERS_BACK.match(folded)
+        ):
+            groups = list(previous.groups)
+            text = f"{previous.text} {sent.text}"
+            signals["context"] = "previous sentence"
+        if self._classifier is not None and (groups or cfg.classify == "all"):
+            return _Candidate(sent, signals, groups, floor, boost, text, 0.0)
+        if floor == 0.0 and "generalisation" not in signals:
+            return None
+        # without the classifier a generalisation about a group is judged
+        # on the pattern alone
+        base = 0.5 if "generalisation" in signals else 0.0
+        return _Candidate(sent, signals, groups, floor, boost, None, max(floor, base + boost))
+
+    def _finding(self, sent: _Sentence, signals: dict[str, Any], groups: list[str],
+                 score: float) -> Finding:
+        unique = list(dict.fromkeys(groups)) or ["unspecified"]
+        attributes = list(dict.fromkeys(g.split("/")[0] for g in unique))
+        return Finding(
+            sent.start,
+            sent.end,
+            float(score),
+            f"stereotyping or derogatory statement about {', '.join(unique)}",
+            {
+                "group": unique[0],
+                "groups": unique,
+                "attributes": attributes,
+                "signals": signals,
+                "score": round(float(score), 4),
+                "sentence": sent.text,
+            },
+        )
+
+    def mentions(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
+        if self._group_re is None:
+            return [], []
+        folded, origin = fold(text)
+        groups, spans = [], []
+        for m in self._group_re.finditer(folded):
+            groups.append(self._group_of(m.group()))
+            spans.append((m.start(), m.end()))
+        if not groups:
+            # "w o m e n", "mus1ims": look again with obfuscation undone
+            for word, _s, _e in _candidates(text):
+                g = self._terms.get(word) or self._terms.get(word.rstrip("s"))
+                if g and len(word) > 3:
+                    groups.append(g)
+                    spans.append((0, 0))
+        return groups, spans
+
+    def _group_of(self, matched: str) -> str:
+        key = " ".join(matched.split())
+        for candidate in (key, key[:-1], key[:-2]):
+            if candidate in self._terms:
+                return self._terms[candidate]
+        return "unspecified"
+
+    def _slur(self, sentence: str, quoted: list[tuple[int, int]]):
+        if not self._slurs:
+            return None
+        best = None
+        for word, s, e in _candidates(sentence):
+            if len(word) < 3 or _inside((s, e), quoted):
+                continue
+            exact = next((w for w in (word, word[:-1], word[:-2]) if w in self._slurs), None)
+            if exact is not None and (exact == word or word[len(exact):] in ("s", "es")):
+                hit = (exact, 100.0)
+            elif len(word) >= 5:
+                found = process.extractOne(
+                    word, self._slur_names, scorer=fuzz.ratio,
+                    score_cutoff=self.config.slur_similarity,
+                )
+                if found is None:
+                    continue
+                # short slurs only match exactly: fuzzy 4-letter matches are
+                # mostly ordinary words
+                if len(found[0]) <= 4:
+                    continue
+                hit = (found[0], float(found[1]))
+            else:
+                continue
+            term, similarity = hit
+            if best is None or similarity > best[2]:
+                best = (term, self._slurs[term], similarity, term in self._ambiguous)
+        return best
+
+
+def _quoted_ranges(text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in _QUOTED.finditer(text)]
+
+
+def _inside(span: tuple[int, int], ranges: list[tuple[int, int]]) -> bool:
+    return any(s <= span[0] and span[1] <= e for s, e in ranges)
+
+
+class _BiasScan:
+    """Scans each sentence once, when it is complete."""
+
+    __slots__ = ("_det", "_cursor", "_previous")
+
+    def __init__(self, detector: BiasDetector):
+        self._det = detector
+        self._cursor = 0
+        self._previous: _Sentence | None = None
+
+    def feed(self, text: str, final: bool) -> list[Finding]:
+        det = self._det
+        spans, self._cursor = split_sentences(
+            text, self._cursor, final, det.config.max_sentence_chars
+        )
+        if not spans:
+            return []
+        batch: list[tuple[_Sentence, _Sentence | None]] = []
+        for s, e in spans:
+            piece = text[s:e]
+            groups, mention_spans = det.mentions(piece)
+            sent = _Sentence(s, e, piece, groups, mention_spans)
+            previous = self._previous if det.config.context_sentences else None
+            batch.append((sent, previous))
+            self._previous = sent
+        return det.judge(batch)
+
+    def hold_from(self, text: str) -> int:
+        return min(self._cursor, len(text))
+
+
+def _fits(embedder: Any, model: str, variant: str) -> bool:
+    """Whether a shared embedder is the one this policy asks for."""
+    return (
+        embedder is not None
+        and getattr(embedder, "model_name", model) == model
+        and getattr(embedder, "variant", variant) == variant
+    )
+
+
+def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
+    lexicon = load_lexicon(
+        [ctx.base_dir / p for p in config.lexicons],
+        [ctx.base_dir / p for p in config.slur_lists],
+        replace=config.replace_lexicons,
+    )
+    known = {g.split("/")[0] for g in lexicon.terms.values()}
+    unknown = [g for g in config.groups if g not in known]
+    if unknown:
+        raise ConfigError(
+            f"bias policy {config.id!r}: unknown group(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    classifier = None
+    if "classifier" in config.signals:
+        path = ctx.base_dir / config.classifier if config.classifier else DEFAULT_CLASSIFIER
+        key = f"bias_classifier:{path}:{config.model}:{config.variant}"
+        classifier = ctx.resources.get(key)
+        if classifier is None:
+            embedder = ctx.resources.get("embedder")
+            if not _fits(embedder, config.model, config.variant):
+                from gateway.embedding import get_embedder
+
+                embedder = get_embedder(config.model, config.variant)
+            classifier = StereotypeClassifier(path, embedder)
+            ctx.resources[key] = classifier
+    return BiasDetector(config, lexicon, classifier)
+
+
+KIND = PolicyKind(
+    "bias",
+    BiasPolicy,
+    build,
+    "Stereotyping and derogatory statements about protected groups, with evidence spans.",
+)
