@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 # start/stop hooks on ``gw``) and ``admin_routes(app: web.Application) -> None``
 # (add its API and pages to the admin app), and optionally
 # ``proxy_routes(app)`` for paths clients reach on the proxy listener.
-SUBSYSTEMS: tuple[str, ...] = ("gateway.incidents.service", "gateway.review.service")
+SUBSYSTEMS: tuple[str, ...] = (
+    "gateway.incidents.monitoring",
+    "gateway.incidents.service",
+    "gateway.review.service",
+)
 
 
 def build_gateway(settings: Settings) -> Gateway:

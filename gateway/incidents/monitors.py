@@ -132,6 +132,17 @@ class MonitorsSection(_Strict):
     monitors: list[MonitorConfig] = Field(default_factory=list)
 
 
+def _positioned(where: str, raw: Any, exc: ValidationError) -> list[str]:
+    """``file:line:col`` messages for a section read from ``where``."""
+    from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
+
+    try:
+        source = load_source(where)
+    except YamlSyntaxError:
+        return [f"{where}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return validation_messages(source, exc, model=MonitorsSection, data={"monitors": raw})
+
+
 def parse_monitors(sections: Iterable[tuple[str, Any]]) -> list[MonitorConfig]:
     """Validate ``monitors:`` sections, given as ``(file name, raw value)`` pairs.
 
@@ -144,9 +155,7 @@ def parse_monitors(sections: Iterable[tuple[str, Any]]) -> list[MonitorConfig]:
         try:
             section = MonitorsSection.model_validate({"monitors": raw})
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                errors.append(f"{where}: {loc}: {err['msg']}")
+            errors.extend(_positioned(where, raw, exc))
             continue
         for mon in section.monitors:
             if mon.id in seen:

@@ -8,6 +8,7 @@ its detectors are built, so serving it cannot fail on configuration.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ TEST_SUFFIX = "_test"
 # top-level keys a policy file may hold besides ``policies``; later sections
 # (incident rules, monitors) are validated by the subsystems that own them
 EXTRA_SECTIONS = ("monitors", "incident_rules")
+# how each extra section is validated, so ``policy validate`` and a hot reload
+# catch its errors too; "module:function" taking (file, raw value) pairs
+SECTION_PARSERS = {
+    "monitors": "gateway.incidents.monitors:parse_monitors",
+    "incident_rules": "gateway.incidents.rules:parse_rules",
+}
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,12 @@ def load_policies(
                 )
                 continue
             compiled.append(CompiledPolicy(policy, detector, str(path)))
+    for name, pairs in sections.items():
+        module, _, function = SECTION_PARSERS[name].partition(":")
+        try:
+            getattr(importlib.import_module(module), function)(pairs)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
     if errors:
         raise ConfigError(f"{len(errors)} error(s) in policy files", errors)
     return PolicySet(compiled, digest.hexdigest()[:12], mtimes, sections)

@@ -37,6 +37,8 @@ class PolicyHolder:
         self.last_error: list[str] | None = None
         self.last_reload: float | None = None
         self._on_swap = on_swap
+        # subsystems that derive state from the policy set (monitors…) listen here
+        self.swap_listeners: list = []
         self._on_failure = on_failure
         self._lock = asyncio.Lock()
 
@@ -44,9 +46,14 @@ class PolicyHolder:
         """First load at start: errors are fatal here, the gateway has nothing to serve."""
         self.current = load_policies(self.paths, registry=self.registry, resources=self.resources)
         self.last_reload = time.time()
-        if self._on_swap:
-            self._on_swap(self.current)
+        self._notify(self.current)
         return self.current
+
+    def _notify(self, policy_set: PolicySet) -> None:
+        if self._on_swap:
+            self._on_swap(policy_set)
+        for listener in self.swap_listeners:
+            listener(policy_set)
 
     def _fingerprint(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -94,8 +101,7 @@ class PolicyHolder:
                                   "previous": old.revision if old else None,
                                   "policies": len(new.policies)}},
             )
-            if self._on_swap:
-                self._on_swap(new)
+            self._notify(new)
             return True
 
     async def watch(self, interval: float = 0.5) -> None:

@@ -388,6 +388,10 @@ class Exchange:
             if guard.stopped:
                 break
         guard.close()
+        monitors = self.gw.services.get("monitors")
+        if monitors is not None and monitors.watches(route.name):
+            # the model's own decision feeds the windowed monitors, off the response path
+            monitors.observe(route.name, body)
         action = guard.action()
         if action is Action.FALLBACK and self.fallback_possible(route):
             self.attempts[-1]["action"] = action.value

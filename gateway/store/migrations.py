@@ -189,3 +189,18 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+MIGRATIONS.append(
+    (
+        2,
+        "key-value state (monitor windows)",
+        [
+            """CREATE TABLE kv_state (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ],
+    )
+)
