@@ -26,6 +26,19 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (empty when there is no body), or a clear 400."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json(loads=orjson.loads)
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("send a JSON object")
+    return body
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler):
     try:
@@ -68,11 +81,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def check(request: web.Request) -> web.Response:
     """Decide on ``{"text"|"response", "route", "sources", "query"}`` as the proxy would."""
     gw = request.app[GATEWAY]
-    try:
-        body = await request.json(loads=orjson.loads)
-    except ValueError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict) or ("text" in body) == ("response" in body):
+    body = await json_body(request)
+    if ("text" in body) == ("response" in body):
         raise BadRequest('send a JSON object with exactly one of "text" or "response"')
     payload = body.get("text", body.get("response"))
     if not isinstance(payload, (str, dict)):

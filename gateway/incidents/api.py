@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import orjson
 from aiohttp import web
 
-from gateway.admin import json_response
+from gateway.admin import json_body, json_response
 from gateway.auth import PRINCIPAL, TOKENS, Principal
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized
 from gateway.incidents import postmortem
@@ -35,18 +34,6 @@ def _service(request: web.Request):
     if service is None:
         raise NotFound("incidents are not enabled")
     return service
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json(loads=orjson.loads)
-    except ValueError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], name: str) -> str:
@@ -98,7 +85,7 @@ async def act(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     role = "lead" if action in ("contained", "resolved", "postmortem-done") else "reviewer"
     principal = _require(request, role)
-    body = await _body(request)
+    body = await json_body(request)
     incident_id = request.match_info["id"]
     await service.settle()
     await _apply(service, incident_id, action, principal.name, body)
@@ -147,7 +134,7 @@ async def list_containment(request: web.Request) -> web.Response:
 async def contain(request: web.Request) -> web.Response:
     service = _service(request)
     principal = _require(request, "lead")
-    body = await _body(request)
+    body = await json_body(request)
     mode = _text(body, "mode")
     incident_id = body.get("incident_id")
     if incident_id is not None and not isinstance(incident_id, str):
@@ -160,7 +147,7 @@ async def contain(request: web.Request) -> web.Response:
 async def restore(request: web.Request) -> web.Response:
     service = _service(request)
     principal = _require(request, "lead")
-    body = await _body(request)
+    body = await json_body(request)
     switch = await service.restore_route(request.match_info["route"], principal.name,
                                          _text(body, "reason"))
     return json_response({"restored": switch.as_dict()})

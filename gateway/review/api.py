@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from gateway.admin import json_response
+from gateway.admin import json_body, json_response
 from gateway.auth import PRINCIPAL, TOKENS
 from gateway.errors import BadRequest, GatewayError
 from gateway.proxy.adapters.base import openai_error
@@ -27,18 +26,6 @@ _SEVERITIES = ("low", "medium", "high", "critical")
 
 def service(request: web.Request) -> ReviewService:
     return request.app[GATEWAY].services["review"]
-
-
-async def body_of(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json(loads=orjson.loads)
-    except ValueError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("send a JSON object")
-    return data
 
 
 def parse_filters(query, principal_name: str | None = None) -> dict[str, Any]:
@@ -115,7 +102,7 @@ async def act(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     item_id = request.match_info["id"]
     action = request.match_info["action"]
-    data = await body_of(request)
+    data = await json_body(request)
     version = data.get("version")
     if action == "claim":
         item = await svc.claim(item_id, principal, version)
@@ -139,7 +126,7 @@ async def act(request: web.Request) -> web.Response:
 
 async def comment(request: web.Request) -> web.Response:
     svc = service(request)
-    data = await body_of(request)
+    data = await json_body(request)
     created = await svc.comment(request.match_info["id"], request[PRINCIPAL],
                                 str(data.get("body") or ""))
     return json_response({"comment": created}, 201)
@@ -147,7 +134,7 @@ async def comment(request: web.Request) -> web.Response:
 
 async def bulk(request: web.Request) -> web.Response:
     principal = request.app[TOKENS].require(request, "lead")
-    data = await body_of(request)
+    data = await json_body(request)
     results = await service(request).bulk(principal, str(data.get("action") or ""),
                                           data.get("items") or [], str(data.get("reason") or ""))
     status = 200 if all(r["ok"] for r in results) else 207
@@ -158,7 +145,7 @@ async def allowlist(request: web.Request) -> web.Response:
     from gateway.review.allowlist import add_to_allowlist
 
     principal = request.app[TOKENS].require(request, "lead")
-    data = await body_of(request)
+    data = await json_body(request)
     svc = service(request)
     item = await svc.get(request.match_info["id"])
     outcome = await add_to_allowlist(svc, item, principal, data.get("policy"),
