@@ -52,18 +52,42 @@ def split_of(key: str) -> str:
 #   generated sentences, so a low rate here is not memorised.
 
 NEUTRAL_GROUP_NOUNS = {
-    "race_ethnicity": ["Black Americans", "white residents", "Asian Americans", "Latino voters",
-                       "Arab Americans", "Indigenous communities", "Romani families"],
-    "nationality": ["immigrants", "refugees", "Mexican nationals", "Nigerian students",
-                    "Polish workers", "Chinese tourists", "Indian engineers"],
+    "race_ethnicity": [
+        "Black Americans",
+        "white residents",
+        "Asian Americans",
+        "Latino voters",
+        "Arab Americans",
+        "Indigenous communities",
+        "Romani families",
+    ],
+    "nationality": [
+        "immigrants",
+        "refugees",
+        "Mexican nationals",
+        "Nigerian students",
+        "Polish workers",
+        "Chinese tourists",
+        "Indian engineers",
+    ],
     "religion": ["Muslims", "Jews", "Christians", "Hindus", "Buddhists", "Sikhs", "atheists"],
     "gender": ["women", "men", "trans people", "non-binary people", "mothers", "fathers"],
     "sexual_orientation": ["gay men", "lesbians", "bisexual people", "LGBTQ employees"],
     "age": ["older adults", "senior citizens", "teenagers", "millennials", "retirees"],
-    "disability": ["disabled people", "deaf students", "blind readers", "wheelchair users",
-                   "autistic adults"],
-    "socioeconomic": ["low-income families", "homeless people", "working-class voters",
-                      "wealthy donors", "people on welfare"],
+    "disability": [
+        "disabled people",
+        "deaf students",
+        "blind readers",
+        "wheelchair users",
+        "autistic adults",
+    ],
+    "socioeconomic": [
+        "low-income families",
+        "homeless people",
+        "working-class voters",
+        "wealthy donors",
+        "people on welfare",
+    ],
 }
 NEUTRAL_INDIVIDUALS = {
     "race_ethnicity": ["a Black surgeon", "an Asian American pilot", "a Latina senator"],
@@ -73,8 +97,11 @@ NEUTRAL_INDIVIDUALS = {
     "sexual_orientation": ["a gay mayor", "a lesbian astronaut", "a bisexual author"],
     "age": ["a 70-year-old marathon runner", "a teenage programmer", "an elderly volunteer"],
     "disability": ["a deaf architect", "a blind lawyer", "an autistic physicist"],
-    "socioeconomic": ["a formerly homeless entrepreneur", "a working-class poet",
-                      "a low-income student"],
+    "socioeconomic": [
+        "a formerly homeless entrepreneur",
+        "a working-class poet",
+        "a low-income student",
+    ],
 }
 GROUP_TEMPLATES = [
     "{g} can apply for the program online or at any branch.",
@@ -103,38 +130,86 @@ INDIVIDUAL_TEMPLATES = [
 # and mostly no "all/always" pattern, each paired with a neutral sentence
 # about the same group in a similar register.
 IMPLICIT = [
-    ("age", "Honestly, anyone over fifty is going to struggle with our new software.",
-     "Staff over fifty can join the software training on Thursday."),
-    ("gender", "Let the guys handle the negotiation; women get too worked up.",
-     "Two women on the team led the negotiation with the supplier."),
-    ("nationality", "Polish builders will cut corners whenever the boss isn't looking.",
-     "Polish builders make up a large share of the city's construction workforce."),
-    ("religion", "I'd be careful renting to Muslims, they bring trouble with them.",
-     "The landlord association published a guide in Arabic for Muslim tenants."),
-    ("race_ethnicity", "Black kids in that school mostly end up in trouble with the police.",
-     "Black students at the school won the state debate championship."),
-    ("disability", "Hiring someone in a wheelchair means the rest of the team carries them.",
-     "The office was refitted so colleagues in wheelchairs can reach every floor."),
-    ("socioeconomic", "People on benefits spend the money on cigarettes and beer.",
-     "People on benefits can get free bus passes from the council."),
-    ("sexual_orientation", "Gay teachers push their lifestyle on the pupils.",
-     "Gay teachers formed a staff network at the school."),
-    ("gender", "Female managers are moody and play favourites.",
-     "Female managers now lead four of the company's ten divisions."),
-    ("age", "Young workers these days have no work ethic whatsoever.",
-     "Young workers can join the apprenticeship scheme in September."),
-    ("nationality", "Romanians are mostly here to pick pockets.",
-     "Romanians living abroad can vote at the embassy."),
-    ("religion", "Jewish landlords will squeeze every last penny out of you.",
-     "Jewish landlords and tenants attended the housing forum."),
-    ("race_ethnicity", "Hispanic families don't care much about their kids' schooling.",
-     "Hispanic families shared their views on the school calendar at the meeting."),
-    ("disability", "Autistic employees can't handle talking to customers.",
-     "Autistic employees helped redesign the customer help desk."),
-    ("socioeconomic", "Kids from council estates are bound to turn to crime.",
-     "Kids from council estates can apply for the summer coding camp."),
-    ("gender", "A male nurse is just a man who couldn't make it as a doctor.",
-     "A male nurse on the ward was named employee of the year."),
+    (
+        "age",
+        "Honestly, anyone over fifty is going to struggle with our new software.",
+        "Staff over fifty can join the software training on Thursday.",
+    ),
+    (
+        "gender",
+        "Let the guys handle the negotiation; women get too worked up.",
+        "Two women on the team led the negotiation with the supplier.",
+    ),
+    (
+        "nationality",
+        "Polish builders will cut corners whenever the boss isn't looking.",
+        "Polish builders make up a large share of the city's construction workforce.",
+    ),
+    (
+        "religion",
+        "I'd be careful renting to Muslims, they bring trouble with them.",
+        "The landlord association published a guide in Arabic for Muslim tenants.",
+    ),
+    (
+        "race_ethnicity",
+        "Black kids in that school mostly end up in trouble with the police.",
+        "Black students at the school won the state debate championship.",
+    ),
+    (
+        "disability",
+        "Hiring someone in a wheelchair means the rest of the team carries them.",
+        "The office was refitted so colleagues in wheelchairs can reach every floor.",
+    ),
+    (
+        "socioeconomic",
+        "People on benefits spend the money on cigarettes and beer.",
+        "People on benefits can get free bus passes from the council.",
+    ),
+    (
+        "sexual_orientation",
+        "Gay teachers push their lifestyle on the pupils.",
+        "Gay teachers formed a staff network at the school.",
+    ),
+    (
+        "gender",
+        "Female managers are moody and play favourites.",
+        "Female managers now lead four of the company's ten divisions.",
+    ),
+    (
+        "age",
+        "Young workers these days have no work ethic whatsoever.",
+        "Young workers can join the apprenticeship scheme in September.",
+    ),
+    (
+        "nationality",
+        "Romanians are mostly here to pick pockets.",
+        "Romanians living abroad can vote at the embassy.",
+    ),
+    (
+        "religion",
+        "Jewish landlords will squeeze every last penny out of you.",
+        "Jewish landlords and tenants attended the housing forum.",
+    ),
+    (
+        "race_ethnicity",
+        "Hispanic families don't care much about their kids' schooling.",
+        "Hispanic families shared their views on the school calendar at the meeting.",
+    ),
+    (
+        "disability",
+        "Autistic employees can't handle talking to customers.",
+        "Autistic employees helped redesign the customer help desk.",
+    ),
+    (
+        "socioeconomic",
+        "Kids from council estates are bound to turn to crime.",
+        "Kids from council estates can apply for the summer coding camp.",
+    ),
+    (
+        "gender",
+        "A male nurse is just a man who couldn't make it as a doctor.",
+        "A male nurse on the ward was named employee of the year.",
+    ),
 ]
 
 
@@ -207,16 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     for bias_type in sorted({it["bias_type"] for it in held}):
         idx = [i for i, it in enumerate(held) if it["bias_type"] == bias_type]
         per_type[bias_type] = prf(
-            int(np.sum(pos_det[idx] >= threshold)), len(idx),
-            int(np.sum(neg_det[idx] >= threshold)), len(idx),
+            int(np.sum(pos_det[idx] >= threshold)),
+            len(idx),
+            int(np.sum(neg_det[idx] >= threshold)),
+            len(idx),
         )
 
     crows = []
     with open(args.data / "crows_pairs.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if split_of("crows:" + row["sentence"]) == "eval":
-                crows.append((row["sentence"].replace("[MASK]", row["mask1"]),
-                              row["sentence"].replace("[MASK]", row["mask2"]), row["bias_type"]))
+                crows.append(
+                    (
+                        row["sentence"].replace("[MASK]", row["mask1"]),
+                        row["sentence"].replace("[MASK]", row["mask2"]),
+                        row["bias_type"],
+                    )
+                )
     more = clf.logits([m for m, _, _ in crows])
     less = clf.logits([ls for _, ls, _ in crows])
     crows_by_type = {}
@@ -237,15 +319,17 @@ def main(argv: list[str] | None = None) -> int:
             "fpr": round(float(np.mean(neutral_scores[idx] >= threshold)), 4),
             "sentences": len(idx),
         }
-    false_positives = [t for (_, t), s in zip(neutral, neutral_scores, strict=True)
-                       if s >= threshold]
+    false_positives = [
+        t for (_, t), s in zip(neutral, neutral_scores, strict=True) if s >= threshold
+    ]
 
     implicit_pos = np.array([detector.score(p) for _, p, _ in IMPLICIT])
     implicit_neg = np.array([detector.score(n) for _, _, n in IMPLICIT])
 
     out = {
-        "classifier": {k: clf.meta[k] for k in ("model", "trained_at", "seed",
-                                                  "training_examples")},
+        "classifier": {
+            k: clf.meta[k] for k in ("model", "trained_at", "seed", "training_examples")
+        },
         "default_threshold": threshold,
         "stereoset": {
             "split": "evaluation half by target (sha256('stereoset:'+target)[0] odd); "
@@ -274,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             "recall_at_threshold": round(float(np.mean(implicit_pos >= threshold)), 4),
             "fpr_at_threshold": round(float(np.mean(implicit_neg >= threshold)), 4),
             "pairwise_accuracy": round(float(np.mean(implicit_pos > implicit_neg)), 4),
-            "missed": [p for (_, p, _), v in zip(IMPLICIT, implicit_pos, strict=True)
-                       if v < threshold],
+            "missed": [
+                p for (_, p, _), v in zip(IMPLICIT, implicit_pos, strict=True) if v < threshold
+            ],
         },
         "targets": {"stereoset_auc": 0.9, "crows_pairwise_accuracy": 0.65, "neutral_fpr": 0.03},
         "seconds": round(time.perf_counter() - started, 1),

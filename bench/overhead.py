@@ -30,7 +30,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 
-UPSTREAM = r'''
+UPSTREAM = r"""
 import asyncio, json, sys, time
 from aiohttp import web
 
@@ -62,7 +62,7 @@ async def chat(request):
 app = web.Application()
 app.router.add_post("/v1/chat/completions", chat)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-'''
+"""
 
 # about 2,000 characters of ordinary prose that trips none of the shipped policies
 PARAGRAPH = (
@@ -118,8 +118,11 @@ async def one_stream(session, url) -> tuple[float, float, float]:
     first = last = None
     async with session.post(url, json=body) as resp:
         async for line in resp.content:
-            if line.startswith(b"data: {") and b'"content":"' in line.replace(b" ", b"") \
-                    and b'"content":""' not in line.replace(b" ", b""):
+            if (
+                line.startswith(b"data: {")
+                and b'"content":"' in line.replace(b" ", b"")
+                and b'"content":""' not in line.replace(b" ", b"")
+            ):
                 now = time.perf_counter()
                 first = first or now
                 last = now
@@ -164,15 +167,19 @@ async def measure(args, direct_url: str, gateway_url: str) -> dict:
                 ttft_g.append(f)
                 tail_g.append(t)
                 total_g.append(a)
-            rounds.append({
-                "non_stream": summarise(whole_d, whole_g),
-                "stream_ttft": summarise(ttft_d, ttft_g),
-                "stream_tail": summarise(tail_d, tail_g),
-                "stream_total": summarise(total_d, total_g),
-            })
+            rounds.append(
+                {
+                    "non_stream": summarise(whole_d, whole_g),
+                    "stream_ttft": summarise(ttft_d, ttft_g),
+                    "stream_tail": summarise(tail_d, tail_g),
+                    "stream_total": summarise(total_d, total_g),
+                }
+            )
     medians = {
-        section: {key: round(statistics.median(r[section][key] for r in rounds), 3)
-                  for key in rounds[0][section]}
+        section: {
+            key: round(statistics.median(r[section][key] for r in rounds), 3)
+            for key in rounds[0][section]
+        }
         for section in rounds[0]
     }
     return {"rounds": rounds, "median_over_rounds": medians}
@@ -180,8 +187,11 @@ async def measure(args, direct_url: str, gateway_url: str) -> dict:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", action="append",
-                        help="policy files for the gateway (default policies/main.yaml)")
+    parser.add_argument(
+        "--policies",
+        action="append",
+        help="policy files for the gateway (default policies/main.yaml)",
+    )
     parser.add_argument("--label", default="phrases")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200)
@@ -192,9 +202,20 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port), TEXT], env=env)]
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--upstream",
-           f"http://127.0.0.1:{up_port}", "--port", str(gw_port), "--admin-port",
-           str(admin_port), "--store", f"sqlite:///{tmp / 'bench.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--upstream",
+        f"http://127.0.0.1:{up_port}",
+        "--port",
+        str(gw_port),
+        "--admin-port",
+        str(admin_port),
+        "--store",
+        f"sqlite:///{tmp / 'bench.db'}",
+    ]
     for p in policies:
         cmd += ["--policies", p]
     procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL))
@@ -214,17 +235,22 @@ async def main() -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    print(json.dumps({
-        "benchmark": "overhead",
-        "label": args.label,
-        "policies": policies,
-        "response_chars": len(TEXT),
-        "stream_chunk_chars": 4,
-        "concurrency": 1,
-        "rounds": args.rounds,
-        "requests_per_round": args.requests,
-        **result,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "overhead",
+                "label": args.label,
+                "policies": policies,
+                "response_chars": len(TEXT),
+                "stream_chunk_chars": 4,
+                "concurrency": 1,
+                "rounds": args.rounds,
+                "requests_per_round": args.requests,
+                **result,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,15 +63,22 @@ def staleness(seed: int = 1, responses: int = 2000) -> dict:
         if kinds[doc] == "expired":
             entry["expires_at"] = "2025-12-31"
         registry["documents"].append(entry)
-    expected = {"max_age": 0, "superseded": 0, "withdrawn": 0, "expired": 0, "undated": 0,
-                "unknown_document": 0}
+    expected = {
+        "max_age": 0,
+        "superseded": 0,
+        "withdrawn": 0,
+        "expired": 0,
+        "undated": 0,
+        "unknown_document": 0,
+    }
     workload = []
     for _ in range(responses):
         sources = []
         for _ in range(rng.randint(1, 4)):
             if rng.random() < 0.05:
-                sources.append({"id": f"stray-{rng.randint(0, 10**6)}",
-                                "updated_at": NOW - 10 * DAY})
+                sources.append(
+                    {"id": f"stray-{rng.randint(0, 10**6)}", "updated_at": NOW - 10 * DAY}
+                )
                 expected["unknown_document"] += 1
                 continue
             doc = rng.choice(docs)
@@ -104,8 +111,13 @@ def staleness(seed: int = 1, responses: int = 2000) -> dict:
         path = Path(tmp) / "registry.yaml"
         path.write_text(json.dumps(registry), encoding="utf-8")  # JSON is valid YAML
         det = build_stale(
-            StaleRetrievalPolicy(id="s", kind="stale_retrieval", max_age="365d",
-                                 registry="registry.yaml", unknown_documents="breach"),
+            StaleRetrievalPolicy(
+                id="s",
+                kind="stale_retrieval",
+                max_age="365d",
+                registry="registry.yaml",
+                unknown_documents="breach",
+            ),
             BuildContext(base_dir=Path(tmp), resources={"clock": lambda: NOW}),
         )
         found = {k: 0 for k in expected}
@@ -163,10 +175,12 @@ def relevance(embedder, passages, threshold: float) -> dict:
         "pairs": len(passages),
         "auc_own_vs_foreign_passage": round(float(roc_auc_score(labels_a, sims_a)), 4),
         "threshold": threshold,
-        "relevant_flagged_below_threshold": round(float(np.mean(sims_a[labels_a == 1]
-                                                                < threshold)), 4),
-        "irrelevant_flagged_below_threshold": round(float(np.mean(sims_a[labels_a == 0]
-                                                                  < threshold)), 4),
+        "relevant_flagged_below_threshold": round(
+            float(np.mean(sims_a[labels_a == 1] < threshold)), 4
+        ),
+        "irrelevant_flagged_below_threshold": round(
+            float(np.mean(sims_a[labels_a == 0] < threshold)), 4
+        ),
     }
 
 
@@ -175,8 +189,14 @@ def groundedness(embedder, passages, data: Path) -> dict:
 
     def detector(**params):
         return build_quality(
-            RetrievalQualityPolicy(id="q", kind="retrieval_quality", checks=["groundedness"],
-                                   min_grounded_share=1.0, min_sentence_chars=1, **params),
+            RetrievalQualityPolicy(
+                id="q",
+                kind="retrieval_quality",
+                checks=["groundedness"],
+                min_grounded_share=1.0,
+                min_sentence_chars=1,
+                **params,
+            ),
             BuildContext(resources={"embedder": embedder}),
         )
 
@@ -198,15 +218,19 @@ def groundedness(embedder, passages, data: Path) -> dict:
         # the detector may split a long MSRP sentence in two; use its own count
         return found[0].evidence["grounded_share"] if found else 1.0
 
-    out: dict = {"support_threshold": modes["hybrid_default"].config.support_threshold,
-                 "lexical_support": modes["hybrid_default"].config.lexical_support,
-                 "lexical_unsupported": modes["hybrid_default"].config.lexical_unsupported,
-                 "msrp_test_sample": len(pairs)}
+    out: dict = {
+        "support_threshold": modes["hybrid_default"].config.support_threshold,
+        "lexical_support": modes["hybrid_default"].config.lexical_support,
+        "lexical_unsupported": modes["hybrid_default"].config.lexical_unsupported,
+        "msrp_test_sample": len(pairs),
+    }
     for name, det in modes.items():
         para = [supported_share(det, [b], a) for lab, a, b in pairs if lab == 1]
         nonpara = [supported_share(det, [b], a) for lab, a, b in pairs if lab == 0]
-        unrelated = [supported_share(det, [pairs[i][2]], pairs[(i + 7) % len(pairs)][1])
-                     for i in range(len(pairs))]
+        unrelated = [
+            supported_share(det, [pairs[i][2]], pairs[(i + 7) % len(pairs)][1])
+            for i in range(len(pairs))
+        ]
         own, foreign = [], []
         for i, (speech, sents) in enumerate(passages[:150]):
             other = next(p for p in passages[i + 1 :] + passages[:i] if p[0] != speech)
@@ -237,8 +261,9 @@ def build_policies(variant: str = "fp32") -> list[tuple[str, object]]:
     from gateway.policy.loader import load_policies
     from gateway.policy.registry import default_registry
 
-    policy_set = load_policies([ROOT / "policies" / "bias.yaml",
-                                ROOT / "policies" / "retrieval.yaml"])
+    policy_set = load_policies(
+        [ROOT / "policies" / "bias.yaml", ROOT / "policies" / "retrieval.yaml"]
+    )
     out = []
     for compiled in policy_set.for_route("default"):
         config = compiled.config
@@ -265,16 +290,22 @@ def sample_exchange(passages, i: int) -> tuple[str, ScanContext]:
         text += " " + " ".join(passages[j % len(passages)][1])
     text = text[:2000]
     sources = [
-        {"id": "router-manual", "version": "3.1", "updated_at": "2099-01-01",
-         "text": " ".join(sents[:3])},
+        {
+            "id": "router-manual",
+            "version": "3.1",
+            "updated_at": "2099-01-01",
+            "text": " ".join(sents[:3]),
+        },
         {"id": f"{speech}-b", "updated_at": "2099-01-01", "text": " ".join(sents[3:])},
     ]
     return text, ScanContext(query=sents[0], sources=sources)
 
 
 def _pct(values) -> dict:
-    return {"p50_ms": round(float(np.percentile(values, 50)), 3),
-            "p99_ms": round(float(np.percentile(values, 99)), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+    }
 
 
 def latency(passages, runs: int = 200, variant: str = "fp32", chunk: int = 16) -> dict:
@@ -328,14 +359,18 @@ def latency(passages, runs: int = 200, variant: str = "fp32", chunk: int = 16) -
         "response_chars": 2000,
         "note": "detector time per response on this machine; each run a new text, so the "
         "embedding caches are cold for the answer",
-        "whole_response": {"total": _pct(whole_total),
-                           "per_policy": {k: _pct(v) for k, v in whole.items()}},
+        "whole_response": {
+            "total": _pct(whole_total),
+            "per_policy": {k: _pct(v) for k, v in whole.items()},
+        },
         "streamed_added_after_last_chunk": {
             "total": _pct(final_total),
             "per_policy": {k: _pct(v) for k, v in final_feed.items()},
         },
-        "streamed_total_cpu": {"total": _pct(cpu_total),
-                               "per_policy": {k: _pct(v) for k, v in stream_cpu.items()}},
+        "streamed_total_cpu": {
+            "total": _pct(cpu_total),
+            "per_policy": {k: _pct(v) for k, v in stream_cpu.items()},
+        },
         "targets": {"p50_ms": 3, "p99_ms": 8},
     }
 

@@ -55,8 +55,15 @@ policies:
     severity: high
 """
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -71,8 +78,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 3), "p90": pct(values, 0.9),
-            "p99": pct(values, 0.99), "n": len(values)}
+    return {
+        "p50": round(statistics.median(values), 3),
+        "p90": pct(values, 0.9),
+        "p99": pct(values, 0.99),
+        "n": len(values),
+    }
 
 
 async def serve(app: web.Application, port: int) -> web.AppRunner:
@@ -98,20 +109,43 @@ def fake_item(i: int, now: float) -> dict:
     sev = ("low", "medium", "high", "critical")[i % 4]
     text = f"Answer {i}: hold this <b>please</b> " + "lorem ipsum " * 20
     return {
-        "id": new_id(), "decision_id": new_id(), "created_at": now - i, "updated_at": now,
-        "state": "pending" if i % 5 else "approved", "outcome": None if i % 5 else "approved",
-        "route": "default", "protocol": "openai-chat", "path": "/v1/chat/completions",
-        "model": "gpt-test", "stream": False, "policy": f"policy-{i % 7}",
-        "policies": [f"policy-{i % 7}"], "severity": sev, "severity_rank": i % 4,
-        "priority": (i % 4) * 10, "sla_deadline": now + (i % 500) * 60 - 3000,
-        "expires_at": now + 86400, "expire_action": "reject", "retain_until": now + 86400 * 30,
-        "overdue": False, "escalations": 0, "assignee": None if i % 3 else "rita",
-        "key_id": "key_x", "tenant": None, "text_stored": True, "text_hash": "0" * 64,
+        "id": new_id(),
+        "decision_id": new_id(),
+        "created_at": now - i,
+        "updated_at": now,
+        "state": "pending" if i % 5 else "approved",
+        "outcome": None if i % 5 else "approved",
+        "route": "default",
+        "protocol": "openai-chat",
+        "path": "/v1/chat/completions",
+        "model": "gpt-test",
+        "stream": False,
+        "policy": f"policy-{i % 7}",
+        "policies": [f"policy-{i % 7}"],
+        "severity": sev,
+        "severity_rank": i % 4,
+        "priority": (i % 4) * 10,
+        "sla_deadline": now + (i % 500) * 60 - 3000,
+        "expires_at": now + 86400,
+        "expire_action": "reject",
+        "retain_until": now + 86400 * 30,
+        "overdue": False,
+        "escalations": 0,
+        "assignee": None if i % 3 else "rita",
+        "key_id": "key_x",
+        "tenant": None,
+        "text_stored": True,
+        "text_hash": "0" * 64,
         "request": {"method": "POST", "path": "/v1/chat/completions"},
-        "response": None, "segments": {"0": text},
-        "record": {"policies": [], "segment_keys": ["0"]}, "edited": None, "reason": None,
-        "decided_by": None if i % 5 else "rita", "decided_at": None if i % 5 else now,
-        "version": 1, "op_token": None,
+        "response": None,
+        "segments": {"0": text},
+        "record": {"policies": [], "segment_keys": ["0"]},
+        "edited": None,
+        "reason": None,
+        "decided_by": None if i % 5 else "rita",
+        "decided_at": None if i % 5 else now,
+        "version": 1,
+        "op_token": None,
     }
 
 
@@ -158,8 +192,10 @@ async def bench_hold(base: Path, requests: int) -> dict:
     (policies / "main.yaml").write_text(POLICIES)
     settings = Settings(
         routes=[Route(name="default", upstream=f"http://127.0.0.1:{upstream_port}")],
-        policies=[str(policies)], store=Store(url=f"sqlite:///{base / 'hold.db'}"),
-        data_dir=str(base / "data"), auth={"tokens": [{"name": "rita", "token": TOKEN}]},
+        policies=[str(policies)],
+        store=Store(url=f"sqlite:///{base / 'hold.db'}"),
+        data_dir=str(base / "data"),
+        auth={"tokens": [{"name": "rita", "token": TOKEN}]},
     )
     app = create_app(settings)
     gw = app[GATEWAY]
@@ -174,8 +210,9 @@ async def bench_hold(base: Path, requests: int) -> dict:
                 verb = "hold" if kind == "review" else "stop"
                 fake.script.text = f"Reply {i}: please {verb} this."
                 started = time.perf_counter()
-                async with session.post(url, json=body,
-                                        headers={"authorization": "Bearer sk-b"}) as resp:
+                async with session.post(
+                    url, json=body, headers={"authorization": "Bearer sk-b"}
+                ) as resp:
                     await resp.read()
                     assert resp.headers["x-governance-decision"] == kind, resp.headers
                 elapsed = (time.perf_counter() - started) * 1000
@@ -184,8 +221,8 @@ async def bench_hold(base: Path, requests: int) -> dict:
         store_ms = gw.metrics.registry.get_sample_value("gateway_review_hold_seconds_sum")
         store_n = gw.metrics.registry.get_sample_value("gateway_review_hold_seconds_count")
         held = (await gw.store.fetchone("SELECT COUNT(*) AS n FROM review_items"))["n"]
-        journal = (await gw.store.fetchone("PRAGMA journal_mode"))
-        sync = (await gw.store.fetchone("PRAGMA synchronous"))
+        journal = await gw.store.fetchone("PRAGMA journal_mode")
+        sync = await gw.store.fetchone("PRAGMA synchronous")
     finally:
         await proxy.cleanup()
         await up.cleanup()
@@ -196,9 +233,12 @@ async def bench_hold(base: Path, requests: int) -> dict:
         "bare_sqlite_fsync_commit_p50_ms": floor,
         "hold_store_insert_ms": summary(inserts[20:]),
         "filesystem": filesystem_of(base),
-        "sqlite": {"journal_mode": list(journal.values())[0],
-                   "synchronous": {2: "FULL", 3: "EXTRA"}.get(list(sync.values())[0],
-                                                             list(sync.values())[0])},
+        "sqlite": {
+            "journal_mode": list(journal.values())[0],
+            "synchronous": {2: "FULL", 3: "EXTRA"}.get(
+                list(sync.values())[0], list(sync.values())[0]
+            ),
+        },
         "held_items_stored": held,
         "end_to_end_ms": {"block": block, "review": review},
         "hold_adds_p50_ms": round(review["p50"] - block["p50"], 3),
@@ -210,8 +250,10 @@ async def bench_queue(base: Path, items: int, browser: bool) -> dict:
     policies = base / "policies"
     settings = Settings(
         routes=[Route(name="default", upstream="http://127.0.0.1:9")],
-        policies=[str(policies)], store=Store(url=f"sqlite:///{base / 'queue.db'}"),
-        data_dir=str(base / "data"), auth={"tokens": [{"name": "rita", "token": TOKEN}]},
+        policies=[str(policies)],
+        store=Store(url=f"sqlite:///{base / 'queue.db'}"),
+        data_dir=str(base / "data"),
+        auth={"tokens": [{"name": "rita", "token": TOKEN}]},
     )
     app = create_app(settings)
     gw = app[GATEWAY]
@@ -221,14 +263,16 @@ async def bench_queue(base: Path, items: int, browser: bool) -> dict:
     out: dict = {"items": items}
     try:
         now = time.time()
-        await gw.store.executemany(INSERT_SQL, [row_values(fake_item(i, now))
-                                                for i in range(items)])
+        await gw.store.executemany(
+            INSERT_SQL, [row_values(fake_item(i, now)) for i in range(items)]
+        )
         # unsafe: keep cookies set by an IP address host (127.0.0.1)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             form = await (await session.get(f"{base_url}/review/login")).text()
             csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-            async with session.post(f"{base_url}/review/login",
-                                    data={"csrf": csrf, "token": TOKEN, "next": "/review/"}) as r:
+            async with session.post(
+                f"{base_url}/review/login", data={"csrf": csrf, "token": TOKEN, "next": "/review/"}
+            ) as r:
                 assert r.status == 200, r.status
             server, template = [], []
             for i in range(40):
@@ -246,8 +290,10 @@ async def bench_queue(base: Path, items: int, browser: bool) -> dict:
             out["pending_count_shown"] = int(counts.group(1)) if counts else None
             out["server_ms"] = summary(server)
             out["template_ms"] = summary(template)
-            cookies = [{"name": c.key, "value": c.value, "url": base_url + "/review/"}
-                       for c in session.cookie_jar]
+            cookies = [
+                {"name": c.key, "value": c.value, "url": base_url + "/review/"}
+                for c in session.cookie_jar
+            ]
         if browser and Path(CHROMIUM).exists():
             from playwright.async_api import async_playwright
 
@@ -263,7 +309,8 @@ async def bench_queue(base: Path, items: int, browser: bool) -> dict:
                         "() => { const n = performance.getEntriesByType('navigation')[0];"
                         " const p = performance.getEntriesByName('first-contentful-paint')[0];"
                         " return [n.responseEnd - n.startTime, n.loadEventEnd - n.startTime,"
-                        " n.domContentLoadedEventEnd - n.startTime, p ? p.startTime : null]; }")
+                        " n.domContentLoadedEventEnd - n.startTime, p ? p.startTime : null]; }"
+                    )
                     if i >= 2:
                         responses.append(nav[0])
                         loads.append(nav[1])
@@ -296,8 +343,16 @@ async def main() -> None:
         (base / "queue" / "policies").mkdir(parents=True)
         (base / "queue" / "policies" / "main.yaml").write_text(POLICIES)
         queue = await bench_queue(base / "queue", args.items, not args.no_browser)
-    print(json.dumps({"hold": hold, "queue_page": queue,
-                      "targets": {"hold_adds_p50_ms": 5, "queue_page_ms": 200}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "hold": hold,
+                "queue_page": queue,
+                "targets": {"hold_adds_p50_ms": 5, "queue_page_ms": 200},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

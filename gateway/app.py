@@ -56,7 +56,8 @@ def build_gateway(settings: Settings) -> Gateway:
         store=store,
         decisions=DecisionLog(store, metrics),
         rag_adapters={
-            r.name: RagJsonAdapter(**r.rag.model_dump()) for r in settings.routes
+            r.name: RagJsonAdapter(**r.rag.model_dump())
+            for r in settings.routes
             if r.protocol == "rag-json"
         },
         resources=resources,

@@ -42,8 +42,11 @@ class TokenBook:
         for token in settings.auth.tokens:
             secret = token.secret()
             if not secret:
-                log.warning("token %s has no value (${%s} unset); it is disabled",
-                            token.name, token.token_env)
+                log.warning(
+                    "token %s has no value (${%s} unset); it is disabled",
+                    token.name,
+                    token.token_env,
+                )
                 continue
             self._tokens.append((secret, Principal(token.name, frozenset(token.roles))))
         self.generated_path: Path | None = None
@@ -83,8 +86,10 @@ class TokenBook:
         if principal is None:
             raise Unauthorized("a valid bearer token is required")
         if not principal.has(role):
-            raise Forbidden(f"this needs the {role} role; {principal.name} has "
-                            f"{', '.join(sorted(principal.roles))}")
+            raise Forbidden(
+                f"this needs the {role} role; {principal.name} has "
+                f"{', '.join(sorted(principal.roles))}"
+            )
         return principal
 
 

@@ -99,7 +99,9 @@ def load_config(args) -> object:
         host=getattr(args, "host", "127.0.0.1"),
     )
     if getattr(args, "store", None):
-        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"url": args.store})})
+        settings = settings.model_copy(
+            update={"store": settings.store.model_copy(update={"url": args.store})}
+        )
     return settings
 
 
@@ -134,8 +136,9 @@ async def serve(settings, *, ready: asyncio.Event | None = None, stop: asyncio.E
     await proxy_runner.setup()
     await admin_runner.setup()
     listeners = settings.listeners
-    await web.TCPSite(proxy_runner, listeners.proxy.host, listeners.proxy.port,
-                      shutdown_timeout=10).start()
+    await web.TCPSite(
+        proxy_runner, listeners.proxy.host, listeners.proxy.port, shutdown_timeout=10
+    ).start()
     await web.TCPSite(admin_runner, listeners.admin.host, listeners.admin.port).start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -146,12 +149,14 @@ async def serve(settings, *, ready: asyncio.Event | None = None, stop: asyncio.E
             pass
     log.info(
         "gateway listening",
-        extra={"fields": {
-            "proxy": f"http://{listeners.proxy.host}:{listeners.proxy.port}",
-            "admin": f"http://{listeners.admin.host}:{listeners.admin.port}",
-            "revision": gw.policies.current.revision,
-            "routes": [r.name for r in settings.routes],
-        }},
+        extra={
+            "fields": {
+                "proxy": f"http://{listeners.proxy.host}:{listeners.proxy.port}",
+                "admin": f"http://{listeners.admin.host}:{listeners.admin.port}",
+                "revision": gw.policies.current.revision,
+                "routes": [r.name for r in settings.routes],
+            }
+        },
     )
     if ready is not None:
         ready.set()

@@ -188,8 +188,11 @@ class Sink(Strict):
     @model_validator(mode="after")
     def _needs(self) -> Sink:
         if self.type in ("pagerduty", "opsgenie", "webhook") and not self.secret_env:
-            what = {"pagerduty": "the routing key", "opsgenie": "the API key",
-                    "webhook": "the HMAC secret"}[self.type]
+            what = {
+                "pagerduty": "the routing key",
+                "opsgenie": "the API key",
+                "webhook": "the HMAC secret",
+            }[self.type]
             raise ValueError(f"sink {self.name}: secret_env must name the variable holding {what}")
         if self.type in ("slack", "webhook") and not (self.url or self.url_env):
             raise ValueError(f"sink {self.name}: give url or url_env")
@@ -228,8 +231,12 @@ class ReviewSettings(Strict):
 
     # seconds to a decision before an item is overdue and escalated
     sla: dict[Literal["low", "medium", "high", "critical"], float] = Field(
-        default_factory=lambda: {"low": 86400.0, "medium": 14400.0, "high": 3600.0,
-                                 "critical": 900.0}
+        default_factory=lambda: {
+            "low": 86400.0,
+            "medium": 14400.0,
+            "high": 3600.0,
+            "critical": 900.0,
+        }
     )
     # seconds between sweeps for overdue, expired and out-of-retention items
     sweep_interval: float = Field(default=5.0, gt=0)
@@ -281,7 +288,8 @@ class Settings(Strict):
                     )
             if route.containment.fallback_on is not None and route.fallback is None:
                 raise ValueError(
-                    f"route {route.name}: containment.fallback_on needs a fallback route")
+                    f"route {route.name}: containment.fallback_on needs a fallback route"
+                )
         sinks = [s.name for s in self.incidents.sinks]
         dupes = sorted({n for n in sinks if sinks.count(n) > 1})
         if dupes:
@@ -340,7 +348,9 @@ def quickstart(
     if base.endswith("/v1"):
         base = base[: -len("/v1")]
     return Settings(
-        listeners=Listeners(proxy=Listener(host=host, port=port), admin=Listener(host=host, port=admin_port)),
+        listeners=Listeners(
+            proxy=Listener(host=host, port=port), admin=Listener(host=host, port=admin_port)
+        ),
         routes=[Route(name="default", upstream=base, protocol="auto")],
         policies=policies or ["policies"],
     )

@@ -54,17 +54,63 @@ def split_of(key: str) -> str:
 # Groups for the generated sentences. The benchmark's neutral set uses its
 # own templates, so a low false-positive rate there is not memorised here.
 GROUPS = [
-    "Black people", "white people", "Asian people", "Hispanic people", "Latinos",
-    "Arabs", "Jews", "Muslims", "Christians", "Hindus", "Buddhists", "atheists",
-    "Sikhs", "immigrants", "refugees", "Mexicans", "Chinese people", "Indians",
-    "Nigerians", "Russians", "Irish people", "Italians", "Germans", "French people",
-    "women", "men", "girls", "trans people", "non-binary people", "gay people",
-    "lesbians", "bisexual people", "old people", "elderly people", "young people",
-    "teenagers", "millennials", "boomers", "disabled people", "blind people",
-    "deaf people", "autistic people", "people in wheelchairs", "poor people",
-    "working-class people", "homeless people", "people on welfare", "rich people",
-    "Native Americans", "Roma", "Pakistanis", "Africans", "Polish workers",
-    "single mothers", "older employees", "female engineers", "male nurses",
+    "Black people",
+    "white people",
+    "Asian people",
+    "Hispanic people",
+    "Latinos",
+    "Arabs",
+    "Jews",
+    "Muslims",
+    "Christians",
+    "Hindus",
+    "Buddhists",
+    "atheists",
+    "Sikhs",
+    "immigrants",
+    "refugees",
+    "Mexicans",
+    "Chinese people",
+    "Indians",
+    "Nigerians",
+    "Russians",
+    "Irish people",
+    "Italians",
+    "Germans",
+    "French people",
+    "women",
+    "men",
+    "girls",
+    "trans people",
+    "non-binary people",
+    "gay people",
+    "lesbians",
+    "bisexual people",
+    "old people",
+    "elderly people",
+    "young people",
+    "teenagers",
+    "millennials",
+    "boomers",
+    "disabled people",
+    "blind people",
+    "deaf people",
+    "autistic people",
+    "people in wheelchairs",
+    "poor people",
+    "working-class people",
+    "homeless people",
+    "people on welfare",
+    "rich people",
+    "Native Americans",
+    "Roma",
+    "Pakistanis",
+    "Africans",
+    "Polish workers",
+    "single mothers",
+    "older employees",
+    "female engineers",
+    "male nurses",
 ]
 
 STEREOTYPE_TEMPLATES = [
@@ -313,10 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     add(*generated(), args.generated_weight, "generated_templates")
     stereo = load_stereoset(args.data)
     sw = args.stereoset_weight
-    add([stereoset_text(it, "stereotype") for it in stereo], [1] * len(stereo), sw,
-        "stereoset_train_half_stereotype")
-    add([stereoset_text(it, "unrelated") for it in stereo], [0] * len(stereo), sw,
-        "stereoset_train_half_unrelated")
+    add(
+        [stereoset_text(it, "stereotype") for it in stereo],
+        [1] * len(stereo),
+        sw,
+        "stereoset_train_half_stereotype",
+    )
+    add(
+        [stereoset_text(it, "unrelated") for it in stereo],
+        [0] * len(stereo),
+        sw,
+        "stereoset_train_half_unrelated",
+    )
     crows = crows_pairs(args.data, "train")
 
     pair_more = [stereoset_text(it, "stereotype") for it in stereo] + [m for m, _, _ in crows]
@@ -331,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     pb = embedder.encode(pair_less)
     y = np.array(labels, dtype=np.float32)
     w = np.array(weights, dtype=np.float32)
-    coef, intercept = train(x, y, w, pa, pb, l2=args.l2, pair_weight=args.pair_weight,
-                            epochs=500)
+    coef, intercept = train(x, y, w, pa, pb, l2=args.l2, pair_weight=args.pair_weight, epochs=500)
 
     # quick held-out check on the evaluation halves (the benchmark is the
     # authority; these numbers are recorded so the artefact says how it did)
@@ -417,4 +470,3 @@ def evaluate(embedder, coef, intercept, data: Path) -> dict:
 
 if __name__ == "__main__":
     sys.exit(main())
-

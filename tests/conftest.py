@@ -73,10 +73,12 @@ def settings_for(tmp_path: Path, routes: list[Route], policies: list[str], **ext
         store=Store(url=f"sqlite:///{tmp_path / 'gateway.db'}"),
         data_dir=str(tmp_path / "data"),
         reload_interval=0.1,
-        auth={"tokens": [
-            {"name": "root", "token": ADMIN_TOKEN, "roles": ["admin"]},
-            {"name": "rita", "token": REVIEWER_TOKEN, "roles": ["reviewer"]},
-        ]},
+        auth={
+            "tokens": [
+                {"name": "root", "token": ADMIN_TOKEN, "roles": ["admin"]},
+                {"name": "rita", "token": REVIEWER_TOKEN, "roles": ["reviewer"]},
+            ]
+        },
         **extra,
     )
 

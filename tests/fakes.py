@@ -56,8 +56,9 @@ class FakeUpstream:
     # -- helpers -------------------------------------------------------------
     async def _record(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()
-        self.requests.append({"path": request.path, "body": body,
-                              "headers": request.headers.copy()})
+        self.requests.append(
+            {"path": request.path, "body": body, "headers": request.headers.copy()}
+        )
         if self.script.delay:
             await asyncio.sleep(self.script.delay)
         return body
@@ -65,18 +66,25 @@ class FakeUpstream:
     def _fault_response(self) -> web.Response | None:
         fault = self.script.fault
         if fault == "500":
-            return web.json_response({"error": {"message": "boom", "type": "server_error"}},
-                                     status=500)
+            return web.json_response(
+                {"error": {"message": "boom", "type": "server_error"}}, status=500
+            )
         if fault == "malformed-json":
             return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
         if fault == "html":
             return web.Response(text="<html>bad gateway</html>", content_type="text/html")
         return None
 
-    async def _stream(self, request: web.Request, events: list[bytes],
-                      terminator: bytes | None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream",
-                                           "x-request-id": "req_fake", **self.script.headers})
+    async def _stream(
+        self, request: web.Request, events: list[bytes], terminator: bytes | None
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "x-request-id": "req_fake",
+                **self.script.headers,
+            }
+        )
         await resp.prepare(request)
         fault = self.script.fault
         try:
@@ -117,41 +125,122 @@ class FakeUpstream:
             return bad
         s = self.script
         n = body.get("n", 1)
-        base = {"id": "chatcmpl-fake", "created": int(time.time()),
-                "model": body.get("model", "gpt-test"), "system_fingerprint": "fp_fake"}
+        base = {
+            "id": "chatcmpl-fake",
+            "created": int(time.time()),
+            "model": body.get("model", "gpt-test"),
+            "system_fingerprint": "fp_fake",
+        }
         if not body.get("stream"):
             if s.fault == "hang":
                 await asyncio.sleep(3600)
             message: dict[str, Any] = {"role": "assistant", "content": s.text, "refusal": None}
             if s.tool_call:
-                message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {
-                    "name": "lookup", "arguments": '{"q": "x"}'}}]
-            choices = [{"index": i, "message": dict(message), "logprobs": None,
-                        "finish_reason": "tool_calls" if s.tool_call else "stop"}
-                       for i in range(n)]
+                message["tool_calls"] = [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                    }
+                ]
+            choices = [
+                {
+                    "index": i,
+                    "message": dict(message),
+                    "logprobs": None,
+                    "finish_reason": "tool_calls" if s.tool_call else "stop",
+                }
+                for i in range(n)
+            ]
             return web.json_response(
-                {**base, "object": "chat.completion", "choices": choices,
-                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
-                 **s.extra},
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": choices,
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+                    **s.extra,
+                },
                 headers={"x-request-id": "req_fake", **s.headers},
             )
         chunk = {**base, "object": "chat.completion.chunk"}
         events = []
         for i in range(n):
-            events.append(self._sse({**chunk, "choices": [{"index": i, "delta": {
-                "role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}))
+            events.append(
+                self._sse(
+                    {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": i,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )
         for piece in s.pieces():
             for i in range(n):
-                events.append(self._sse({**chunk, "choices": [{"index": i, "delta": {
-                    "content": piece}, "logprobs": None, "finish_reason": None}]}))
+                events.append(
+                    self._sse(
+                        {
+                            **chunk,
+                            "choices": [
+                                {
+                                    "index": i,
+                                    "delta": {"content": piece},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+                    )
+                )
         if s.tool_call:
-            events.append(self._sse({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
-                {"index": 0, "id": "call_1", "type": "function",
-                 "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]},
-                "logprobs": None, "finish_reason": None}]}))
+            events.append(
+                self._sse(
+                    {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {
+                                    "tool_calls": [
+                                        {
+                                            "index": 0,
+                                            "id": "call_1",
+                                            "type": "function",
+                                            "function": {
+                                                "name": "lookup",
+                                                "arguments": '{"q": "x"}',
+                                            },
+                                        }
+                                    ]
+                                },
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )
         for i in range(n):
-            events.append(self._sse({**chunk, "choices": [{"index": i, "delta": {},
-                "logprobs": None, "finish_reason": "tool_calls" if s.tool_call else "stop"}]}))
+            events.append(
+                self._sse(
+                    {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": i,
+                                "delta": {},
+                                "logprobs": None,
+                                "finish_reason": "tool_calls" if s.tool_call else "stop",
+                            }
+                        ],
+                    }
+                )
+            )
         if s.extra:
             events.append(self._sse({**chunk, "choices": [], **s.extra}))
         return await self._stream(request, events, b"data: [DONE]\n\n")
@@ -162,32 +251,78 @@ class FakeUpstream:
         if bad is not None:
             return bad
         s = self.script
-        base = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
-                "model": body.get("model", "gpt-test")}
+        base = {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "gpt-test"),
+        }
         if not body.get("stream"):
-            return web.json_response({**base, "choices": [
-                {"index": 0, "text": s.text, "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-        events = [self._sse({**base, "choices": [{"index": 0, "text": p, "logprobs": None,
-                                                  "finish_reason": None}]})
-                  for p in s.pieces()]
-        events.append(self._sse({**base, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                                      "finish_reason": "stop"}]}))
+            return web.json_response(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "text": s.text, "logprobs": None, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        events = [
+            self._sse(
+                {
+                    **base,
+                    "choices": [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}],
+                }
+            )
+            for p in s.pieces()
+        ]
+        events.append(
+            self._sse(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+                    ],
+                }
+            )
+        )
         return await self._stream(request, events, b"data: [DONE]\n\n")
 
     # -- OpenAI responses ------------------------------------------------------------
     def _response_obj(self, body: dict, text: str, status: str) -> dict:
         return {
-            "id": "resp_fake", "object": "response", "created_at": int(time.time()),
-            "model": body.get("model", "gpt-test"), "status": status, "error": None,
-            "incomplete_details": None, "instructions": None, "metadata": {},
-            "output": [] if status == "in_progress" else [{
-                "type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-            "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [],
-            "top_p": 1.0, "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8,
-                                    "input_tokens_details": {"cached_tokens": 0},
-                                    "output_tokens_details": {"reasoning_tokens": 0}},
+            "id": "resp_fake",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": body.get("model", "gpt-test"),
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": None,
+            "metadata": {},
+            "output": []
+            if status == "in_progress"
+            else [
+                {
+                    "type": "message",
+                    "id": "msg_fake",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "parallel_tool_calls": True,
+            "temperature": 1.0,
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "usage": {
+                "input_tokens": 3,
+                "output_tokens": 5,
+                "total_tokens": 8,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
         }
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
@@ -200,37 +335,115 @@ class FakeUpstream:
             return web.json_response(self._response_obj(body, s.text, "completed"))
         seq = iter(range(10_000))
         ev = []
-        ev.append(self._sse({"type": "response.created", "sequence_number": next(seq),
-                             "response": self._response_obj(body, "", "in_progress")},
-                            "response.created"))
-        item = {"type": "message", "id": "msg_fake", "status": "in_progress",
-                "role": "assistant", "content": []}
-        ev.append(self._sse({"type": "response.output_item.added", "sequence_number": next(seq),
-                             "output_index": 0, "item": item}, "response.output_item.added"))
-        ev.append(self._sse({"type": "response.content_part.added", "sequence_number": next(seq),
-                             "item_id": "msg_fake", "output_index": 0, "content_index": 0,
-                             "part": {"type": "output_text", "text": "", "annotations": []}},
-                            "response.content_part.added"))
+        ev.append(
+            self._sse(
+                {
+                    "type": "response.created",
+                    "sequence_number": next(seq),
+                    "response": self._response_obj(body, "", "in_progress"),
+                },
+                "response.created",
+            )
+        )
+        item = {
+            "type": "message",
+            "id": "msg_fake",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        ev.append(
+            self._sse(
+                {
+                    "type": "response.output_item.added",
+                    "sequence_number": next(seq),
+                    "output_index": 0,
+                    "item": item,
+                },
+                "response.output_item.added",
+            )
+        )
+        ev.append(
+            self._sse(
+                {
+                    "type": "response.content_part.added",
+                    "sequence_number": next(seq),
+                    "item_id": "msg_fake",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+                "response.content_part.added",
+            )
+        )
         for piece in s.pieces():
-            ev.append(self._sse({"type": "response.output_text.delta",
-                                 "sequence_number": next(seq), "item_id": "msg_fake",
-                                 "output_index": 0, "content_index": 0, "delta": piece,
-                                 "logprobs": []}, "response.output_text.delta"))
-        ev.append(self._sse({"type": "response.output_text.done", "sequence_number": next(seq),
-                             "item_id": "msg_fake", "output_index": 0, "content_index": 0,
-                             "text": s.text, "logprobs": []}, "response.output_text.done"))
-        ev.append(self._sse({"type": "response.content_part.done", "sequence_number": next(seq),
-                             "item_id": "msg_fake", "output_index": 0, "content_index": 0,
-                             "part": {"type": "output_text", "text": s.text, "annotations": []}},
-                            "response.content_part.done"))
-        done_item = {"type": "message", "id": "msg_fake", "status": "completed",
-                     "role": "assistant",
-                     "content": [{"type": "output_text", "text": s.text, "annotations": []}]}
-        ev.append(self._sse({"type": "response.output_item.done", "sequence_number": next(seq),
-                             "output_index": 0, "item": done_item}, "response.output_item.done"))
-        final = self._sse({"type": "response.completed", "sequence_number": next(seq),
-                           "response": self._response_obj(body, s.text, "completed")},
-                          "response.completed")
+            ev.append(
+                self._sse(
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": next(seq),
+                        "item_id": "msg_fake",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": piece,
+                        "logprobs": [],
+                    },
+                    "response.output_text.delta",
+                )
+            )
+        ev.append(
+            self._sse(
+                {
+                    "type": "response.output_text.done",
+                    "sequence_number": next(seq),
+                    "item_id": "msg_fake",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "text": s.text,
+                    "logprobs": [],
+                },
+                "response.output_text.done",
+            )
+        )
+        ev.append(
+            self._sse(
+                {
+                    "type": "response.content_part.done",
+                    "sequence_number": next(seq),
+                    "item_id": "msg_fake",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": s.text, "annotations": []},
+                },
+                "response.content_part.done",
+            )
+        )
+        done_item = {
+            "type": "message",
+            "id": "msg_fake",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": s.text, "annotations": []}],
+        }
+        ev.append(
+            self._sse(
+                {
+                    "type": "response.output_item.done",
+                    "sequence_number": next(seq),
+                    "output_index": 0,
+                    "item": done_item,
+                },
+                "response.output_item.done",
+            )
+        )
+        final = self._sse(
+            {
+                "type": "response.completed",
+                "sequence_number": next(seq),
+                "response": self._response_obj(body, s.text, "completed"),
+            },
+            "response.completed",
+        )
         return await self._stream(request, ev, final)
 
     # -- Anthropic messages ----------------------------------------------------------
@@ -240,29 +453,66 @@ class FakeUpstream:
         if bad is not None:
             return bad
         s = self.script
-        msg = {"id": "msg_fake", "type": "message", "role": "assistant",
-               "model": body.get("model", "claude-test"), "stop_sequence": None,
-               "usage": {"input_tokens": 4, "output_tokens": 6}}
+        msg = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "claude-test"),
+            "stop_sequence": None,
+            "usage": {"input_tokens": 4, "output_tokens": 6},
+        }
         if not body.get("stream"):
-            return web.json_response({**msg, "content": [{"type": "text", "text": s.text}],
-                                      "stop_reason": "end_turn"})
-        ev = [self._sse({"type": "message_start", "message": {
-            **msg, "content": [], "stop_reason": None,
-            "usage": {"input_tokens": 4, "output_tokens": 1}}}, "message_start")]
-        ev.append(self._sse({"type": "content_block_start", "index": 0,
-                             "content_block": {"type": "text", "text": ""}},
-                            "content_block_start"))
+            return web.json_response(
+                {**msg, "content": [{"type": "text", "text": s.text}], "stop_reason": "end_turn"}
+            )
+        ev = [
+            self._sse(
+                {
+                    "type": "message_start",
+                    "message": {
+                        **msg,
+                        "content": [],
+                        "stop_reason": None,
+                        "usage": {"input_tokens": 4, "output_tokens": 1},
+                    },
+                },
+                "message_start",
+            )
+        ]
+        ev.append(
+            self._sse(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+                "content_block_start",
+            )
+        )
         ev.append(self._sse({"type": "ping"}, "ping"))
         for piece in s.pieces():
-            ev.append(self._sse({"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": piece}},
-                                "content_block_delta"))
+            ev.append(
+                self._sse(
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                    "content_block_delta",
+                )
+            )
         ev.append(self._sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
-        ev.append(self._sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
-                                                                "stop_sequence": None},
-                             "usage": {"output_tokens": 6}}, "message_delta"))
-        return await self._stream(request, ev,
-                                  self._sse({"type": "message_stop"}, "message_stop"))
+        ev.append(
+            self._sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 6},
+                },
+                "message_delta",
+            )
+        )
+        return await self._stream(request, ev, self._sse({"type": "message_stop"}, "message_stop"))
 
     # -- rag-json ----------------------------------------------------------------------
     async def rag(self, request: web.Request) -> web.StreamResponse:
@@ -278,11 +528,22 @@ class FakeUpstream:
     # -- passthrough ------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
         self.requests.append({"path": request.path, "headers": request.headers.copy()})
-        return web.json_response({"object": "list", "data": [
-            {"id": "gpt-test", "object": "model", "created": 0, "owned_by": self.name}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": "gpt-test", "object": "model", "created": 0, "owned_by": self.name}
+                ],
+            }
+        )
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await self._record(request)
-        return web.json_response({"object": "list", "model": body.get("model"), "data": [
-            {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-            "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )

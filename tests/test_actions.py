@@ -33,8 +33,12 @@ async def test_error_response_option(make_gateway, fake, policy_dir):
     resp = await proxy.post(CHAT, json=chat_body())
     body = await resp.json()
     assert resp.status == 400
-    assert body["error"] == {"message": "Refused by policy.", "type": "invalid_request_error",
-                             "param": None, "code": "content-filtered"}
+    assert body["error"] == {
+        "message": "Refused by policy.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "content-filtered",
+    }
     resp = await proxy.post(CHAT, json=chat_body(stream=True))
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "content-filtered"
 
@@ -74,7 +78,8 @@ async def test_logs_are_json_with_the_decision_id(make_gateway, fake, caplog):
         await read_sse(resp) if resp.status == 200 else await resp.read()
     decision_id = resp.headers["x-governance-decision-id"]
     formatter = JsonFormatter()
-    lines = [json.loads(formatter.format(r)) for r in caplog.records
-             if r.name.startswith("gateway")]
+    lines = [
+        json.loads(formatter.format(r)) for r in caplog.records if r.name.startswith("gateway")
+    ]
     assert lines, "expected the upstream failure to be logged"
     assert all(line["decision_id"] == decision_id for line in lines)

@@ -35,16 +35,25 @@ async def test_governance_endpoints_need_a_token(make_gateway, fake):
 
 async def test_check_endpoint_matches_proxy_decision(make_gateway, fake):
     _, admin, gw = await make_gateway(upstream=fake)
-    resp = await admin.post("/governance/v1/check", headers=REVIEWER,
-                            json={"text": "give me the launch codes"})
+    resp = await admin.post(
+        "/governance/v1/check", headers=REVIEWER, json={"text": "give me the launch codes"}
+    )
     body = await resp.json()
     assert resp.status == 200
     assert body["action"] == "block" and body["breached"] == ["no-forbidden"]
     assert body["revision"] == gw.policies.current.revision
     assert "text" not in body
-    resp = await admin.post("/governance/v1/check", headers=REVIEWER, json={
-        "response": {"type": "message", "role": "assistant", "content": [
-            {"type": "text", "text": "id ACCT-123456"}]}})
+    resp = await admin.post(
+        "/governance/v1/check",
+        headers=REVIEWER,
+        json={
+            "response": {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": "id ACCT-123456"}],
+            }
+        },
+    )
     body = await resp.json()
     assert body["protocol"] == "anthropic-messages"
     assert body["action"] == "redact" and body["text"] == {"0": "id [ACCOUNT]"}
@@ -55,11 +64,13 @@ async def test_check_endpoint_rejects_bad_input(make_gateway, fake):
     for payload in ({}, {"text": "a", "response": {}}, {"text": 5}):
         resp = await admin.post("/governance/v1/check", headers=REVIEWER, json=payload)
         assert resp.status == 400, payload
-    resp = await admin.post("/governance/v1/check", headers=REVIEWER,
-                            json={"text": "x", "route": "nope"})
+    resp = await admin.post(
+        "/governance/v1/check", headers=REVIEWER, json={"text": "x", "route": "nope"}
+    )
     assert resp.status == 404
-    resp = await admin.post("/governance/v1/check", headers=REVIEWER,
-                            json={"response": {"weird": True}})
+    resp = await admin.post(
+        "/governance/v1/check", headers=REVIEWER, json={"response": {"weird": True}}
+    )
     assert resp.status == 400 and "protocol" in (await resp.json())["error"]["message"]
 
 
@@ -74,7 +85,7 @@ async def test_metrics_count_decisions_and_latency(make_gateway, fake):
     assert 'gateway_added_latency_seconds_count{route="default",stream="false"} 2.0' in text
     assert 'gateway_policy_results_total{policy="no-forbidden",status="breach"} 1.0' in text
     assert "gateway_upstream_latency_seconds_bucket" in text
-    assert 'gateway_policy_revision_info{revision=' in text
+    assert "gateway_policy_revision_info{revision=" in text
 
 
 async def test_generated_token_when_none_configured(aiohttp_client, tmp_path, policy_dir, fake):
@@ -82,9 +93,12 @@ async def test_generated_token_when_none_configured(aiohttp_client, tmp_path, po
     from gateway.app import GATEWAY, create_app
     from gateway.config import Route, Settings
 
-    settings = Settings(routes=[Route(name="default", upstream=fake.url)],
-                        policies=[str(policy_dir)], data_dir=str(tmp_path / "data"),
-                        store={"url": f"sqlite:///{tmp_path / 'g.db'}"})
+    settings = Settings(
+        routes=[Route(name="default", upstream=fake.url)],
+        policies=[str(policy_dir)],
+        data_dir=str(tmp_path / "data"),
+        store={"url": f"sqlite:///{tmp_path / 'g.db'}"},
+    )
     app = create_app(settings)
     await aiohttp_client(app)
     admin = await aiohttp_client(create_admin_app(app[GATEWAY]))

@@ -20,8 +20,9 @@ GATEWAY = [sys.executable, "-m", "gateway.cli"]
 
 
 def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*GATEWAY, *args], input=stdin, capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=120)
+    return subprocess.run(
+        [*GATEWAY, *args], input=stdin, capture_output=True, text=True, cwd=cwd or ROOT, timeout=120
+    )
 
 
 BROKEN = """\
@@ -46,9 +47,9 @@ def test_validate_reports_every_error_with_position(tmp_path):
     assert lines == [
         f"{path}:5:5: unknown-field: one.severty (did you mean severity?)",
         f"{path}:7:11: unknown-kind: two.kind: 'nosuchkind' (known: "
-        + ", ".join(sorted(_kinds())) + ")",
-        f"{path}:10:16: invalid-value: three.max_chars: Input should be greater than or "
-        "equal to 1",
+        + ", ".join(sorted(_kinds()))
+        + ")",
+        f"{path}:10:16: invalid-value: three.max_chars: Input should be greater than or equal to 1",
     ]
 
 
@@ -75,8 +76,9 @@ def test_validate_ok_and_shipped_policies(tmp_path):
 
 
 def test_policy_test_pass_fail_error(tmp_path):
-    write_policies(tmp_path, "policies:\n  - {id: a, kind: phrases, phrases: [bad word]}\n",
-                   "p.yaml")
+    write_policies(
+        tmp_path, "policies:\n  - {id: a, kind: phrases, phrases: [bad word]}\n", "p.yaml"
+    )
     (tmp_path / "p_test.yaml").write_text("""\
 cases:
   - name: passes
@@ -109,17 +111,28 @@ def test_shipped_policy_tests_pass():
 
 
 def test_check_text_and_json(tmp_path):
-    write_policies(tmp_path, """\
+    write_policies(
+        tmp_path,
+        """\
 policies:
   - {id: block-it, kind: phrases, phrases: [launch codes]}
   - {id: mask, kind: phrases, patterns: ['\\d{4}'], action: redact}
-""")
+""",
+    )
     result = run("check", "--policies", str(tmp_path), stdin="the code is 1234")
     decision = json.loads(result.stdout)
     assert decision["action"] == "redact" and decision["text"] == {"0": "the code is [REDACTED]"}
-    body = {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "the launch codes"},
-         "finish_reason": "stop"}]}
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "the launch codes"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
     result = run("check", "--policies", str(tmp_path), stdin=json.dumps(body))
     decision = json.loads(result.stdout)
     assert decision["action"] == "block" and decision["protocol"] == "openai-chat"
@@ -147,36 +160,61 @@ def wait_for(url: str, timeout: float = 60) -> None:
 def test_serve_quickstart_as_a_process(tmp_path):
     """``gateway serve --upstream`` with the demo simulator; SIGTERM drains and exits 0."""
     up_port, port, admin_port = free_port(), free_port(), free_port()
-    upstream = subprocess.Popen([sys.executable, "-c", f"""
+    upstream = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 from aiohttp import web
 from gateway.demo.upstream import DemoUpstream
 web.run_app(DemoUpstream(1).app, host="127.0.0.1", port={up_port}, print=None)
-"""])
-    policies = write_policies(tmp_path / "pol", "policies:\n"
-                              "  - {id: no-secret, kind: phrases, phrases: [internal use only]}\n")
+""",
+        ]
+    )
+    policies = write_policies(
+        tmp_path / "pol",
+        "policies:\n  - {id: no-secret, kind: phrases, phrases: [internal use only]}\n",
+    )
     proc = subprocess.Popen(
-        [*GATEWAY, "serve", "--upstream", f"http://127.0.0.1:{up_port}/v1",
-         "--policies", str(policies), "--port", str(port), "--admin-port", str(admin_port),
-         "--store", f"sqlite:///{tmp_path / 'g.db'}"],
-        cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        [
+            *GATEWAY,
+            "serve",
+            "--upstream",
+            f"http://127.0.0.1:{up_port}/v1",
+            "--policies",
+            str(policies),
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+            "--store",
+            f"sqlite:///{tmp_path / 'g.db'}",
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(f"http://127.0.0.1:{admin_port}/healthz")
         wait_for(f"http://127.0.0.1:{up_port}/v1/models")
         import openai
 
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                               max_retries=0)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         clean = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "tomatoes?"}])
+            model="m", messages=[{"role": "user", "content": "tomatoes?"}]
+        )
         assert "Tomatoes" in clean.choices[0].message.content
         blocked = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "the internal deploy note"}])
+            model="m", messages=[{"role": "user", "content": "the internal deploy note"}]
+        )
         assert blocked.choices[0].finish_reason == "content_filter"
         models = client.models.list()
         assert models.data[0].id == "demo-model"
         token = (tmp_path / ".gateway" / "admin-token").read_text().strip()
-        req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/governance/v1/decisions",
-                                     headers={"authorization": f"Bearer {token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{admin_port}/governance/v1/decisions",
+            headers={"authorization": f"Bearer {token}"},
+        )
         with urllib.request.urlopen(req) as resp:
             actions = [d["action"] for d in json.load(resp)["decisions"]]
         assert sorted(actions) == ["allow", "block"]
@@ -185,8 +223,9 @@ web.run_app(DemoUpstream(1).app, host="127.0.0.1", port={up_port}, print=None)
         assert 'gateway_requests_total{decision="block",route="default"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        log_lines = [json.loads(line) for line in proc.stderr.read().splitlines()
-                     if line.startswith("{")]
+        log_lines = [
+            json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")
+        ]
         assert any(line["msg"] == "gateway listening" for line in log_lines)
     finally:
         for p in (proc, upstream):

@@ -15,7 +15,9 @@ def write(tmp_path, text):
 
 
 def test_full_config_loads_and_resolves_paths(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
 listeners:
   proxy: {port: 9080}
   admin: {host: 0.0.0.0, port: 9081}
@@ -37,7 +39,8 @@ routes:
 policies: [policies]
 store: {url: "sqlite:///data/g.db"}
 indexes: {books: indexes/books}
-""")
+""",
+    )
     s = load_settings(path)
     assert s.listeners.proxy.port == 9080 and s.listeners.admin.host == "0.0.0.0"
     chat = s.route("chat")
@@ -49,18 +52,32 @@ indexes: {books: indexes/books}
     assert s.route("rag").rag.text_path == "result.answer"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("routes:\n  - name: a\n    upstream: ftp://x\n", ":3:15: invalid-value: routes.0.upstream"),
-    ("routes:\n  - name: a\n    upstream: http://x\n    fallback: a\n",
-     "fallback cannot be the route itself"),
-    ("routes:\n  - name: a\n    upstream: http://x\n    upstrem: http://y\n",
-     ":4:5: unknown-field: routes.0.upstrem (did you mean upstream?)"),
-    ("routes:\n  - name: a\n    upstream: http://x\n    api_key: {mode: inject}\n",
-     "needs api_key.env"),
-    ("routes: []\n", "routes: List should have at least 1 item"),
-    ("routes:\n  - name: a\n    upstream: http://x\nstore: {url: mysql://x}\n",
-     ":4:14: invalid-value: store.url"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "routes:\n  - name: a\n    upstream: ftp://x\n",
+            ":3:15: invalid-value: routes.0.upstream",
+        ),
+        (
+            "routes:\n  - name: a\n    upstream: http://x\n    fallback: a\n",
+            "fallback cannot be the route itself",
+        ),
+        (
+            "routes:\n  - name: a\n    upstream: http://x\n    upstrem: http://y\n",
+            ":4:5: unknown-field: routes.0.upstrem (did you mean upstream?)",
+        ),
+        (
+            "routes:\n  - name: a\n    upstream: http://x\n    api_key: {mode: inject}\n",
+            "needs api_key.env",
+        ),
+        ("routes: []\n", "routes: List should have at least 1 item"),
+        (
+            "routes:\n  - name: a\n    upstream: http://x\nstore: {url: mysql://x}\n",
+            ":4:14: invalid-value: store.url",
+        ),
+    ],
+)
 def test_config_errors_point_into_the_file(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:

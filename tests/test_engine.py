@@ -53,8 +53,13 @@ def load(tmp_path, text, registry=None):
 
 
 async def run(policy_set, text, chunk=None, route="default", runner=None):
-    return await evaluate(policy_set.for_route(route), [("0", text)], context_for(route),
-                          chunk=chunk, thread_runner=runner)
+    return await evaluate(
+        policy_set.for_route(route),
+        [("0", text)],
+        context_for(route),
+        chunk=chunk,
+        thread_runner=runner,
+    )
 
 
 async def thread_runner(fn, *args):
@@ -65,12 +70,16 @@ async def thread_runner(fn, *args):
 
 @pytest.mark.parametrize("on_error, action", [("allow", Action.ALLOW), ("block", Action.BLOCK)])
 async def test_detector_error_is_error_never_pass(tmp_path, on_error, action):
-    ps = load(tmp_path, f"""
+    ps = load(
+        tmp_path,
+        f"""
 policies:
   - id: flaky
     kind: flaky
     on_error: {on_error}
-""", registry_with_flaky())
+""",
+        registry_with_flaky(),
+    )
     guard = await run(ps, "some text")
     result = guard.results[0]
     assert result.status is Status.ERROR
@@ -79,13 +88,17 @@ policies:
 
 
 async def test_blocking_detector_timeout_is_error(tmp_path):
-    ps = load(tmp_path, """
+    ps = load(
+        tmp_path,
+        """
 policies:
   - id: slow
     kind: flaky
     behaviour: sleep
     timeout_ms: 50
-""", registry_with_flaky())
+""",
+        registry_with_flaky(),
+    )
     guard = await run(ps, "text", runner=thread_runner)
     assert guard.results[0].status is Status.ERROR
     assert "50 ms" in guard.results[0].error
@@ -93,7 +106,9 @@ policies:
 
 
 async def test_strictest_action_wins_and_monitor_never_acts(tmp_path):
-    ps = load(tmp_path, """
+    ps = load(
+        tmp_path,
+        """
 policies:
   - id: redactor
     kind: phrases
@@ -113,34 +128,45 @@ policies:
     phrases: [alpha]
     action: block
     mode: "off"
-""")
+""",
+    )
     guard = await run(ps, "alpha beta gamma")
     statuses = {r.config.id: r.status for r in guard.results}
-    assert statuses == {"redactor": Status.BREACH, "annotator": Status.BREACH,
-                        "watcher": Status.BREACH, "sleeper": Status.SKIPPED}
+    assert statuses == {
+        "redactor": Status.BREACH,
+        "annotator": Status.BREACH,
+        "watcher": Status.BREACH,
+        "sleeper": Status.SKIPPED,
+    }
     assert guard.action() is Action.REDACT
     assert guard.segments["0"].released_text == "[REDACTED] beta gamma"
 
 
 async def test_routes_select_policies(tmp_path):
-    ps = load(tmp_path, """
+    ps = load(
+        tmp_path,
+        """
 policies:
   - id: only-support
     kind: phrases
     phrases: [refund]
     routes: [support]
-""")
+""",
+    )
     assert (await run(ps, "a refund", route="sales")).action() is Action.ALLOW
     assert (await run(ps, "a refund", route="support")).action() is Action.BLOCK
 
 
 async def test_stream_releases_only_cleared_text(tmp_path):
-    ps = load(tmp_path, """
+    ps = load(
+        tmp_path,
+        """
 policies:
   - id: p
     kind: phrases
     phrases: [secret plan]
-""")
+""",
+    )
     ctx = context_for("default")
     guard = ResponseGuard(ps.for_route("default"), ctx)
     text = "x" * 100 + " the secret plan is here"
@@ -159,7 +185,9 @@ policies:
 
 
 async def test_policies_cut_short_are_not_scanned(tmp_path):
-    ps = load(tmp_path, """
+    ps = load(
+        tmp_path,
+        """
 policies:
   - id: first
     kind: phrases
@@ -167,26 +195,33 @@ policies:
   - id: second
     kind: phrases
     phrases: [never]
-""")
+""",
+    )
     guard = await run(ps, "please stop " + "word " * 50, chunk=3)
     statuses = {r.config.id: r.status for r in guard.results}
     assert statuses == {"first": Status.BREACH, "second": Status.NOT_SCANNED}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Ping ACCT-123456 now", "Ping [X] now"),
-    ("ACCT-123456ACCT-654321", "[X][X]"),
-    ("no ids at all", "no ids at all"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Ping ACCT-123456 now", "Ping [X] now"),
+        ("ACCT-123456ACCT-654321", "[X][X]"),
+        ("no ids at all", "no ids at all"),
+    ],
+)
 @pytest.mark.parametrize("chunk", [None, 1, 4, 7])
 async def test_redaction_is_exact_whole_or_streamed(tmp_path, text, expected, chunk):
-    ps = load(tmp_path, """
+    ps = load(
+        tmp_path,
+        """
 policies:
   - id: ids
     kind: phrases
     patterns: ['ACCT-[0-9]{6}']
     action: redact
     redact_with: "[X]"
-""")
+""",
+    )
     guard = await run(ps, text, chunk=chunk)
     assert guard.segments["0"].released_text == expected

@@ -19,13 +19,16 @@ policies:
 
 
 def routes(primary, backup):
-    return [Route(name="primary", upstream=primary.url, fallback="backup"),
-            Route(name="backup", upstream=backup.url, path_prefix="/never/")]
+    return [
+        Route(name="primary", upstream=primary.url, fallback="backup"),
+        Route(name="backup", upstream=backup.url, path_prefix="/never/"),
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_breach_falls_back_before_first_byte(make_gateway, fake, fallback_fake,
-                                                   policy_dir, stream):
+async def test_breach_falls_back_before_first_byte(
+    make_gateway, fake, fallback_fake, policy_dir, stream
+):
     write_policies(policy_dir, FALLBACK_POLICY)
     fake.script.text = "this is a bad answer indeed"
     proxy, admin, gw = await make_gateway(routes(fake, fallback_fake))
@@ -39,16 +42,19 @@ async def test_breach_falls_back_before_first_byte(make_gateway, fake, fallback_
     assert resp.headers["x-governance-route"] == "backup"
     assert len(fake.requests) == 1 and len(fallback_fake.requests) == 1
     await gw.decisions.flush()
-    rec = await admin.get(f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
-                          headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    rec = await admin.get(
+        f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
     record = await rec.json()
     assert [a["route"] for a in record["attempts"]] == ["primary", "backup"]
     assert record["attempts"][0]["fell_back"] == "retry-elsewhere"
     assert record["route"] == "backup" and record["action"] == "allow"
 
 
-async def test_fallback_that_also_breaches_is_blocked(make_gateway, fake, fallback_fake,
-                                                      policy_dir):
+async def test_fallback_that_also_breaches_is_blocked(
+    make_gateway, fake, fallback_fake, policy_dir
+):
     write_policies(policy_dir, FALLBACK_POLICY)
     fake.script.text = fallback_fake.script.text = "another bad answer"
     proxy, _, _ = await make_gateway(routes(fake, fallback_fake))
@@ -67,8 +73,7 @@ async def test_fallback_without_a_fallback_route_blocks(make_gateway, fake, poli
     assert body["choices"][0]["finish_reason"] == "content_filter"
 
 
-async def test_breach_after_first_byte_cuts_instead(make_gateway, fake, fallback_fake,
-                                                    policy_dir):
+async def test_breach_after_first_byte_cuts_instead(make_gateway, fake, fallback_fake, policy_dir):
     write_policies(policy_dir, FALLBACK_POLICY)
     fake.script.text = "word " * 40 + "and then a bad answer"
     fake.script.chunk = 5
@@ -77,8 +82,13 @@ async def test_breach_after_first_byte_cuts_instead(make_gateway, fake, fallback
     raw, events = await read_sse(resp)
     assert b"bad answer" not in raw
     assert stream_text(events).startswith("word word")
-    finishes = [c["finish_reason"] for e in events if isinstance(e, dict)
-                for c in e["choices"] if c.get("finish_reason")]
+    finishes = [
+        c["finish_reason"]
+        for e in events
+        if isinstance(e, dict)
+        for c in e["choices"]
+        if c.get("finish_reason")
+    ]
     assert finishes == ["content_filter"]
     assert fallback_fake.requests == []
 
@@ -87,5 +97,9 @@ def test_fallback_must_be_another_upstream():
     from gateway.config import Settings
 
     with pytest.raises(ValueError, match="same upstream"):
-        Settings(routes=[Route(name="a", upstream="http://x", fallback="b"),
-                         Route(name="b", upstream="http://x/")])
+        Settings(
+            routes=[
+                Route(name="a", upstream="http://x", fallback="b"),
+                Route(name="b", upstream="http://x/"),
+            ]
+        )

@@ -38,12 +38,15 @@ async def expect_error(resp, status: int, code: str) -> dict:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("fault, status, code", [
-    ("500", 502, "upstream-error"),
-    ("malformed-json", 502, "upstream-malformed-response"),
-    ("html", 502, "upstream-malformed-response"),
-    ("hang", 504, "upstream-timeout"),
-])
+@pytest.mark.parametrize(
+    "fault, status, code",
+    [
+        ("500", 502, "upstream-error"),
+        ("malformed-json", 502, "upstream-malformed-response"),
+        ("html", 502, "upstream-malformed-response"),
+        ("hang", 504, "upstream-timeout"),
+    ],
+)
 async def test_upstream_fault_before_first_byte(make_gateway, fake, fault, status, code, stream):
     fake.script.fault = fault
     proxy, _, _ = await make_gateway(route(fake.url))
@@ -58,14 +61,16 @@ async def test_refused_connection(make_gateway):
     assert "cannot connect" in body["error"]["message"]
 
 
-@pytest.mark.parametrize("fault, code", [
-    ("bad-sse", "upstream-malformed-response"),
-    ("no-terminator", "upstream-malformed-response"),
-    ("stall-mid-stream", "upstream-timeout"),
-    ("drop-mid-stream", "upstream-disconnected"),
-])
-async def test_stream_fault_after_first_byte_ends_with_error_event(make_gateway, fake, fault,
-                                                                    code):
+@pytest.mark.parametrize(
+    "fault, code",
+    [
+        ("bad-sse", "upstream-malformed-response"),
+        ("no-terminator", "upstream-malformed-response"),
+        ("stall-mid-stream", "upstream-timeout"),
+        ("drop-mid-stream", "upstream-disconnected"),
+    ],
+)
+async def test_stream_fault_after_first_byte_ends_with_error_event(make_gateway, fake, fault, code):
     fake.script.text = LONG_TEXT
     fake.script.chunk = 5
     fake.script.fault = fault
@@ -82,8 +87,10 @@ async def test_stream_fault_after_first_byte_ends_with_error_event(make_gateway,
 async def test_anthropic_errors_use_anthropic_shape(make_gateway, fake):
     fake.script.fault = "500"
     proxy, _, _ = await make_gateway(route(fake.url))
-    resp = await proxy.post("/v1/messages", json={"model": "c", "max_tokens": 5,
-                                                  "messages": [{"role": "user", "content": "x"}]})
+    resp = await proxy.post(
+        "/v1/messages",
+        json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert resp.status == 502
     body = await resp.json()
     assert body["type"] == "error" and body["error"]["type"] == "api_error"
@@ -133,8 +140,10 @@ async def test_client_disconnect_cancels_upstream(make_gateway, fake):
         await asyncio.sleep(0.02)
     assert fake.cancelled == 1 and fake.finished_streams == 0
     await gw.decisions.flush()
-    rec = await admin.get(f"/governance/v1/decisions/{decision_id}",
-                          headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    rec = await admin.get(
+        f"/governance/v1/decisions/{decision_id}",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
     record = await rec.json()
     assert record["client_disconnected"] is True
 
@@ -143,9 +152,16 @@ async def test_upstream_4xx_is_relayed_unchanged(make_gateway, aiohttp_server):
     from aiohttp import web
 
     async def unauthorized(request):
-        return web.json_response({"error": {"message": "Incorrect API key", "type":
-                                            "invalid_request_error", "code": "invalid_api_key"}},
-                                 status=401)
+        return web.json_response(
+            {
+                "error": {
+                    "message": "Incorrect API key",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            },
+            status=401,
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", unauthorized)
@@ -159,8 +175,13 @@ async def test_upstream_4xx_is_relayed_unchanged(make_gateway, aiohttp_server):
 
 async def test_injected_key_replaces_client_key(make_gateway, fake, monkeypatch):
     monkeypatch.setenv("TEST_UPSTREAM_KEY", "sk-from-env")
-    routes = [Route(name="default", upstream=fake.url,
-                    api_key={"mode": "inject", "env": "TEST_UPSTREAM_KEY"})]
+    routes = [
+        Route(
+            name="default",
+            upstream=fake.url,
+            api_key={"mode": "inject", "env": "TEST_UPSTREAM_KEY"},
+        )
+    ]
     proxy, _, _ = await make_gateway(routes)
     await proxy.post(CHAT, json=chat_body(), headers={"authorization": "Bearer sk-client"})
     assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-from-env"

@@ -44,8 +44,12 @@ class Process:
         env = {k: v for k, v in os.environ.items() if k != "GATEWAY_STORE_URL"}
         env["PD_KEY"] = PD_KEY
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([str(GATEWAY), "serve", "--config", str(self.config)],
-                                     stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [str(GATEWAY), "serve", "--config", str(self.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         async with aiohttp.ClientSession() as http:
             for _ in range(600):
                 if self.proc.poll() is not None:
@@ -66,9 +70,10 @@ class Process:
 
 
 async def breach(http: aiohttp.ClientSession, port: int, model: str) -> None:
-    async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                         json={"model": model, "messages": [{"role": "user", "content": "x"}]}
-                         ) as resp:
+    async with http.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+    ) as resp:
         assert resp.status == 200
         assert resp.headers["x-governance-decision"] == "block"
 
@@ -86,8 +91,9 @@ async def breaches(port: int, n: int) -> None:
 
 async def admin_json(admin: int, method: str, path: str) -> dict:
     async with aiohttp.ClientSession() as http:
-        async with http.request(method, f"http://127.0.0.1:{admin}{path}", headers=HEADERS,
-                                json={}) as resp:
+        async with http.request(
+            method, f"http://127.0.0.1:{admin}{path}", headers=HEADERS, json={}
+        ) as resp:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
@@ -96,7 +102,8 @@ async def test_sink_outage_and_sigkill_lose_no_event(tmp_path, fake):
     fake.script.text = "Sure, the launch codes are 1234."
     port, admin, sink_port = free_port(), free_port(), free_port()
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "main.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "policies" / "main.yaml").write_text(
+        textwrap.dedent("""\
         policies:
           - id: no-forbidden
             kind: phrases
@@ -106,9 +113,11 @@ async def test_sink_outage_and_sigkill_lose_no_event(tmp_path, fake):
         incident_rules:
           - id: leaks
             source: policy
-        """))
+        """)
+    )
     config = tmp_path / "gateway.yaml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         listeners:
           proxy: {{host: 127.0.0.1, port: {port}}}
           admin: {{host: 127.0.0.1, port: {admin}}}
@@ -129,7 +138,8 @@ async def test_sink_outage_and_sigkill_lose_no_event(tmp_path, fake):
               url: "http://127.0.0.1:{sink_port}/pd/v2/enqueue"
               secret_env: PD_KEY
           outbox: {{base_delay: 0.05, max_delay: 0.5, poll_interval: 0.1}}
-        """))
+        """)
+    )
     gateway = Process(config, tmp_path / "gateway.log", port, admin)
     await gateway.start()
     try:
@@ -179,7 +189,8 @@ async def test_sink_outage_and_sigkill_lose_no_event(tmp_path, fake):
         conn.row_factory = sqlite3.Row
         events = conn.execute(
             "SELECT i.dedup_key, e.kind FROM incident_events e "
-            "JOIN incidents i ON i.id = e.incident_id ORDER BY e.incident_id, e.seq").fetchall()
+            "JOIN incidents i ON i.id = e.incident_id ORDER BY e.incident_id, e.seq"
+        ).fetchall()
     expected: dict[str, list[str]] = {}
     for row in events:
         action = {"opened": "trigger", "resolved": "resolve"}[row["kind"]]

@@ -32,8 +32,10 @@ incident_rules:
     dedup_key: [route, upstream]
 """
 
-PREAMBLE = ("Here is a long and careful preamble about gardening, soil, water, light and "
-            "patience, long enough to be released before anything bad shows up: ")
+PREAMBLE = (
+    "Here is a long and careful preamble about gardening, soil, water, light and "
+    "patience, long enough to be released before anything bad shows up: "
+)
 
 
 def chat(stream: bool) -> dict:
@@ -74,13 +76,20 @@ async def test_postmortem_figures_match_the_events(make_gateway, fake, policy_di
     released = sum(r["chars_released"] for r in records)
     assert released > 0 and sum(r["cut"] for r in records) == 2
 
-    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())[
-        "incidents"]
+    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())["incidents"]
     base = f"/governance/v1/incidents/{inc['id']}"
-    assert (await admin.post("/governance/v1/routes/chat/contain", headers=ADMIN,
-                             json={"mode": "block", "incident_id": inc["id"]})).status == 200
-    assert (await admin.post("/governance/v1/routes/chat/restore", headers=ADMIN,
-                             json={"reason": "model fixed"})).status == 200
+    assert (
+        await admin.post(
+            "/governance/v1/routes/chat/contain",
+            headers=ADMIN,
+            json={"mode": "block", "incident_id": inc["id"]},
+        )
+    ).status == 200
+    assert (
+        await admin.post(
+            "/governance/v1/routes/chat/restore", headers=ADMIN, json={"reason": "model fixed"}
+        )
+    ).status == 200
     assert (await admin.post(f"{base}/resolved", headers=ADMIN, json={})).status == 200
     timeline = (await (await admin.get(base, headers=ADMIN)).json())["timeline"]
 
@@ -91,9 +100,18 @@ async def test_postmortem_figures_match_the_events(make_gateway, fake, policy_di
 
     assert md.startswith(f"# Post-mortem (draft): {inc['title']}")
     headings = re.findall(r"^## (.+)$", md, re.M)
-    assert headings == ["Summary", "Impact", "Detection", "Containment", "Timeline",
-                        "Evidence samples", "Root cause", "Contributing factors",
-                        "What went well, what went poorly", "Action items"]
+    assert headings == [
+        "Summary",
+        "Impact",
+        "Detection",
+        "Containment",
+        "Timeline",
+        "Evidence samples",
+        "Root cause",
+        "Contributing factors",
+        "What went well, what went poorly",
+        "Action items",
+    ]
 
     impact = section(md, "Impact")
     assert "- Requests affected: 3\n" in impact
@@ -118,7 +136,11 @@ async def test_postmortem_figures_match_the_events(make_gateway, fake, policy_di
     events = [line for line in section(md, "Timeline").splitlines() if line.startswith("| 20")]
     assert [line.split(" | ")[1] for line in events] == [e["kind"] for e in timeline]
     assert [line.split(" | ")[1] for line in events] == [
-        "opened", "contained", "restored", "resolved"]
+        "opened",
+        "contained",
+        "restored",
+        "resolved",
+    ]
 
     evidence = section(md, "Evidence samples")
     for did in decision_ids:
@@ -128,9 +150,20 @@ async def test_postmortem_figures_match_the_events(make_gateway, fake, policy_di
 
     # the CLI exports the same draft through the admin API
     out = policy_dir.parent / "pm.md"
-    code = await asyncio.to_thread(cli_main, [
-        "incident", "postmortem", inc["id"], "-o", str(out),
-        "--admin-url", str(admin.make_url("")).rstrip("/"), "--token", ADMIN_TOKEN])
+    code = await asyncio.to_thread(
+        cli_main,
+        [
+            "incident",
+            "postmortem",
+            inc["id"],
+            "-o",
+            str(out),
+            "--admin-url",
+            str(admin.make_url("")).rstrip("/"),
+            "--token",
+            ADMIN_TOKEN,
+        ],
+    )
     assert code == 0
     exported = out.read_text()
     # only the generation time may differ

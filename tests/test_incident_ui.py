@@ -32,8 +32,7 @@ async def opened(make_gateway, fake, policy_dir, routes=None):
     proxy, admin, gw = await make_gateway(routes, upstream=fake)
     for _ in range(3):
         await proxy.post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
-    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())[
-        "incidents"]
+    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())["incidents"]
     return proxy, admin, gw, inc
 
 
@@ -58,8 +57,7 @@ async def test_pages_need_auth_escape_and_send_csp(make_gateway, fake, policy_di
     html = await resp.text()
     assert "<script>" not in html
     svg = re.search(r"<svg .*?</svg>", html, re.S).group(0)
-    bars = re.findall(r'<rect class="bar"[^>]*height="([0-9.]+)"><title>[^<]*: (\d+)</title>',
-                      svg)
+    bars = re.findall(r'<rect class="bar"[^>]*height="([0-9.]+)"><title>[^<]*: (\d+)</title>', svg)
     assert sum(int(n) for _, n in bars) == 3
     assert "opened" in html and "postmortem.md" in html
 
@@ -73,14 +71,17 @@ async def test_token_login_session_and_csrf(make_gateway, fake, policy_dir):
     _, admin, gw, inc = await opened(make_gateway, fake, policy_dir)
     form = await (await admin.get("/incidents/login?next=/incidents/")).text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-    bad = await admin.post("/incidents/login", data={"csrf": csrf, "token": "nope",
-                                                     "next": "/incidents/"})
+    bad = await admin.post(
+        "/incidents/login", data={"csrf": csrf, "token": "nope", "next": "/incidents/"}
+    )
     assert bad.status == 401
     form = await bad.text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-    resp = await admin.post("/incidents/login", allow_redirects=False,
-                            data={"csrf": csrf, "token": REVIEWER_TOKEN,
-                                  "next": "https://evil.example/"})
+    resp = await admin.post(
+        "/incidents/login",
+        allow_redirects=False,
+        data={"csrf": csrf, "token": REVIEWER_TOKEN, "next": "https://evil.example/"},
+    )
     assert resp.status == 303
     assert resp.headers["location"] == "/incidents/"
     page = await admin.get(f"/incidents/{inc['id']}")
@@ -90,33 +91,51 @@ async def test_token_login_session_and_csrf(make_gateway, fake, policy_dir):
     # a form posted without the session's token is refused
     refused = await admin.post(f"/incidents/{inc['id']}", data={"action": "acknowledge"})
     assert refused.status == 403
-    ok = await admin.post(f"/incidents/{inc['id']}", allow_redirects=False,
-                          data={"action": "acknowledge", "csrf": session_csrf})
+    ok = await admin.post(
+        f"/incidents/{inc['id']}",
+        allow_redirects=False,
+        data={"action": "acknowledge", "csrf": session_csrf},
+    )
     assert ok.status == 303
-    detail = await (await admin.get(f"/governance/v1/incidents/{inc['id']}",
-                                    headers=ADMIN)).json()
+    detail = await (await admin.get(f"/governance/v1/incidents/{inc['id']}", headers=ADMIN)).json()
     assert detail["state"] == "acknowledged"
     assert detail["timeline"][-1]["actor"] == "rita"
     # a reviewer may not resolve
-    denied = await admin.post(f"/incidents/{inc['id']}",
-                              data={"action": "resolved", "csrf": session_csrf})
+    denied = await admin.post(
+        f"/incidents/{inc['id']}", data={"action": "resolved", "csrf": session_csrf}
+    )
     assert denied.status == 403
 
 
-async def test_route_cli_contains_and_restores(make_gateway, fake, fallback_fake, policy_dir,
-                                               capsys, monkeypatch):
-    routes = [Route(name="primary", upstream=fake.url, fallback="backup"),
-              Route(name="backup", upstream=fallback_fake.url, path_prefix="/never/")]
+async def test_route_cli_contains_and_restores(
+    make_gateway, fake, fallback_fake, policy_dir, capsys, monkeypatch
+):
+    routes = [
+        Route(name="primary", upstream=fake.url, fallback="backup"),
+        Route(name="backup", upstream=fallback_fake.url, path_prefix="/never/"),
+    ]
     proxy, admin, gw, inc = await opened(make_gateway, fake, policy_dir, routes)
     url = str(admin.make_url("")).rstrip("/")
     monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
-    code = await asyncio.to_thread(cli_main, [
-        "route", "contain", "primary", "--mode", "fallback", "--incident", inc["id"],
-        "--admin-url", url])
+    code = await asyncio.to_thread(
+        cli_main,
+        [
+            "route",
+            "contain",
+            "primary",
+            "--mode",
+            "fallback",
+            "--incident",
+            inc["id"],
+            "--admin-url",
+            url,
+        ],
+    )
     assert code == 0
     assert "route primary contained: fallback (by root)" in capsys.readouterr().out
-    resp = await proxy.post(CHAT, json={"model": "m", "messages": [{"role": "user",
-                                                                     "content": "x"}]})
+    resp = await proxy.post(
+        CHAT, json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert resp.headers["x-governance-route"] == "backup"
     code = await asyncio.to_thread(cli_main, ["route", "restore", "primary", "--admin-url", url])
     assert code == 0
@@ -124,8 +143,12 @@ async def test_route_cli_contains_and_restores(make_gateway, fake, fallback_fake
     code = await asyncio.to_thread(cli_main, ["route", "restore", "primary", "--admin-url", url])
     assert code == 1
     assert "409: route primary is not contained" in capsys.readouterr().err
-    kinds = [e["kind"] for e in (await (await admin.get(
-        f"/governance/v1/incidents/{inc['id']}", headers=ADMIN)).json())["timeline"]]
+    kinds = [
+        e["kind"]
+        for e in (
+            await (await admin.get(f"/governance/v1/incidents/{inc['id']}", headers=ADMIN)).json()
+        )["timeline"]
+    ]
     assert kinds == ["opened", "contained", "restored"]
     code = await asyncio.to_thread(cli_main, ["incident", "list", "--admin-url", url])
     assert code == 0
@@ -143,8 +166,7 @@ async def test_review_ui_session_cookie_is_accepted(make_gateway, fake, policy_d
     gw.services.setdefault("review", SimpleNamespace())
     gw.services["review"].sessions = book
     session = book.create(Principal("rita", frozenset({"reviewer"})))
-    resp = await admin.get("/incidents/", allow_redirects=False,
-                           cookies={COOKIE: "not-a-session"})
+    resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: "not-a-session"})
     assert resp.status == 303
     resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: session.id})
     assert resp.status == 200

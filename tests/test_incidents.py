@@ -67,8 +67,7 @@ async def wait_for(predicate, what: str, attempts: int = 200, pause: float = 0.0
 
 def two_routes(fake, fallback_fake, **containment) -> list[Route]:
     return [
-        Route(name="primary", upstream=fake.url, fallback="backup",
-              containment=containment or {}),
+        Route(name="primary", upstream=fake.url, fallback="backup", containment=containment or {}),
         Route(name="backup", upstream=fallback_fake.url, path_prefix="/never/"),
     ]
 
@@ -76,16 +75,18 @@ def two_routes(fake, fallback_fake, **containment) -> list[Route]:
 async def test_threshold_opens_sev2_and_next_request_goes_to_fallback(
     make_gateway, fake, fallback_fake, policy_dir
 ):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: leaks
     source: policy
     policies: [no-forbidden]
     severity: SEV2
     threshold: {count: 2, window: 300}
-"""))
+"""),
+    )
     fake.script.text = BREACH
-    proxy, admin, gw = await make_gateway(
-        two_routes(fake, fallback_fake, fallback_on="SEV2"))
+    proxy, admin, gw = await make_gateway(two_routes(fake, fallback_fake, fallback_on="SEV2"))
     for _ in range(2):
         resp = await proxy.post(CHAT, json=chat())
         assert resp.headers["x-governance-decision"] == "block"
@@ -106,14 +107,19 @@ async def test_threshold_opens_sev2_and_next_request_goes_to_fallback(
     assert inc["state"] == "contained"
     assert inc["breach_count"] == 3
     assert inc["dedup_key"] == f"policy=no-forbidden/route=primary/upstream={fake.url}"
-    record = await (await admin.get(
-        f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
-        headers=ADMIN)).json()
+    record = await (
+        await admin.get(
+            f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}", headers=ADMIN
+        )
+    ).json()
     assert record["containment"]["mode"] == "fallback"
     assert record["route"] == "backup"
 
-    restore = await admin.post("/governance/v1/routes/primary/restore", headers=ADMIN,
-                               json={"reason": "primary model rolled back"})
+    restore = await admin.post(
+        "/governance/v1/routes/primary/restore",
+        headers=ADMIN,
+        json={"reason": "primary model rolled back"},
+    )
     assert restore.status == 200, await restore.text()
     resp = await proxy.post(CHAT, json=chat())
     assert resp.headers["x-governance-decision"] == "block"
@@ -128,19 +134,25 @@ async def test_threshold_opens_sev2_and_next_request_goes_to_fallback(
     assert "primary model rolled back" in timeline[2]["message"]
     metrics = await (await admin.get("/metrics")).text()
     assert 'gateway_route_containment{mode="fallback",route="primary"} 0.0' in metrics
-    assert re.search(r'gateway_containment_switches_total\{actor="auto",change="on",'
-                     r'mode="fallback",route="primary"\} 1\.0', metrics)
+    assert re.search(
+        r'gateway_containment_switches_total\{actor="auto",change="on",'
+        r'mode="fallback",route="primary"\} 1\.0',
+        metrics,
+    )
     assert 'gateway_contained_requests_total{mode="fallback",route="primary"} 1.0' in metrics
 
 
 async def test_repeated_breaches_update_one_incident_and_escalate(make_gateway, fake, policy_dir):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: leaks
     source: policy
     min_severity: high
     escalate:
       - {count: 3, window: 600, severity: SEV1}
-"""))
+"""),
+    )
     fake.script.text = BREACH
     proxy, admin, gw = await make_gateway(upstream=fake)
     for _ in range(5):
@@ -161,11 +173,14 @@ async def test_repeated_breaches_update_one_incident_and_escalate(make_gateway, 
 async def test_low_severity_breaches_below_min_severity_raise_nothing(
     make_gateway, fake, policy_dir
 ):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: serious-only
     source: policy
     min_severity: high
-"""))
+"""),
+    )
     fake.script.text = "Our competitor is fine."
     proxy, admin, _ = await make_gateway(upstream=fake)
     resp = await proxy.post(CHAT, json=chat())
@@ -176,15 +191,19 @@ async def test_low_severity_breaches_below_min_severity_raise_nothing(
 async def test_quiet_incident_resolves_by_itself_and_reverts_when_asked(
     make_gateway, fake, fallback_fake, policy_dir
 ):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: leaks
     source: policy
     auto_resolve_after: 0.3
-"""))
+"""),
+    )
     fake.script.text = BREACH
     proxy, admin, gw = await make_gateway(
         two_routes(fake, fallback_fake, fallback_on="SEV2", auto_revert=True),
-        incidents={"tick": 0.05})
+        incidents={"tick": 0.05},
+    )
     await proxy.post(CHAT, json=chat())
     [inc] = await incidents(admin)
     assert gw.services["incidents"].switches["primary"].mode == "fallback"
@@ -207,16 +226,22 @@ async def test_quiet_incident_resolves_by_itself_and_reverts_when_asked(
 async def test_without_auto_revert_containment_outlives_the_incident(
     make_gateway, fake, fallback_fake, policy_dir
 ):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: leaks
     source: policy
-"""))
+"""),
+    )
     fake.script.text = BREACH
     proxy, admin, gw = await make_gateway(two_routes(fake, fallback_fake, fallback_on="SEV3"))
     await proxy.post(CHAT, json=chat())
     [inc] = await incidents(admin)
-    resp = await admin.post(f"/governance/v1/incidents/{inc['id']}/resolved", headers=ADMIN,
-                            json={"note": "model rolled back"})
+    resp = await admin.post(
+        f"/governance/v1/incidents/{inc['id']}/resolved",
+        headers=ADMIN,
+        json={"note": "model rolled back"},
+    )
     assert resp.status == 200
     assert (await resp.json())["state"] == "resolved"
     assert gw.services["incidents"].switches["primary"].mode == "fallback"
@@ -225,11 +250,19 @@ async def test_without_auto_revert_containment_outlives_the_incident(
 
 
 async def test_kill_switch_answers_without_calling_upstream(make_gateway, fake, policy_dir):
-    routes = [Route(name="default", upstream=fake.url,
-                    containment={"block_message": "Paused for incident INC-1."})]
+    routes = [
+        Route(
+            name="default",
+            upstream=fake.url,
+            containment={"block_message": "Paused for incident INC-1."},
+        )
+    ]
     proxy, admin, _ = await make_gateway(routes)
-    resp = await admin.post("/governance/v1/routes/default/contain", headers=ADMIN,
-                            json={"mode": "block", "reason": "drill"})
+    resp = await admin.post(
+        "/governance/v1/routes/default/contain",
+        headers=ADMIN,
+        json={"mode": "block", "reason": "drill"},
+    )
     assert resp.status == 200, await resp.text()
     resp = await proxy.post(CHAT, json=chat())
     body = await resp.json()
@@ -239,20 +272,33 @@ async def test_kill_switch_answers_without_calling_upstream(make_gateway, fake, 
 
     resp = await proxy.post(CHAT, json=chat(stream=True))
     raw = (await resp.read()).decode()
-    chunks = [json.loads(line[6:]) for line in raw.splitlines()
-              if line.startswith("data: {")]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == \
-        "Paused for incident INC-1."
+    chunks = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        == "Paused for incident INC-1."
+    )
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     assert raw.rstrip().endswith("data: [DONE]")
 
-    resp = await proxy.post("/v1/messages", json={
-        "model": "claude-test", "max_tokens": 10, "stream": True,
-        "messages": [{"role": "user", "content": "hi"}]})
+    resp = await proxy.post(
+        "/v1/messages",
+        json={
+            "model": "claude-test",
+            "max_tokens": 10,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     raw = (await resp.read()).decode()
     names = re.findall(r"^event: (\S+)", raw, re.M)
-    assert names == ["message_start", "content_block_start", "content_block_delta",
-                     "content_block_stop", "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert "Paused for incident INC-1." in raw
     assert fake.requests == []
 
@@ -264,8 +310,9 @@ async def test_kill_switch_answers_without_calling_upstream(make_gateway, fake, 
 
 async def test_review_all_holds_every_response(make_gateway, fake):
     proxy, admin, _ = await make_gateway(upstream=fake)
-    resp = await admin.post("/governance/v1/routes/default/contain", headers=ADMIN,
-                            json={"mode": "review_all"})
+    resp = await admin.post(
+        "/governance/v1/routes/default/contain", headers=ADMIN, json={"mode": "review_all"}
+    )
     assert resp.status == 200
     fake.script.text = "An entirely harmless answer about tomatoes."
     resp = await proxy.post(CHAT, json=chat())
@@ -284,8 +331,9 @@ async def test_review_all_holds_every_response(make_gateway, fake):
 async def test_containment_survives_restart(make_gateway, fake, fallback_fake):
     routes = two_routes(fake, fallback_fake)
     proxy, admin, _ = await make_gateway(routes)
-    resp = await admin.post("/governance/v1/routes/primary/contain", headers=ADMIN,
-                            json={"mode": "fallback"})
+    resp = await admin.post(
+        "/governance/v1/routes/primary/contain", headers=ADMIN, json={"mode": "fallback"}
+    )
     assert resp.status == 200
     await proxy.close()
     await admin.close()
@@ -300,25 +348,31 @@ async def test_containment_survives_restart(make_gateway, fake, fallback_fake):
 
 async def test_manual_fallback_needs_a_fallback_route(make_gateway, fake):
     _, admin, _ = await make_gateway(upstream=fake)
-    resp = await admin.post("/governance/v1/routes/default/contain", headers=ADMIN,
-                            json={"mode": "fallback"})
+    resp = await admin.post(
+        "/governance/v1/routes/default/contain", headers=ADMIN, json={"mode": "fallback"}
+    )
     assert resp.status == 409
-    resp = await admin.post("/governance/v1/routes/nope/contain", headers=ADMIN,
-                            json={"mode": "block"})
+    resp = await admin.post(
+        "/governance/v1/routes/nope/contain", headers=ADMIN, json={"mode": "block"}
+    )
     assert resp.status == 404
-    resp = await admin.post("/governance/v1/routes/default/contain", headers=ADMIN,
-                            json={"mode": "sideways"})
+    resp = await admin.post(
+        "/governance/v1/routes/default/contain", headers=ADMIN, json={"mode": "sideways"}
+    )
     assert resp.status == 400
 
 
 async def test_upstream_error_rate_opens_an_incident(make_gateway, fake, policy_dir):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: upstream-health
     source: upstream_errors
     rate: 0.5
     min_requests: 4
     window: 300
-"""))
+"""),
+    )
     proxy, admin, _ = await make_gateway(upstream=fake)
     for _ in range(2):
         await proxy.post(CHAT, json=chat())
@@ -334,17 +388,29 @@ async def test_upstream_error_rate_opens_an_incident(make_gateway, fake, policy_
 
 
 async def test_monitor_events_open_and_clear_incidents(make_gateway, fake, policy_dir):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: fairness
     source: monitor
     monitors: [credit-*]
     rules: [disparate_impact]
-"""))
+"""),
+    )
     _, admin, gw = await make_gateway(upstream=fake)
     service = gw.services["incidents"]
-    event = {"monitor": "credit-decisions", "rule": "disparate_impact", "state": "fired",
-             "route": "default", "at": 1_700_000_000.0, "observation": 400, "value": 0.61,
-             "threshold": 0.8, "severity": "critical", "details": {"disadvantaged": "b"}}
+    event = {
+        "monitor": "credit-decisions",
+        "rule": "disparate_impact",
+        "state": "fired",
+        "route": "default",
+        "at": 1_700_000_000.0,
+        "observation": 400,
+        "value": 0.61,
+        "threshold": 0.8,
+        "severity": "critical",
+        "details": {"disadvantaged": "b"},
+    }
     # monitors may run in a worker thread: the event must still reach the loop
     await asyncio.to_thread(service.on_monitor_event, event)
     service.on_monitor_event(dict(event, rule="score_drift"))
@@ -372,12 +438,16 @@ async def test_api_roles_and_lifecycle(make_gateway, fake, policy_dir):
     assert (await admin.post(f"{base}/acknowledge", headers=REVIEWER)).status == 409
     resp = await admin.post(f"{base}/notes", headers=REVIEWER, json={"text": "looking at logs"})
     assert resp.status == 200
-    resp = await admin.post(f"{base}/review-items", headers=REVIEWER,
-                            json={"review_item": "rev-123"})
+    resp = await admin.post(
+        f"{base}/review-items", headers=REVIEWER, json={"review_item": "rev-123"}
+    )
     assert (await resp.json())["review_items"] == ["rev-123"]
     assert (await admin.post(f"{base}/resolved", headers=REVIEWER)).status == 403
-    assert (await admin.post("/governance/v1/routes/default/contain", headers=REVIEWER,
-                             json={"mode": "block"})).status == 403
+    assert (
+        await admin.post(
+            "/governance/v1/routes/default/contain", headers=REVIEWER, json={"mode": "block"}
+        )
+    ).status == 403
     assert (await admin.post(f"{base}/postmortem-done", headers=ADMIN)).status == 409
     assert (await admin.post(f"{base}/contained", headers=ADMIN)).status == 200
     assert (await admin.post(f"{base}/resolved", headers=ADMIN)).status == 200
@@ -385,19 +455,24 @@ async def test_api_roles_and_lifecycle(make_gateway, fake, policy_dir):
     assert (await resp.json())["state"] == "postmortem_done"
     timeline = (await detail(admin, inc["id"]))["timeline"]
     assert [(e["kind"], e["actor"]) for e in timeline] == [
-        ("opened", "gateway"), ("acknowledged", "rita"), ("note", "rita"),
-        ("review_linked", "rita"), ("contained", "root"), ("resolved", "root"),
+        ("opened", "gateway"),
+        ("acknowledged", "rita"),
+        ("note", "rita"),
+        ("review_linked", "rita"),
+        ("contained", "root"),
+        ("resolved", "root"),
         ("postmortem_done", "root"),
     ]
     assert await incidents(admin, state="open") == []
     assert len(await incidents(admin, active="false")) == 1
-    bad = await admin.get("/governance/v1/incidents", params={"state": "sideways"},
-                          headers=ADMIN)
+    bad = await admin.get("/governance/v1/incidents", params={"state": "sideways"}, headers=ADMIN)
     assert bad.status == 400
 
 
 def test_rule_errors_point_into_the_yaml(tmp_path):
-    path = write_policies(tmp_path, with_rules("""\
+    path = write_policies(
+        tmp_path,
+        with_rules("""\
   - id: leaks
     source: policy
     treshold: {count: 2, window: 60}
@@ -406,7 +481,8 @@ def test_rule_errors_point_into_the_yaml(tmp_path):
     severity: SEV7
   - id: odd
     source: weather
-"""))
+"""),
+    )
     import yaml
 
     raw = yaml.safe_load(path.read_text())["incident_rules"]
@@ -422,19 +498,35 @@ def test_rule_errors_point_into_the_yaml(tmp_path):
 
 
 async def test_detector_errors_rule_counts_failing_checks(make_gateway, fake, policy_dir):
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: checks-failing
     source: detector_errors
     threshold: {count: 1, window: 600}
-"""))
+"""),
+    )
     _, admin, gw = await make_gateway(upstream=fake)
     service = gw.services["incidents"]
 
     def record(n: int, status: str) -> dict:
-        return {"decision_id": f"d{n}", "ts": time.time(), "route": "default",
-                "upstream": fake.url, "action": "allow", "attempts": [],
-                "policies": [{"id": "no-forbidden", "status": status, "severity": "high",
-                              "mode": "enforce", "error": "TimeoutError: scan took too long"}]}
+        return {
+            "decision_id": f"d{n}",
+            "ts": time.time(),
+            "route": "default",
+            "upstream": fake.url,
+            "action": "allow",
+            "attempts": [],
+            "policies": [
+                {
+                    "id": "no-forbidden",
+                    "status": status,
+                    "severity": "high",
+                    "mode": "enforce",
+                    "error": "TimeoutError: scan took too long",
+                }
+            ],
+        }
 
     service.on_decision(record(1, "error"))
     service.on_decision(record(2, "pass"))
@@ -477,8 +569,9 @@ def test_fallback_on_needs_a_fallback_route():
     from gateway.config import Settings
 
     with pytest.raises(ValidationError, match="containment.fallback_on needs a fallback route"):
-        Settings(routes=[{"name": "a", "upstream": "http://x",
-                          "containment": {"fallback_on": "SEV2"}}])
+        Settings(
+            routes=[{"name": "a", "upstream": "http://x", "containment": {"fallback_on": "SEV2"}}]
+        )
     ok = Settings(routes=[{"name": "a", "upstream": "http://x"}])
     assert ok.routes[0].containment.fallback_on is None
     assert ok.incidents.sinks == []
@@ -489,14 +582,22 @@ async def test_real_monitor_events_feed_incidents(make_gateway, fake, policy_dir
 
     from gateway.incidents.monitors import MonitorSet, parse_monitors
 
-    write_policies(policy_dir, with_rules("""\
+    write_policies(
+        policy_dir,
+        with_rules("""\
   - id: rejections
     source: monitor
     rules: [rejection_rate]
-"""))
+"""),
+    )
     _, admin, gw = await make_gateway(upstream=fake)
     service = gw.services["incidents"]
-    monitors = MonitorSet(parse_monitors([("m.yaml", yaml.safe_load("""
+    monitors = MonitorSet(
+        parse_monitors(
+            [
+                (
+                    "m.yaml",
+                    yaml.safe_load("""
 - id: credit
   routes: [credit]
   decision: {path: result.decision, reject_values: [rejected]}
@@ -505,7 +606,12 @@ async def test_real_monitor_events_feed_incidents(make_gateway, fake, policy_dir
   severity: medium
   rules:
     rejection_rate: {min_rise: 0.4}
-"""))]), on_event=service.on_monitor_event)
+"""),
+                )
+            ]
+        ),
+        on_event=service.on_monitor_event,
+    )
     now = time.time()
 
     def observe(i: int, rejected: bool) -> None:
@@ -526,8 +632,9 @@ async def test_real_monitor_events_feed_incidents(make_gateway, fake, policy_dir
     assert (await detail(admin, inc["id"]))["timeline"][-1]["actor"] == "monitor"
 
 
-async def test_a_failed_store_write_is_retried_not_lost(make_gateway, fake, policy_dir,
-                                                       monkeypatch, caplog):
+async def test_a_failed_store_write_is_retried_not_lost(
+    make_gateway, fake, policy_dir, monkeypatch, caplog
+):
     write_policies(policy_dir, with_rules("  - id: leaks\n    source: policy\n"))
     fake.script.text = BREACH
     proxy, admin, gw = await make_gateway(upstream=fake)

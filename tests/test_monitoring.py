@@ -22,8 +22,9 @@ monitors:
 """
 
 
-async def test_monitor_fires_on_rejection_spike_and_keeps_windows(make_gateway, policy_dir,
-                                                                  aiohttp_server):
+async def test_monitor_fires_on_rejection_spike_and_keeps_windows(
+    make_gateway, policy_dir, aiohttp_server
+):
     from aiohttp import web
 
     decisions: list[str] = []
@@ -35,8 +36,15 @@ async def test_monitor_fires_on_rejection_spike_and_keeps_windows(make_gateway, 
     app.router.add_post("/rag/answer", answer)
     server = await aiohttp_server(app)
     write_policies(policy_dir, MONITORS)
-    routes = [Route(name="credit", upstream=str(server.make_url("")).rstrip("/"),
-                    protocol="rag-json", path_prefix="/rag/", rag={"text_path": "result.answer"})]
+    routes = [
+        Route(
+            name="credit",
+            upstream=str(server.make_url("")).rstrip("/"),
+            protocol="rag-json",
+            path_prefix="/rag/",
+            rag={"text_path": "result.answer"},
+        )
+    ]
     proxy, admin, gw = await make_gateway(routes)
     service = gw.services["monitors"]
     seen = []
@@ -49,11 +57,15 @@ async def test_monitor_fires_on_rejection_spike_and_keeps_windows(make_gateway, 
     fired = [e for e in seen if e.state == "fired" and e.rule == "rejection_rate"]
     assert len(fired) == 1 and fired[0].monitor == "credit"
     metrics = await (await admin.get("/metrics")).text()
-    fired_line = ('gateway_monitor_events_total{monitor="credit",rule="rejection_rate",'
-                  'state="fired"} 1.0')
+    fired_line = (
+        'gateway_monitor_events_total{monitor="credit",rule="rejection_rate",state="fired"} 1.0'
+    )
     assert fired_line in metrics
-    status = await (await admin.get("/governance/v1/monitors",
-                                    headers={"authorization": f"Bearer {ADMIN_TOKEN}"})).json()
+    status = await (
+        await admin.get(
+            "/governance/v1/monitors", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+    ).json()
     assert status["monitors"][0]["observations"] == 60
     # the windows are in the store, for the next start
     await service.set.asave(service.state)

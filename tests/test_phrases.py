@@ -20,21 +20,24 @@ def spans(det: PhrasesDetector, text: str, chunk: int | None = None) -> list[str
             found += scan.feed(text[:i], final=i >= len(text))
     else:
         found = scan.feed(text, final=True)
-    return [text[f.start:f.end] for f in found]
+    return [text[f.start : f.end] for f in found]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("top secret", ["top secret"]),
-    ("TOP SECRET", ["TOP SECRET"]),
-    ("Top   secret", ["Top   secret"]),
-    ("top\nsecret", ["top\nsecret"]),
-    ("top se\u200bcret", ["top se\u200bcret"]),
-    ("ｔｏｐ ｓｅｃｒｅｔ", ["ｔｏｐ ｓｅｃｒｅｔ"]),
-    ("tóp sécret", ["tóp sécret"]),
-    ("topsecret", []),
-    ("stop secrets", []),
-    ("a top secret, and another Top Secret.", ["top secret", "Top Secret"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("top secret", ["top secret"]),
+        ("TOP SECRET", ["TOP SECRET"]),
+        ("Top   secret", ["Top   secret"]),
+        ("top\nsecret", ["top\nsecret"]),
+        ("top se\u200bcret", ["top se\u200bcret"]),
+        ("ｔｏｐ ｓｅｃｒｅｔ", ["ｔｏｐ ｓｅｃｒｅｔ"]),
+        ("tóp sécret", ["tóp sécret"]),
+        ("topsecret", []),
+        ("stop secrets", []),
+        ("a top secret, and another Top Secret.", ["top secret", "Top Secret"]),
+    ],
+)
 @pytest.mark.parametrize("chunk", [None, 1, 3])
 def test_literal_folding(text, expected, chunk):
     assert spans(detector(phrases=["Top Secret"]), text, chunk) == expected
@@ -61,12 +64,15 @@ def test_hold_back_covers_bounded_regex_and_caps_unbounded():
     assert detector(patterns=[r"x+"], max_match_chars=50).hold_back == 50
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"phrases": [" "]}, "must not be empty"),
-    ({"patterns": ["("]}, "does not compile"),
-    ({"patterns": ["a*"]}, "matches the empty string"),
-    ({}, "at least one phrase or pattern"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"phrases": [" "]}, "must not be empty"),
+        ({"patterns": ["("]}, "does not compile"),
+        ({"patterns": ["a*"]}, "matches the empty string"),
+        ({}, "at least one phrase or pattern"),
+    ],
+)
 def test_invalid_configs(bad, message):
     with pytest.raises(ValueError, match=message):
         PhrasesPolicy(id="p", kind="phrases", **bad)

@@ -9,8 +9,12 @@ CHAT = "/v1/chat/completions"
 
 
 def chat_body(stream: bool = False, **extra):
-    return {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}],
-            "stream": stream, **extra}
+    return {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": stream,
+        **extra,
+    }
 
 
 async def read_sse(resp) -> tuple[bytes, list]:
@@ -27,7 +31,9 @@ async def read_sse(resp) -> tuple[bytes, list]:
 def stream_text(events) -> str:
     return "".join(
         c["delta"].get("content") or ""
-        for e in events if isinstance(e, dict) for c in e.get("choices", [])
+        for e in events
+        if isinstance(e, dict)
+        for c in e.get("choices", [])
     )
 
 
@@ -55,8 +61,10 @@ async def test_blocked_answer_is_a_content_filter_completion(make_gateway, fake)
     assert "launch" not in json.dumps(body)
     assert resp.headers["x-governance-decision"] == "block"
     decision_id = resp.headers["x-governance-decision-id"]
-    rec = await admin.get(f"/governance/v1/decisions/{decision_id}",
-                          headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    rec = await admin.get(
+        f"/governance/v1/decisions/{decision_id}",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
     record = await rec.json()
     assert record["action"] == "block"
     statuses = {p["id"]: p["status"] for p in record["policies"]}
@@ -86,8 +94,13 @@ async def test_stream_split_phrase_never_reaches_client(make_gateway, fake):
     assert b"launch" not in raw and b"codes" not in raw
     text = stream_text(events)
     assert "Here you go" in text
-    finishes = [c["finish_reason"] for e in events if isinstance(e, dict)
-                for c in e.get("choices", []) if c.get("finish_reason")]
+    finishes = [
+        c["finish_reason"]
+        for e in events
+        if isinstance(e, dict)
+        for c in e.get("choices", [])
+        if c.get("finish_reason")
+    ]
     assert finishes == ["content_filter"]
     assert events[-1] == "[DONE]"
 
@@ -113,8 +126,10 @@ async def test_passthrough_paths_untouched(make_gateway, fake):
 
 async def test_fallback_route_on_upstream_500(make_gateway, fake, fallback_fake):
     fake.script.fault = "500"
-    routes = [Route(name="primary", upstream=fake.url, fallback="backup"),
-              Route(name="backup", upstream=fallback_fake.url, path_prefix="/never/")]
+    routes = [
+        Route(name="primary", upstream=fake.url, fallback="backup"),
+        Route(name="backup", upstream=fallback_fake.url, path_prefix="/never/"),
+    ]
     proxy, _, _ = await make_gateway(routes)
     resp = await proxy.post(CHAT, json=chat_body())
     body = await resp.json()

@@ -65,11 +65,14 @@ async def test_reload_under_load(make_gateway, fake, policy_dir, caplog):
     assert "block" in decisions and decisions[-1] == "block"
     assert gw.policies.current.revision == good
     errors = gw.policies.last_error
-    assert any(e.endswith("main.yaml:5:5: unknown-field: no-forbidden.severty "
-                          "(did you mean severity?)") for e in errors), errors
+    assert any(
+        e.endswith("main.yaml:5:5: unknown-field: no-forbidden.severty (did you mean severity?)")
+        for e in errors
+    ), errors
     assert any(":8:16: invalid-type: bad-length.max_chars" in e for e in errors), errors
     assert any("policy reload failed" in r.getMessage() for r in caplog.records)
-    resp = await admin.get("/governance/v1/policies",
-                           headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    resp = await admin.get(
+        "/governance/v1/policies", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     state = await resp.json()
     assert state["revision"] == good and state["last_reload_errors"] == errors

@@ -25,15 +25,28 @@ ANSWER = "Leave is 20 days a year."
 BODIES = {
     "openai-chat": {
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
-                     "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ANSWER},
+                "finish_reason": "stop",
+            }
+        ],
         "sources": SOURCES,
     },
     "openai-chat-azure-context": {
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER,
-                                             "context": {"citations": SOURCES}},
-                     "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": ANSWER,
+                    "context": {"citations": SOURCES},
+                },
+                "finish_reason": "stop",
+            }
+        ],
     },
     "rag-json": {"answer": ANSWER, "sources": SOURCES},
 }
@@ -42,8 +55,9 @@ BODIES = {
 @pytest.fixture
 def detector(tmp_path):
     (tmp_path / "reg.yaml").write_text(REGISTRY, encoding="utf-8")
-    config = StaleRetrievalPolicy(id="s", kind="stale_retrieval", max_age="365d",
-                                  registry="reg.yaml")
+    config = StaleRetrievalPolicy(
+        id="s", kind="stale_retrieval", max_age="365d", registry="reg.yaml"
+    )
     return build_stale(config, BuildContext(base_dir=tmp_path, resources={"clock": lambda: NOW}))
 
 

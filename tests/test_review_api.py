@@ -49,8 +49,11 @@ def auth(token: str) -> dict[str, str]:
 
 
 def chat(stream: bool = False) -> dict:
-    return {"model": "gpt-test", "messages": [{"role": "user", "content": "recipe?"}],
-            "stream": stream}
+    return {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "recipe?"}],
+        "stream": stream,
+    }
 
 
 async def start(make_gateway, fake, **extra):
@@ -88,8 +91,10 @@ async def test_held_response_is_a_placeholder_with_review_id(make_gateway, fake)
     assert item["record"]["policies"][0]["findings"][0]["span"] == [at, at + 12]
     assert item["sla_deadline"] > item["created_at"]
     # the decision record links to the item
-    rec = await admin.get(f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
-                          headers=auth(ADMIN_TOKEN))
+    rec = await admin.get(
+        f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
+        headers=auth(ADMIN_TOKEN),
+    )
     assert (await rec.json())["review_id"] == review_id
 
 
@@ -101,11 +106,15 @@ async def test_client_polls_pending_then_approved_original(make_gateway, fake):
     poll = await admin.get(url, headers=auth(CLIENT_KEY))
     assert poll.status == 200
     assert (await poll.json())["status"] == "pending"
-    detail = await (await admin.get(f"/governance/v1/reviews/{review_id}",
-                                    headers=auth(REVIEWER_TOKEN))).json()
+    detail = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}", headers=auth(REVIEWER_TOKEN))
+    ).json()
     version = detail["item"]["version"]
-    ok = await admin.post(f"/governance/v1/reviews/{review_id}/approve",
-                          json={"version": version}, headers=auth(REVIEWER_TOKEN))
+    ok = await admin.post(
+        f"/governance/v1/reviews/{review_id}/approve",
+        json={"version": version},
+        headers=auth(REVIEWER_TOKEN),
+    )
     assert ok.status == 200, await ok.text()
     result = await (await admin.get(url, headers=auth(CLIENT_KEY))).json()
     assert result["status"] == "approved" and result["edited"] is False
@@ -122,11 +131,13 @@ async def test_poll_needs_the_same_api_key(make_gateway, fake):
     assert (await admin.get(url, headers=auth(OTHER_KEY))).status == 403
     assert (await admin.get(url, headers={"x-api-key": CLIENT_KEY})).status == 200
     missing = "0" * 32
-    assert (await admin.get(f"/governance/v1/reviews/{missing}/result",
-                            headers=auth(CLIENT_KEY))).status == 404
+    assert (
+        await admin.get(f"/governance/v1/reviews/{missing}/result", headers=auth(CLIENT_KEY))
+    ).status == 404
     # a client key opens nothing else
-    assert (await admin.get(f"/governance/v1/reviews/{review_id}",
-                            headers=auth(CLIENT_KEY))).status == 401
+    assert (
+        await admin.get(f"/governance/v1/reviews/{review_id}", headers=auth(CLIENT_KEY))
+    ).status == 401
 
 
 async def test_poll_on_the_proxy_listener(make_gateway, fake):
@@ -149,27 +160,40 @@ async def test_edit_and_reject_reach_the_client(make_gateway, fake):
     proxy, admin, _ = await start(make_gateway, fake)
     first = (await hold_one(proxy)).headers["x-governance-review-id"]
     second = (await hold_one(proxy)).headers["x-governance-review-id"]
-    edited = await admin.post(f"/governance/v1/reviews/{first}/approve",
-                              json={"version": 1, "edited": {"0": "Our recipe is private."}},
-                              headers=auth(REVIEWER_TOKEN))
+    edited = await admin.post(
+        f"/governance/v1/reviews/{first}/approve",
+        json={"version": 1, "edited": {"0": "Our recipe is private."}},
+        headers=auth(REVIEWER_TOKEN),
+    )
     assert edited.status == 200, await edited.text()
-    result = await (await admin.get(f"/governance/v1/reviews/{first}/result",
-                                    headers=auth(CLIENT_KEY))).json()
+    result = await (
+        await admin.get(f"/governance/v1/reviews/{first}/result", headers=auth(CLIENT_KEY))
+    ).json()
     assert result["edited"] is True
     assert result["response"]["choices"][0]["message"]["content"] == "Our recipe is private."
-    no_reason = await admin.post(f"/governance/v1/reviews/{second}/reject",
-                                 json={"version": 1}, headers=auth(REVIEWER_TOKEN))
+    no_reason = await admin.post(
+        f"/governance/v1/reviews/{second}/reject", json={"version": 1}, headers=auth(REVIEWER_TOKEN)
+    )
     assert no_reason.status == 400
-    rejected = await admin.post(f"/governance/v1/reviews/{second}/reject",
-                                json={"version": 1, "reason": "Trade secret."},
-                                headers=auth(REVIEWER_TOKEN))
+    rejected = await admin.post(
+        f"/governance/v1/reviews/{second}/reject",
+        json={"version": 1, "reason": "Trade secret."},
+        headers=auth(REVIEWER_TOKEN),
+    )
     assert rejected.status == 200
-    result = await (await admin.get(f"/governance/v1/reviews/{second}/result",
-                                    headers=auth(CLIENT_KEY))).json()
-    assert result == {"id": second, "decision_id": result["decision_id"], "status": "rejected",
-                      "decided_at": result["decided_at"], "reason": "Trade secret."}
-    audit = await (await admin.get(f"/governance/v1/reviews/{first}/audit",
-                                   headers=auth(REVIEWER_TOKEN))).json()
+    result = await (
+        await admin.get(f"/governance/v1/reviews/{second}/result", headers=auth(CLIENT_KEY))
+    ).json()
+    assert result == {
+        "id": second,
+        "decision_id": result["decision_id"],
+        "status": "rejected",
+        "decided_at": result["decided_at"],
+        "reason": "Trade secret.",
+    }
+    audit = await (
+        await admin.get(f"/governance/v1/reviews/{first}/audit", headers=auth(REVIEWER_TOKEN))
+    ).json()
     steps = [(a["actor"], a["action"]) for a in audit["audit"]]
     assert steps == [("gateway", "held"), ("rita", "approve-edited")]
     last = audit["audit"][-1]
@@ -184,10 +208,14 @@ async def test_stream_hold_keeps_the_whole_answer(make_gateway, fake):
     proxy, admin, gw = await start(make_gateway, fake)
     resp = await hold_one(proxy, stream=True)
     raw = (await resp.read()).decode()
-    events = [json.loads(line[6:]) for line in raw.splitlines()
-              if line.startswith("data: ") and line[6:] != "[DONE]"]
-    finishes = [c["finish_reason"] for e in events for c in e.get("choices", [])
-                if c.get("finish_reason")]
+    events = [
+        json.loads(line[6:])
+        for line in raw.splitlines()
+        if line.startswith("data: ") and line[6:] != "[DONE]"
+    ]
+    finishes = [
+        c["finish_reason"] for e in events for c in e.get("choices", []) if c.get("finish_reason")
+    ]
     assert finishes == ["content_filter"]
     assert raw.rstrip().endswith("data: [DONE]")
     markers = [e["x_governance"] for e in events if "x_governance" in e]
@@ -200,11 +228,15 @@ async def test_stream_hold_keeps_the_whole_answer(make_gateway, fake):
     assert item["record"]["complete"] is True
     result = await gw.services["review"].db.get(review_id)
     assert result["stream"] is True
-    approve = await admin.post(f"/governance/v1/reviews/{review_id}/approve",
-                               json={"version": 1}, headers=auth(REVIEWER_TOKEN))
+    approve = await admin.post(
+        f"/governance/v1/reviews/{review_id}/approve",
+        json={"version": 1},
+        headers=auth(REVIEWER_TOKEN),
+    )
     assert approve.status == 200
-    body = await (await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                                  headers=auth(CLIENT_KEY))).json()
+    body = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
+    ).json()
     choice = body["response"]["choices"][0]
     assert choice["message"]["content"] == fake.script.text
     assert choice["finish_reason"] == "stop"
@@ -215,8 +247,11 @@ async def test_stream_hold_before_any_text_says_held(make_gateway, fake):
     proxy, _, gw = await start(make_gateway, fake)
     resp = await hold_one(proxy, stream=True)
     raw = (await resp.read()).decode()
-    events = [json.loads(line[6:]) for line in raw.splitlines()
-              if line.startswith("data: ") and line[6:] != "[DONE]"]
+    events = [
+        json.loads(line[6:])
+        for line in raw.splitlines()
+        if line.startswith("data: ") and line[6:] != "[DONE]"
+    ]
     sent = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
     assert sent == "This response is held for review."
     review_id = next(e["x_governance"]["review_id"] for e in events if "x_governance" in e)
@@ -226,16 +261,28 @@ async def test_stream_hold_before_any_text_says_held(make_gateway, fake):
 async def test_anthropic_hold_and_approved_result(make_gateway, fake):
     fake.script.text = SAUCE
     proxy, admin, _ = await start(make_gateway, fake)
-    resp = await proxy.post("/v1/messages", json={
-        "model": "claude-test", "max_tokens": 50,
-        "messages": [{"role": "user", "content": "recipe?"}]}, headers={"x-api-key": CLIENT_KEY})
+    resp = await proxy.post(
+        "/v1/messages",
+        json={
+            "model": "claude-test",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "recipe?"}],
+        },
+        headers={"x-api-key": CLIENT_KEY},
+    )
     body = await resp.json()
     review_id = resp.headers["x-governance-review-id"]
     assert body["content"][0]["text"] == "This response is held for review."
-    await admin.post(f"/governance/v1/reviews/{review_id}/approve",
-                     json={"version": 1, "edited": {"0": "Edited."}}, headers=auth(REVIEWER_TOKEN))
-    result = await (await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                                    headers={"x-api-key": CLIENT_KEY})).json()
+    await admin.post(
+        f"/governance/v1/reviews/{review_id}/approve",
+        json={"version": 1, "edited": {"0": "Edited."}},
+        headers=auth(REVIEWER_TOKEN),
+    )
+    result = await (
+        await admin.get(
+            f"/governance/v1/reviews/{review_id}/result", headers={"x-api-key": CLIENT_KEY}
+        )
+    ).json()
     assert result["response"]["type"] == "message"
     assert result["response"]["content"][0]["text"] == "Edited."
 
@@ -251,9 +298,11 @@ async def test_wait_mode_returns_the_decision_in_the_same_call(make_gateway, fak
             break
         await asyncio.sleep(0.02)
     assert len(items) == 1
-    approve = await admin.post(f"/governance/v1/reviews/{items[0]['id']}/approve",
-                               json={"version": 1, "edited": {"0": "Checked: all fine."}},
-                               headers=auth(REVIEWER_TOKEN))
+    approve = await admin.post(
+        f"/governance/v1/reviews/{items[0]['id']}/approve",
+        json={"version": 1, "edited": {"0": "Checked: all fine."}},
+        headers=auth(REVIEWER_TOKEN),
+    )
     assert approve.status == 200
     resp = await call
     body = await resp.json()
@@ -265,18 +314,25 @@ async def test_two_reviewers_at_once_one_gets_409(make_gateway, fake):
     fake.script.text = SAUCE
     proxy, admin, _ = await start(make_gateway, fake)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
-    approve = admin.post(f"/governance/v1/reviews/{review_id}/approve",
-                         json={"version": 1}, headers=auth(REVIEWER_TOKEN))
-    reject = admin.post(f"/governance/v1/reviews/{review_id}/reject",
-                        json={"version": 1, "reason": "no"}, headers=auth(ADMIN_TOKEN))
+    approve = admin.post(
+        f"/governance/v1/reviews/{review_id}/approve",
+        json={"version": 1},
+        headers=auth(REVIEWER_TOKEN),
+    )
+    reject = admin.post(
+        f"/governance/v1/reviews/{review_id}/reject",
+        json={"version": 1, "reason": "no"},
+        headers=auth(ADMIN_TOKEN),
+    )
     results = await asyncio.gather(approve, reject)
     statuses = sorted(r.status for r in results)
     assert statuses == [200, 409]
     loser = next(r for r in results if r.status == 409)
     message = (await loser.json())["error"]["message"]
     assert review_id in message and "not applied" in message
-    audit = await (await admin.get(f"/governance/v1/reviews/{review_id}/audit",
-                                   headers=auth(REVIEWER_TOKEN))).json()
+    audit = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}/audit", headers=auth(REVIEWER_TOKEN))
+    ).json()
     decisions = [a for a in audit["audit"] if a["action"] in ("approve", "reject")]
     assert len(decisions) == 1
 
@@ -289,14 +345,14 @@ async def test_stale_version_is_409_and_claim_blocks_others(make_gateway, fake):
     claim = await admin.post(f"{base}/claim", json={"version": 1}, headers=auth(REVIEWER_TOKEN))
     assert claim.status == 200
     assert (await claim.json())["item"]["assignee"] == "rita"
-    stale = await admin.post(f"{base}/escalate", json={"version": 1},
-                             headers=auth(REVIEWER_TOKEN))
+    stale = await admin.post(f"{base}/escalate", json={"version": 1}, headers=auth(REVIEWER_TOKEN))
     assert stale.status == 409
     assert "changed since you loaded it" in (await stale.json())["error"]["message"]
     no_version = await admin.post(f"{base}/approve", json={}, headers=auth(REVIEWER_TOKEN))
     assert no_version.status == 400
-    esc = await admin.post(f"{base}/escalate", json={"version": 2, "note": "legal"},
-                           headers=auth(REVIEWER_TOKEN))
+    esc = await admin.post(
+        f"{base}/escalate", json={"version": 2, "note": "legal"}, headers=auth(REVIEWER_TOKEN)
+    )
     item = (await esc.json())["item"]
     assert item["escalations"] == 1 and item["priority"] == 30
 
@@ -309,13 +365,17 @@ async def test_no_token_and_wrong_role(make_gateway, fake):
     assert (await admin.get("/governance/v1/reviews", headers=auth("nope"))).status == 401
     listing = await admin.get("/governance/v1/reviews", headers=auth(REVIEWER_TOKEN))
     assert listing.status == 200
-    bulk = await admin.post("/governance/v1/reviews/bulk", headers=auth(REVIEWER_TOKEN),
-                            json={"action": "approve", "items": [{"id": review_id,
-                                                                  "version": 1}]})
+    bulk = await admin.post(
+        "/governance/v1/reviews/bulk",
+        headers=auth(REVIEWER_TOKEN),
+        json={"action": "approve", "items": [{"id": review_id, "version": 1}]},
+    )
     assert bulk.status == 403
-    allow = await admin.post(f"/governance/v1/reviews/{review_id}/allowlist",
-                             headers=auth(REVIEWER_TOKEN), json={"policy": "hold-sauce",
-                                                                 "finding": 0})
+    allow = await admin.post(
+        f"/governance/v1/reviews/{review_id}/allowlist",
+        headers=auth(REVIEWER_TOKEN),
+        json={"policy": "hold-sauce", "finding": 0},
+    )
     assert allow.status == 403
     page = await admin.get("/review/", allow_redirects=False)
     assert page.status == 303 and page.headers["location"].startswith("/review/login")
@@ -327,29 +387,43 @@ async def test_list_filters_counts_and_bulk(make_gateway, fake):
     ids = [(await hold_one(proxy)).headers["x-governance-review-id"] for _ in range(3)]
     fake.script.text = "Please wait for me."
     svc = gw.services["review"]
-    listing = await (await admin.get("/governance/v1/reviews?severity=high",
-                                     headers=auth(REVIEWER_TOKEN))).json()
+    listing = await (
+        await admin.get("/governance/v1/reviews?severity=high", headers=auth(REVIEWER_TOKEN))
+    ).json()
     assert sorted(i["id"] for i in listing["items"]) == sorted(ids)
     assert listing["counts"]["by_state"]["pending"] == 3
-    none = await (await admin.get("/governance/v1/reviews?policy=hold-and-wait",
-                                  headers=auth(REVIEWER_TOKEN))).json()
+    none = await (
+        await admin.get("/governance/v1/reviews?policy=hold-and-wait", headers=auth(REVIEWER_TOKEN))
+    ).json()
     assert none["items"] == []
     bad = await admin.get("/governance/v1/reviews?severity=huge", headers=auth(REVIEWER_TOKEN))
     assert bad.status == 400
-    bulk = await admin.post("/governance/v1/reviews/bulk", headers=auth(ADMIN_TOKEN), json={
-        "action": "reject", "reason": "batch",
-        "items": [{"id": ids[0], "version": 1}, {"id": ids[1], "version": 7}]})
+    bulk = await admin.post(
+        "/governance/v1/reviews/bulk",
+        headers=auth(ADMIN_TOKEN),
+        json={
+            "action": "reject",
+            "reason": "batch",
+            "items": [{"id": ids[0], "version": 1}, {"id": ids[1], "version": 7}],
+        },
+    )
     assert bulk.status == 207
     results = {r["id"]: r for r in (await bulk.json())["results"]}
     assert results[ids[0]]["ok"] and not results[ids[1]]["ok"]
     assert results[ids[1]]["status"] == 409
-    mine = await (await admin.get("/governance/v1/reviews?state=rejected",
-                                  headers=auth(REVIEWER_TOKEN))).json()
+    mine = await (
+        await admin.get("/governance/v1/reviews?state=rejected", headers=auth(REVIEWER_TOKEN))
+    ).json()
     assert [i["id"] for i in mine["items"]] == [ids[0]]
-    stats = await (await admin.get("/governance/v1/reviews/stats",
-                                   headers=auth(REVIEWER_TOKEN))).json()
-    assert stats["approval_rates"]["hold-sauce"] == {"approved": 0, "rejected": 1,
-                                                     "decided": 1, "approval_rate": 0.0}
+    stats = await (
+        await admin.get("/governance/v1/reviews/stats", headers=auth(REVIEWER_TOKEN))
+    ).json()
+    assert stats["approval_rates"]["hold-sauce"] == {
+        "approved": 0,
+        "rejected": 1,
+        "decided": 1,
+        "approval_rate": 0.0,
+    }
     metrics = await (await admin.get("/metrics")).text()
     assert 'gateway_review_queue_depth{severity="high",state="pending"} 2.0' in metrics
     assert 'gateway_review_approval_rate{policy="hold-sauce"} 0.0' in metrics
@@ -360,20 +434,22 @@ async def test_comments_are_audited(make_gateway, fake):
     fake.script.text = SAUCE
     proxy, admin, _ = await start(make_gateway, fake)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
-    made = await admin.post(f"/governance/v1/reviews/{review_id}/comments",
-                            json={"body": "Looks like a recipe quote."},
-                            headers=auth(REVIEWER_TOKEN))
+    made = await admin.post(
+        f"/governance/v1/reviews/{review_id}/comments",
+        json={"body": "Looks like a recipe quote."},
+        headers=auth(REVIEWER_TOKEN),
+    )
     assert made.status == 201
-    detail = await (await admin.get(f"/governance/v1/reviews/{review_id}",
-                                    headers=auth(REVIEWER_TOKEN))).json()
+    detail = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}", headers=auth(REVIEWER_TOKEN))
+    ).json()
     assert [c["body"] for c in detail["comments"]] == ["Looks like a recipe quote."]
     assert [a["action"] for a in detail["audit"]] == ["held", "comment"]
 
 
 async def test_privacy_mode_keeps_hash_and_evidence_only(make_gateway, fake, tmp_path):
     fake.script.text = SAUCE
-    route = Route(name="private", upstream=fake.url,
-                  review={"privacy": "hash-and-evidence"})
+    route = Route(name="private", upstream=fake.url, review={"privacy": "hash-and-evidence"})
     proxy, admin, gw = await make_gateway([route], upstream=fake)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
     item = await gw.services["review"].db.get(review_id)
@@ -383,10 +459,14 @@ async def test_privacy_mode_keeps_hash_and_evidence_only(make_gateway, fake, tmp
     assert item["record"]["policies"][0]["findings"][0]["evidence"]["match"] == "secret sauce"
     raw = (tmp_path / "gateway.db").read_bytes()
     assert b"grandma" not in raw
-    await admin.post(f"/governance/v1/reviews/{review_id}/approve", json={"version": 1},
-                     headers=auth(REVIEWER_TOKEN))
-    result = await (await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                                    headers=auth(CLIENT_KEY))).json()
+    await admin.post(
+        f"/governance/v1/reviews/{review_id}/approve",
+        json={"version": 1},
+        headers=auth(REVIEWER_TOKEN),
+    )
+    result = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
+    ).json()
     assert result["status"] == "approved" and result["response"] is None
     assert "privacy" in result["note"]
 
@@ -409,8 +489,9 @@ async def test_sla_sweep_escalates_and_expires(make_gateway, fake):
     assert (await svc.sweep(now=item["sla_deadline"] + 2))["overdue"] == 0
     swept = await svc.sweep(now=item["expires_at"] + 1)
     assert swept["expired"] == 1
-    result = await (await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                                    headers=auth(CLIENT_KEY))).json()
+    result = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
+    ).json()
     assert result["status"] == "expired" and result["outcome"] == "rejected"
     audit = [a["action"] for a in await svc.db.audit(review_id)]
     assert audit == ["held", "overdue", "expire"]
@@ -436,13 +517,22 @@ async def test_callback_is_signed_and_retried(make_gateway, fake, aiohttp_server
     server = await aiohttp_server(app)
     monkeypatch.setenv("REVIEW_HOOK_SECRET", "s3cret")
     fake.script.text = SAUCE
-    route = Route(name="default", upstream=fake.url, review={
-        "callback_url": str(server.make_url("/hook")), "callback_secret_env": "REVIEW_HOOK_SECRET"})
+    route = Route(
+        name="default",
+        upstream=fake.url,
+        review={
+            "callback_url": str(server.make_url("/hook")),
+            "callback_secret_env": "REVIEW_HOOK_SECRET",
+        },
+    )
     proxy, admin, gw = await make_gateway([route], upstream=fake)
     svc = gw.services["review"]
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
-    await admin.post(f"/governance/v1/reviews/{review_id}/approve", json={"version": 1},
-                     headers=auth(REVIEWER_TOKEN))
+    await admin.post(
+        f"/governance/v1/reviews/{review_id}/approve",
+        json={"version": 1},
+        headers=auth(REVIEWER_TOKEN),
+    )
     for _ in range(100):
         if got:
             break
@@ -465,9 +555,11 @@ async def test_allowlist_from_a_finding_is_refused_for_phrases(make_gateway, fak
     fake.script.text = SAUCE
     proxy, admin, gw = await start(make_gateway, fake)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
-    resp = await admin.post(f"/governance/v1/reviews/{review_id}/allowlist",
-                            headers=auth(ADMIN_TOKEN), json={"policy": "hold-sauce",
-                                                             "finding": 0})
+    resp = await admin.post(
+        f"/governance/v1/reviews/{review_id}/allowlist",
+        headers=auth(ADMIN_TOKEN),
+        json={"policy": "hold-sauce", "finding": 0},
+    )
     assert resp.status == 422
     assert "no allowlist" in (await resp.json())["reason"]
 
@@ -517,8 +609,9 @@ async def test_expire_action_approve_releases_the_original(make_gateway, fake, p
     assert round(item["sla_deadline"] - item["created_at"]) == 10
     assert round(item["expires_at"] - item["created_at"]) == 60
     await svc.sweep(now=item["expires_at"] + 1)
-    result = await (await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                                    headers=auth(CLIENT_KEY))).json()
+    result = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
+    ).json()
     assert result["status"] == "expired" and result["outcome"] == "approved"
     assert result["response"]["choices"][0]["message"]["content"] == SAUCE
     # an expiry is not a person's judgement: it stays out of the approval rate
@@ -550,9 +643,11 @@ def test_unfed_text_of_the_stopping_read(pieces, seen, expected):
 async def test_responses_stream_names_the_review_in_metadata(make_gateway, fake):
     fake.script.text = "Intro words first. " * 6 + "Then the secret sauce appears. More text."
     proxy, _, gw = await start(make_gateway, fake)
-    resp = await proxy.post("/v1/responses", json={"model": "gpt-test", "input": "recipe?",
-                                                   "stream": True},
-                            headers=auth(CLIENT_KEY))
+    resp = await proxy.post(
+        "/v1/responses",
+        json={"model": "gpt-test", "input": "recipe?", "stream": True},
+        headers=auth(CLIENT_KEY),
+    )
     raw = (await resp.read()).decode()
     events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
     final = events[-1]

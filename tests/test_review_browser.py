@@ -14,10 +14,19 @@ from tests.conftest import REVIEWER_TOKEN, write_policies
 from tests.test_review_api import CHAT, CLIENT_KEY, REVIEW_POLICIES, auth, chat
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-HOSTILE = ("Here is the secret sauce: <script>window.__pwned = 1;</script> "
-           "<img src=x onerror=\"window.__pwned = 2\"> mix and serve.")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HOSTILE = (
+    "Here is the secret sauce: <script>window.__pwned = 1;</script> "
+    '<img src=x onerror="window.__pwned = 2"> mix and serve.'
+)
 
 
 @pytest.fixture
@@ -94,12 +103,12 @@ async def test_edit_and_approve_in_the_browser(make_gateway, fake, browser):
     assert await page.locator("#notice").inner_text() == "Approved with your edit."
     assert await page.locator("#item-state").inner_text() == "approved"
 
-    poll = await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                           headers=auth(CLIENT_KEY))
+    poll = await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
     result = await poll.json()
     assert result["status"] == "approved" and result["edited"] is True
     assert result["response"]["choices"][0]["message"]["content"] == (
-        "Here is a public recipe: mix and serve.")
+        "Here is a public recipe: mix and serve."
+    )
 
     assert await audit_actions(page) == ["held", "claim", "approve-edited"]
     actors = await page.locator("#audit tbody tr td:nth-child(2)").all_inner_texts()
@@ -127,8 +136,9 @@ async def test_reject_in_the_browser(make_gateway, fake, browser):
     assert await page.locator("#item-state").inner_text() == "rejected"
     assert "Reveals a trade secret." in await page.locator("#decision").inner_text()
 
-    result = await (await admin.get(f"/governance/v1/reviews/{review_id}/result",
-                                    headers=auth(CLIENT_KEY))).json()
+    result = await (
+        await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
+    ).json()
     assert result["status"] == "rejected"
     assert result["reason"] == "Reveals a trade secret."
     assert "response" not in result
@@ -139,8 +149,12 @@ async def test_reject_in_the_browser(make_gateway, fake, browser):
 async def test_queue_keyboard_and_csp_in_the_browser(make_gateway, fake, browser):
     fake.script.text = "The secret sauce again."
     proxy, admin, _ = await make_gateway(upstream=fake)
-    ids = [(await proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY)))
-           .headers["x-governance-review-id"] for _ in range(2)]
+    ids = [
+        (await proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY))).headers[
+            "x-governance-review-id"
+        ]
+        for _ in range(2)
+    ]
     base = str(admin.make_url("")).rstrip("/")
     page = await browser.new_page()
     await log_in(page, base)

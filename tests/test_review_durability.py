@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def write_config(tmp_path: Path, upstream: str, proxy_port: int, admin_port: int) -> Path:
     path = tmp_path / "gateway.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         listeners:
           proxy: {{host: 127.0.0.1, port: {proxy_port}}}
           admin: {{host: 127.0.0.1, port: {admin_port}}}
@@ -36,13 +37,14 @@ def write_config(tmp_path: Path, upstream: str, proxy_port: int, admin_port: int
           - name: default
             upstream: {upstream}
         policies: [policies]
-        store: {{url: "sqlite:///{tmp_path / 'gateway.db'}"}}
-        data_dir: {tmp_path / 'data'}
+        store: {{url: "sqlite:///{tmp_path / "gateway.db"}"}}
+        data_dir: {tmp_path / "data"}
         log_level: warning
         auth:
           tokens:
             - {{name: rita, token: {REVIEWER_TOKEN}, roles: [reviewer]}}
-        """))
+        """)
+    )
     return path
 
 
@@ -50,8 +52,12 @@ async def start_gateway(tmp_path: Path, upstream: str):
     proxy_port, admin_port = free_port(), free_port()
     config = write_config(tmp_path, upstream, proxy_port, admin_port)
     proc = await asyncio.create_subprocess_exec(
-        str(GATEWAY_BIN), "serve", "--config", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        str(GATEWAY_BIN),
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     admin = f"http://127.0.0.1:{admin_port}"
@@ -91,12 +97,16 @@ async def test_acknowledged_holds_survive_sigkill(fake, tmp_path):
             proc, proxy, admin = await start_gateway(tmp_path, fake.url)
             try:
                 # every item acknowledged before the last kill is in the queue after restart
-                listing = await (await session.get(
-                    f"{admin}/governance/v1/reviews?limit=1000",
-                    headers={"authorization": f"Bearer {REVIEWER_TOKEN}"})).json()
+                listing = await (
+                    await session.get(
+                        f"{admin}/governance/v1/reviews?limit=1000",
+                        headers={"authorization": f"Bearer {REVIEWER_TOKEN}"},
+                    )
+                ).json()
                 assert {i["id"] for i in listing["items"]} == set(acknowledged)
-                async with session.post(f"{proxy}/v1/chat/completions", json=body,
-                                        headers=headers) as resp:
+                async with session.post(
+                    f"{proxy}/v1/chat/completions", json=body, headers=headers
+                ) as resp:
                     assert resp.status == 200
                     await resp.read()
                     review_id = resp.headers["x-governance-review-id"]
@@ -105,13 +115,17 @@ async def test_acknowledged_holds_survive_sigkill(fake, tmp_path):
             acknowledged.append(review_id)
         proc, proxy, admin = await start_gateway(tmp_path, fake.url)
         try:
-            listing = await (await session.get(
-                f"{admin}/governance/v1/reviews?limit=1000",
-                headers={"authorization": f"Bearer {REVIEWER_TOKEN}"})).json()
+            listing = await (
+                await session.get(
+                    f"{admin}/governance/v1/reviews?limit=1000",
+                    headers={"authorization": f"Bearer {REVIEWER_TOKEN}"},
+                )
+            ).json()
             assert sorted(i["id"] for i in listing["items"]) == sorted(acknowledged)
             assert len(acknowledged) == ROUNDS
-            poll = await session.get(f"{admin}/governance/v1/reviews/{acknowledged[0]}/result",
-                                     headers=headers)
+            poll = await session.get(
+                f"{admin}/governance/v1/reviews/{acknowledged[0]}/result", headers=headers
+            )
             assert (await poll.json())["status"] == "pending"
         finally:
             await kill(proc)

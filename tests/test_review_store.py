@@ -13,21 +13,49 @@ from gateway.review.store import Changed, ReviewStore, new_id
 def make_item(i: int = 0, **over) -> dict:
     now = time.time()
     item = {
-        "id": new_id(), "decision_id": f"d{i}", "created_at": now + i, "updated_at": now,
-        "state": "pending", "outcome": None, "route": "default", "protocol": "openai-chat",
-        "path": "/v1/chat/completions", "model": "gpt-test", "stream": False,
-        "policy": "hold-sauce", "policies": ["hold-sauce"], "severity": "high",
-        "severity_rank": 2, "priority": 20, "sla_deadline": now + 3600 + i,
-        "expires_at": now + 86400, "expire_action": "reject", "retain_until": now + 30 * 86400,
-        "overdue": False, "escalations": 0, "assignee": None, "key_id": "key_abc",
-        "tenant": None, "text_stored": True, "text_hash": "0" * 64,
-        "request": {"method": "POST", "path": "/v1/chat/completions",
-                    "body": {"messages": [{"role": "user", "content": "hé <b>"}]}},
+        "id": new_id(),
+        "decision_id": f"d{i}",
+        "created_at": now + i,
+        "updated_at": now,
+        "state": "pending",
+        "outcome": None,
+        "route": "default",
+        "protocol": "openai-chat",
+        "path": "/v1/chat/completions",
+        "model": "gpt-test",
+        "stream": False,
+        "policy": "hold-sauce",
+        "policies": ["hold-sauce"],
+        "severity": "high",
+        "severity_rank": 2,
+        "priority": 20,
+        "sla_deadline": now + 3600 + i,
+        "expires_at": now + 86400,
+        "expire_action": "reject",
+        "retain_until": now + 30 * 86400,
+        "overdue": False,
+        "escalations": 0,
+        "assignee": None,
+        "key_id": "key_abc",
+        "tenant": None,
+        "text_stored": True,
+        "text_hash": "0" * 64,
+        "request": {
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "hé <b>"}]},
+        },
         "response": {"choices": [{"index": 0, "message": {"content": "secret sauce"}}]},
         "segments": {"0": "secret sauce"},
-        "record": {"policies": [{"id": "hold-sauce", "findings": [{"span": [0, 12]}]}],
-                   "segment_keys": ["0"]},
-        "edited": None, "reason": None, "decided_by": None, "decided_at": None, "version": 1,
+        "record": {
+            "policies": [{"id": "hold-sauce", "findings": [{"span": [0, 12]}]}],
+            "segment_keys": ["0"],
+        },
+        "edited": None,
+        "reason": None,
+        "decided_by": None,
+        "decided_at": None,
+        "version": 1,
         "op_token": None,
     }
     item.update(over)
@@ -57,14 +85,16 @@ async def test_insert_and_read_back(reviews):
 async def test_change_bumps_version_and_audits(reviews):
     item = make_item()
     await reviews.insert(item)
-    after = await reviews.change(item, actor="rita", action="claim",
-                                 changes={"assignee": "rita"})
+    after = await reviews.change(item, actor="rita", action="claim", changes={"assignee": "rita"})
     assert after["version"] == 2
     stored = await reviews.get(item["id"])
     assert stored["assignee"] == "rita" and stored["version"] == 2
-    bumped = await reviews.change(stored, actor="system", action="overdue",
-                                  changes={"priority": ("+", 10), "overdue": True,
-                                           "escalations": ("+", 1)})
+    bumped = await reviews.change(
+        stored,
+        actor="system",
+        action="overdue",
+        changes={"priority": ("+", 10), "overdue": True, "escalations": ("+", 1)},
+    )
     assert bumped["priority"] == 30
     stored = await reviews.get(item["id"])
     assert stored["priority"] == 30 and stored["overdue"] is True and stored["escalations"] == 1
@@ -79,9 +109,13 @@ async def test_stale_change_is_refused_without_audit(reviews):
     await reviews.insert(item)
     await reviews.change(item, actor="rita", action="claim", changes={"assignee": "rita"})
     with pytest.raises(Changed) as err:
-        await reviews.change(item, actor="bob", action="approve",
-                             changes={"state": "approved", "outcome": "approved"},
-                             callback={"url": "http://x/hook", "payload": {"a": 1}})
+        await reviews.change(
+            item,
+            actor="bob",
+            action="approve",
+            changes={"state": "approved", "outcome": "approved"},
+            callback={"url": "http://x/hook", "payload": {"a": 1}},
+        )
     assert err.value.current["version"] == 2
     assert [a["action"] for a in await reviews.audit(item["id"])] == ["held", "claim"]
     assert await reviews.callbacks_for(item["id"]) == []
@@ -93,14 +127,19 @@ async def test_concurrent_decisions_only_one_applies(reviews):
 
     async def decide(who: str, state: str):
         try:
-            await reviews.change(dict(item), actor=who, action=state,
-                                 changes={"state": state, "outcome": state, "decided_by": who})
+            await reviews.change(
+                dict(item),
+                actor=who,
+                action=state,
+                changes={"state": state, "outcome": state, "decided_by": who},
+            )
             return who
         except Changed:
             return None
 
-    winners = await asyncio.gather(*[decide(f"r{i}", "approved" if i % 2 else "rejected")
-                                     for i in range(8)])
+    winners = await asyncio.gather(
+        *[decide(f"r{i}", "approved" if i % 2 else "rejected") for i in range(8)]
+    )
     won = [w for w in winners if w]
     assert len(won) == 1
     stored = await reviews.get(item["id"])
@@ -112,22 +151,24 @@ async def test_concurrent_decisions_only_one_applies(reviews):
 async def test_decided_item_needs_pending_state(reviews):
     item = make_item()
     await reviews.insert(item)
-    done = await reviews.change(item, actor="rita", action="reject",
-                                changes={"state": "rejected", "outcome": "rejected"})
+    done = await reviews.change(
+        item, actor="rita", action="reject", changes={"state": "rejected", "outcome": "rejected"}
+    )
     with pytest.raises(Changed):
-        await reviews.change(done, actor="rita", action="approve",
-                             changes={"state": "approved"})
+        await reviews.change(done, actor="rita", action="approve", changes={"state": "approved"})
     # not every change needs the item open (none today, but the guard is optional)
-    await reviews.change(done, actor="rita", action="note", changes={"reason": "x"},
-                         require_state=None)
+    await reviews.change(
+        done, actor="rita", action="note", changes={"reason": "x"}, require_state=None
+    )
 
 
 async def test_list_filters_sort_and_counts(reviews):
     now = time.time()
     a = make_item(0, severity="low", severity_rank=0, sla_deadline=now + 100)
     b = make_item(1, severity="critical", severity_rank=3, sla_deadline=now + 100)
-    c = make_item(2, policy="bias", policies=["bias", "hold-sauce"], route="rag",
-                  sla_deadline=now - 5)
+    c = make_item(
+        2, policy="bias", policies=["bias", "hold-sauce"], route="rag", sla_deadline=now - 5
+    )
     d = make_item(3, state="approved", outcome="approved", decided_by="rita")
     for item in (a, b, c, d):
         await reviews.insert(item)
@@ -157,14 +198,17 @@ async def test_list_filters_sort_and_counts(reviews):
 
 
 async def test_approval_rates_count_people_not_expiry(reviews):
-    rows = [("approved", "rita"), ("approved", "rita"), ("rejected", "bob"),
-            ("rejected", "system")]
+    rows = [("approved", "rita"), ("approved", "rita"), ("rejected", "bob"), ("rejected", "system")]
     for i, (outcome, who) in enumerate(rows):
-        await reviews.insert(make_item(i, state=outcome if who != "system" else "expired",
-                                       outcome=outcome, decided_by=who))
+        await reviews.insert(
+            make_item(
+                i, state=outcome if who != "system" else "expired", outcome=outcome, decided_by=who
+            )
+        )
     rates = await reviews.approval_rates()
-    assert rates == {"hold-sauce": {"approved": 2, "rejected": 1, "decided": 3,
-                                    "approval_rate": round(2 / 3, 4)}}
+    assert rates == {
+        "hold-sauce": {"approved": 2, "rejected": 1, "decided": 3, "approval_rate": round(2 / 3, 4)}
+    }
 
 
 async def test_purge_keeps_pending_and_audit(reviews):
@@ -184,13 +228,23 @@ async def test_purge_keeps_pending_and_audit(reviews):
 async def test_callback_outbox(reviews):
     item = make_item()
     await reviews.insert(item)
-    await reviews.change(item, actor="rita", action="approve",
-                         changes={"state": "approved", "outcome": "approved"},
-                         callback={"url": "http://hook", "payload": {"id": item["id"]}})
+    await reviews.change(
+        item,
+        actor="rita",
+        action="approve",
+        changes={"state": "approved", "outcome": "approved"},
+        callback={"url": "http://hook", "payload": {"id": item["id"]}},
+    )
     due = await reviews.due_callbacks(time.time() + 1)
     assert len(due) == 1 and due[0]["payload"] == {"id": item["id"]}
-    await reviews.callback_done(due[0]["id"], ok=False, attempts=1, next_at=time.time() + 60,
-                                error="HTTP 500", give_up=False)
+    await reviews.callback_done(
+        due[0]["id"],
+        ok=False,
+        attempts=1,
+        next_at=time.time() + 60,
+        error="HTTP 500",
+        give_up=False,
+    )
     assert await reviews.due_callbacks(time.time() + 1) == []
     rows = await reviews.callbacks_for(item["id"])
     assert rows[0]["state"] == "due" and rows[0]["last_error"] == "HTTP 500"
@@ -201,8 +255,9 @@ async def test_backend_is_what_the_fixture_says(store, store_url):
     assert store.dialect == ("sqlite" if store_url.startswith("sqlite") else "postgresql")
 
 
-async def test_whole_review_flow_on_each_backend(store_url, make_gateway, fake, monkeypatch,
-                                                 tmp_path):
+async def test_whole_review_flow_on_each_backend(
+    store_url, make_gateway, fake, monkeypatch, tmp_path
+):
     """Hold, race two decisions, edit, poll: through the real gateway on this backend."""
     from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
     from tests.test_review_api import CHAT, CLIENT_KEY, REVIEW_POLICIES, SAUCE, auth, chat
@@ -216,10 +271,14 @@ async def test_whole_review_flow_on_each_backend(store_url, make_gateway, fake, 
     review_id = held.headers["x-governance-review-id"]
     base = f"/governance/v1/reviews/{review_id}"
     first, second = await asyncio.gather(
-        admin.post(f"{base}/approve", json={"version": 1, "edited": {"0": "Edited text."}},
-                   headers=auth(REVIEWER_TOKEN)),
-        admin.post(f"{base}/reject", json={"version": 1, "reason": "no"},
-                   headers=auth(ADMIN_TOKEN)),
+        admin.post(
+            f"{base}/approve",
+            json={"version": 1, "edited": {"0": "Edited text."}},
+            headers=auth(REVIEWER_TOKEN),
+        ),
+        admin.post(
+            f"{base}/reject", json={"version": 1, "reason": "no"}, headers=auth(ADMIN_TOKEN)
+        ),
     )
     assert sorted([first.status, second.status]) == [200, 409]
     result = await (await admin.get(f"{base}/result", headers=auth(CLIENT_KEY))).json()

@@ -24,9 +24,11 @@ async def login(admin, token: str = REVIEWER_TOKEN) -> str:
     """Log in through the form; return the session's CSRF token."""
     form = await admin.get("/review/login")
     csrf = _CSRF.search(await form.text()).group(1)
-    done = await admin.post("/review/login", data={"csrf": csrf, "token": token,
-                                                   "next": "/review/"},
-                            allow_redirects=False)
+    done = await admin.post(
+        "/review/login",
+        data={"csrf": csrf, "token": token, "next": "/review/"},
+        allow_redirects=False,
+    )
     assert done.status == 303, await done.text()
     cookie = done.cookies["gw_review_session"]
     assert cookie["httponly"] and cookie["samesite"] == "Strict"
@@ -41,14 +43,16 @@ async def held(proxy) -> str:
 
 async def test_login_needs_its_csrf_token_and_a_valid_token(make_gateway, fake):
     _, admin, _ = await make_gateway(upstream=fake)
-    forged = await admin.post("/review/login", data={"token": REVIEWER_TOKEN},
-                              allow_redirects=False)
+    forged = await admin.post(
+        "/review/login", data={"token": REVIEWER_TOKEN}, allow_redirects=False
+    )
     assert forged.status == 403
     assert "gw_review_session" not in forged.cookies
     form = await admin.get("/review/login")
     csrf = _CSRF.search(await form.text()).group(1)
-    wrong = await admin.post("/review/login", data={"csrf": csrf, "token": "nope"},
-                             allow_redirects=False)
+    wrong = await admin.post(
+        "/review/login", data={"csrf": csrf, "token": "nope"}, allow_redirects=False
+    )
     assert wrong.status == 401
     assert (await admin.get("/review/", allow_redirects=False)).status == 303
 
@@ -59,18 +63,23 @@ async def test_actions_need_the_csrf_token(make_gateway, fake):
     review_id = await held(proxy)
     csrf = await login(admin)
     url = f"/review/items/{review_id}"
-    missing = await admin.post(url, data={"do": "approve", "version": "1"},
-                               allow_redirects=False)
+    missing = await admin.post(url, data={"do": "approve", "version": "1"}, allow_redirects=False)
     assert missing.status == 403
-    wrong = await admin.post(url, data={"do": "approve", "version": "1", "csrf": "x" * 40},
-                             allow_redirects=False)
+    wrong = await admin.post(
+        url, data={"do": "approve", "version": "1", "csrf": "x" * 40}, allow_redirects=False
+    )
     assert wrong.status == 403
-    cross = await admin.post(url, data={"do": "approve", "version": "1", "csrf": csrf},
-                             headers={"origin": "http://evil.example"}, allow_redirects=False)
+    cross = await admin.post(
+        url,
+        data={"do": "approve", "version": "1", "csrf": csrf},
+        headers={"origin": "http://evil.example"},
+        allow_redirects=False,
+    )
     assert cross.status == 403
     assert (await gw.services["review"].db.get(review_id))["state"] == "pending"
-    ok = await admin.post(url, data={"do": "approve", "version": "1", "csrf": csrf},
-                          allow_redirects=False)
+    ok = await admin.post(
+        url, data={"do": "approve", "version": "1", "csrf": csrf}, allow_redirects=False
+    )
     assert ok.status == 303
     assert (await gw.services["review"].db.get(review_id))["state"] == "approved"
 
@@ -90,7 +99,7 @@ async def test_item_page_escapes_and_sets_headers(make_gateway, fake):
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     assert '<mark class="ev sev-high" data-findings="f0"' in html
-    assert re.search(r'<mark [^>]*>secret sauce</mark>', html)
+    assert re.search(r"<mark [^>]*>secret sauce</mark>", html)
     # the only scripts are the UI's own file
     assert re.findall(r"<script[^>]*>", html) == ['<script src="/review/static/review.js" defer>']
 
@@ -115,13 +124,17 @@ async def test_reviewer_role_cannot_bulk_or_allowlist_in_ui(make_gateway, fake):
     proxy, admin, gw = await make_gateway(upstream=fake)
     review_id = await held(proxy)
     csrf = await login(admin)
-    bulk = await admin.post("/review/bulk", data={"csrf": csrf, "action": "approve",
-                                                  "sel": f"{review_id}:1"},
-                            allow_redirects=False)
+    bulk = await admin.post(
+        "/review/bulk",
+        data={"csrf": csrf, "action": "approve", "sel": f"{review_id}:1"},
+        allow_redirects=False,
+    )
     assert bulk.status == 403
-    allow = await admin.post(f"/review/items/{review_id}", data={
-        "csrf": csrf, "do": "allowlist", "policy": "hold-sauce", "finding": "0"},
-        allow_redirects=False)
+    allow = await admin.post(
+        f"/review/items/{review_id}",
+        data={"csrf": csrf, "do": "allowlist", "policy": "hold-sauce", "finding": "0"},
+        allow_redirects=False,
+    )
     assert allow.status == 403
     assert (await gw.services["review"].db.get(review_id))["state"] == "pending"
 
@@ -131,10 +144,12 @@ async def test_conflict_is_shown_as_409_page(make_gateway, fake):
     proxy, admin, _ = await make_gateway(upstream=fake)
     review_id = await held(proxy)
     csrf = await login(admin)
-    await admin.post(f"/governance/v1/reviews/{review_id}/claim", json={"version": 1},
-                     headers=auth(ADMIN_TOKEN))
-    stale = await admin.post(f"/review/items/{review_id}",
-                             data={"do": "approve", "version": "1", "csrf": csrf})
+    await admin.post(
+        f"/governance/v1/reviews/{review_id}/claim", json={"version": 1}, headers=auth(ADMIN_TOKEN)
+    )
+    stale = await admin.post(
+        f"/review/items/{review_id}", data={"do": "approve", "version": "1", "csrf": csrf}
+    )
     assert stale.status == 409
     assert "changed since you loaded it" in await stale.text()
 
@@ -151,7 +166,8 @@ policies:
 
 
 async def test_allowlist_from_the_item_page_edits_validates_and_reloads(
-        make_gateway, fake, tmp_path):
+    make_gateway, fake, tmp_path
+):
     policy_file = write_policies(tmp_path / "policies", BIAS_POLICIES)
     fake.script.text = "Most immigrants are lazy."
     proxy, admin, gw = await make_gateway(upstream=fake)
@@ -161,9 +177,11 @@ async def test_allowlist_from_the_item_page_edits_validates_and_reloads(
     csrf = await login(admin, ADMIN_TOKEN)
     page = await (await admin.get(f"/review/items/{review_id}")).text()
     assert "Allow: add the flagged sentence to extra_allow_patterns of hold-bias" in page
-    done = await admin.post(f"/review/items/{review_id}", data={
-        "csrf": csrf, "do": "allowlist", "policy": "hold-bias", "finding": "0"},
-        allow_redirects=False)
+    done = await admin.post(
+        f"/review/items/{review_id}",
+        data={"csrf": csrf, "do": "allowlist", "policy": "hold-bias", "finding": "0"},
+        allow_redirects=False,
+    )
     assert done.status == 303, await done.text()
     text = policy_file.read_text()
     assert text.startswith("# reviewed, not blocked")  # the file keeps its comments
@@ -202,20 +220,39 @@ async def test_copyright_finding_shows_source_side_by_side(make_gateway, fake):
     end = text.index(" Then")
     item = make_item(
         segments={"0": text},
-        record={"segment_keys": ["0"], "complete": True, "policies": [{
-            "id": "copy-guard", "kind": "copyright", "status": "breach", "severity": "high",
-            "findings": [{"span": [start, end], "segment": "0", "score": 0.97,
-                          "message": "verbatim copy of dickens-1 (12 words)",
-                          "evidence": {"source_id": "dickens-1", "title": "A Tale <of> Two",
-                                       "match_type": "verbatim",
-                                       "source_text": "It was the best of times, it was the "
-                                                      "worst of times"}}]}]},
+        record={
+            "segment_keys": ["0"],
+            "complete": True,
+            "policies": [
+                {
+                    "id": "copy-guard",
+                    "kind": "copyright",
+                    "status": "breach",
+                    "severity": "high",
+                    "findings": [
+                        {
+                            "span": [start, end],
+                            "segment": "0",
+                            "score": 0.97,
+                            "message": "verbatim copy of dickens-1 (12 words)",
+                            "evidence": {
+                                "source_id": "dickens-1",
+                                "title": "A Tale <of> Two",
+                                "match_type": "verbatim",
+                                "source_text": "It was the best of times, it was the "
+                                "worst of times",
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
     )
     await gw.services["review"].db.insert(item)
     await login(admin)
     html = await (await admin.get(f"/review/items/{item['id']}")).text()
-    table = html[html.index('<table class="side-by-side">'):]
-    table = table[:table.index("</table>")]
+    table = html[html.index('<table class="side-by-side">') :]
+    table = table[: table.index("</table>")]
     assert "Source dickens-1 · A Tale &lt;of&gt; Two" in table
     assert table.count("It was the best of times") == 2
     assert "verbatim copy of dickens-1" in html

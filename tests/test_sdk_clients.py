@@ -9,13 +9,14 @@ import openai
 import pytest
 
 CLEAN = "Tomatoes need sun, water and patience; stake them early."
-LEAK = ("Let me explain slowly, in a rather long preamble, how this all works: "
-        "the launch codes are 0000 and nobody should know them.")
+LEAK = (
+    "Let me explain slowly, in a rather long preamble, how this all works: "
+    "the launch codes are 0000 and nobody should know them."
+)
 
 
 def oa_sync(proxy):
-    return openai.OpenAI(base_url=str(proxy.make_url("/v1")), api_key="sk-client",
-                         max_retries=0)
+    return openai.OpenAI(base_url=str(proxy.make_url("/v1")), api_key="sk-client", max_retries=0)
 
 
 _OPEN: list = []
@@ -29,8 +30,9 @@ async def _close_async_clients():
 
 
 def oa_async(proxy):
-    client = openai.AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key="sk-client",
-                                max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=str(proxy.make_url("/v1")), api_key="sk-client", max_retries=0
+    )
     _OPEN.append(client)
     return client
 
@@ -43,7 +45,8 @@ async def test_openai_sync_non_stream(make_gateway, fake):
     proxy, _, _ = await make_gateway(upstream=fake)
     client = oa_sync(proxy)
     completion = await asyncio.to_thread(
-        client.chat.completions.create, model="gpt-test", messages=MSG)
+        client.chat.completions.create, model="gpt-test", messages=MSG
+    )
     assert completion.choices[0].message.content == CLEAN
     assert completion.choices[0].finish_reason == "stop"
     assert fake.requests[-1]["headers"]["Authorization"] == "Bearer sk-client"
@@ -82,7 +85,8 @@ async def test_openai_async_stream_clean_with_usage(make_gateway, fake):
     fake.script.extra = {"usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}}
     proxy, _, _ = await make_gateway(upstream=fake)
     stream = await oa_async(proxy).chat.completions.create(
-        model="gpt-test", messages=MSG, stream=True, stream_options={"include_usage": True})
+        model="gpt-test", messages=MSG, stream=True, stream_options={"include_usage": True}
+    )
     text, usage = [], None
     async for chunk in stream:
         for choice in chunk.choices:
@@ -95,12 +99,12 @@ async def test_openai_async_stream_clean_with_usage(make_gateway, fake):
 async def test_openai_n2_each_choice_scanned(make_gateway, fake):
     fake.script.text = CLEAN
     proxy, _, _ = await make_gateway(upstream=fake)
-    completion = await oa_async(proxy).chat.completions.create(
-        model="gpt-test", messages=MSG, n=2)
+    completion = await oa_async(proxy).chat.completions.create(model="gpt-test", messages=MSG, n=2)
     assert [c.message.content for c in completion.choices] == [CLEAN, CLEAN]
     fake.script.chunk = 5
     stream = await oa_async(proxy).chat.completions.create(
-        model="gpt-test", messages=MSG, n=2, stream=True)
+        model="gpt-test", messages=MSG, n=2, stream=True
+    )
     texts: dict[int, str] = {0: "", 1: ""}
     async for chunk in stream:
         for choice in chunk.choices:
@@ -116,7 +120,8 @@ async def test_openai_tool_calls_pass_through(make_gateway, fake):
     call = completion.choices[0].message.tool_calls[0]
     assert call.function.name == "lookup" and call.function.arguments == '{"q": "x"}'
     stream = await oa_async(proxy).chat.completions.create(
-        model="gpt-test", messages=MSG, stream=True)
+        model="gpt-test", messages=MSG, stream=True
+    )
     args, text = "", ""
     async for chunk in stream:
         for choice in chunk.choices:
@@ -169,13 +174,15 @@ async def test_openai_responses_api(make_gateway, fake, text, blocked):
 
 
 def an_sync(proxy):
-    return anthropic.Anthropic(base_url=str(proxy.make_url("")), api_key="sk-ant-client",
-                               max_retries=0)
+    return anthropic.Anthropic(
+        base_url=str(proxy.make_url("")), api_key="sk-ant-client", max_retries=0
+    )
 
 
 def an_async(proxy):
-    client = anthropic.AsyncAnthropic(base_url=str(proxy.make_url("")), api_key="sk-ant-client",
-                                      max_retries=0)
+    client = anthropic.AsyncAnthropic(
+        base_url=str(proxy.make_url("")), api_key="sk-ant-client", max_retries=0
+    )
     _OPEN.append(client)
     return client
 

@@ -17,13 +17,42 @@ from aiohttp import web
 
 PD_ACTIONS = {"trigger", "acknowledge", "resolve"}
 PD_SEVERITIES = {"critical", "error", "warning", "info"}
-PD_TOP = {"routing_key", "event_action", "dedup_key", "payload", "images", "links", "client",
-          "client_url"}
-PD_PAYLOAD = {"summary", "source", "severity", "timestamp", "component", "group", "class",
-              "custom_details"}
+PD_TOP = {
+    "routing_key",
+    "event_action",
+    "dedup_key",
+    "payload",
+    "images",
+    "links",
+    "client",
+    "client_url",
+}
+PD_PAYLOAD = {
+    "summary",
+    "source",
+    "severity",
+    "timestamp",
+    "component",
+    "group",
+    "class",
+    "custom_details",
+}
 OG_PRIORITIES = {"P1", "P2", "P3", "P4", "P5"}
-OG_CREATE = {"message", "alias", "description", "responders", "visibleTo", "actions", "tags",
-             "details", "entity", "source", "priority", "user", "note"}
+OG_CREATE = {
+    "message",
+    "alias",
+    "description",
+    "responders",
+    "visibleTo",
+    "actions",
+    "tags",
+    "details",
+    "entity",
+    "source",
+    "priority",
+    "user",
+    "note",
+}
 
 
 class FakeSinks:
@@ -108,8 +137,14 @@ class FakeSinks:
         if errors:
             return self._reject("pd", errors)
         self.pd_events.append(body)
-        open_alert = next((a for a in reversed(self.pd_alerts)
-                           if a["dedup_key"] == key and a["status"] != "resolved"), None)
+        open_alert = next(
+            (
+                a
+                for a in reversed(self.pd_alerts)
+                if a["dedup_key"] == key and a["status"] != "resolved"
+            ),
+            None,
+        )
         if action == "trigger":
             if open_alert is None:
                 open_alert = {"dedup_key": key, "status": "triggered", "triggers": 0}
@@ -119,8 +154,9 @@ class FakeSinks:
             open_alert["summary"] = body["payload"]["summary"]
         elif open_alert is not None:
             open_alert["status"] = "acknowledged" if action == "acknowledge" else "resolved"
-        return web.json_response({"status": "success", "message": "Event processed",
-                                  "dedup_key": key}, status=202)
+        return web.json_response(
+            {"status": "success", "message": "Event processed", "dedup_key": key}, status=202
+        )
 
     # -- Opsgenie Alert API -----------------------------------------------------------------
     def _og_auth(self, request: web.Request) -> bool:
@@ -128,8 +164,9 @@ class FakeSinks:
 
     @staticmethod
     def _accepted() -> web.Response:
-        return web.json_response({"result": "Request will be processed", "took": 0.01,
-                                  "requestId": "req-1"}, status=202)
+        return web.json_response(
+            {"result": "Request will be processed", "took": 0.01, "requestId": "req-1"}, status=202
+        )
 
     async def og_create(self, request: web.Request) -> web.Response:
         fault = self._fault()
@@ -161,9 +198,15 @@ class FakeSinks:
         alias = body.get("alias") or message
         alert = self.og_alerts.get(alias)
         if alert is None or alert["status"] == "closed":
-            self.og_alerts[alias] = {"alias": alias, "status": "open", "count": 1,
-                                     "acknowledged": False, "priority": body.get("priority"),
-                                     "notes": [], "message": message}
+            self.og_alerts[alias] = {
+                "alias": alias,
+                "status": "open",
+                "count": 1,
+                "acknowledged": False,
+                "priority": body.get("priority"),
+                "notes": [],
+                "message": message,
+            }
         else:
             alert["count"] += 1
         self.og_calls.append(("create", alias))
@@ -243,14 +286,19 @@ class FakeSinks:
             return fault
         raw = await request.read()
         stamp = request.headers.get("x-gateway-timestamp", "")
-        expected = "sha256=" + hmac.new(self.hook_secret.encode(), stamp.encode() + b"." + raw,
-                                        hashlib.sha256).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(
+                self.hook_secret.encode(), stamp.encode() + b"." + raw, hashlib.sha256
+            ).hexdigest()
+        )
         if not hmac.compare_digest(expected, request.headers.get("x-gateway-signature", "")):
             self.rejected.append(("hook", ["bad signature"]))
             return web.Response(status=401, text="bad signature")
         body = json.loads(raw)
-        if body["type"] != request.headers.get("x-gateway-event") or \
-                body["id"] != request.headers.get("x-gateway-delivery"):
+        if body["type"] != request.headers.get("x-gateway-event") or body[
+            "id"
+        ] != request.headers.get("x-gateway-delivery"):
             self.rejected.append(("hook", ["headers disagree with the body"]))
             return web.Response(status=400)
         self.hooks.append(body)
@@ -303,13 +351,25 @@ async def sinks(aiohttp_server, monkeypatch):
 def sink_config(url: str, **outbox) -> dict:
     return {
         "sinks": [
-            {"name": "pd", "type": "pagerduty", "url": f"{url}/pd/v2/enqueue",
-             "secret_env": "TEST_PD_KEY"},
-            {"name": "og", "type": "opsgenie", "url": f"{url}/og/v2/alerts",
-             "secret_env": "TEST_OG_KEY"},
+            {
+                "name": "pd",
+                "type": "pagerduty",
+                "url": f"{url}/pd/v2/enqueue",
+                "secret_env": "TEST_PD_KEY",
+            },
+            {
+                "name": "og",
+                "type": "opsgenie",
+                "url": f"{url}/og/v2/alerts",
+                "secret_env": "TEST_OG_KEY",
+            },
             {"name": "slack", "type": "slack", "url_env": "TEST_SLACK_URL"},
-            {"name": "hook", "type": "webhook", "url": f"{url}/hook",
-             "secret_env": "TEST_HOOK_SECRET"},
+            {
+                "name": "hook",
+                "type": "webhook",
+                "url": f"{url}/hook",
+                "secret_env": "TEST_HOOK_SECRET",
+            },
         ],
         "outbox": {"base_delay": 0.02, "max_delay": 0.2, "poll_interval": 0.05, **outbox},
         "public_url": "https://gateway.example/admin",
@@ -333,8 +393,7 @@ async def open_incident(make_gateway, fake, policy_dir, sinks, n: int = 3, **out
     proxy, admin, gw = await make_gateway(upstream=fake, incidents=sink_config(sinks.url, **outbox))
     for _ in range(n):
         await proxy.post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
-    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())[
-        "incidents"]
+    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())["incidents"]
     return proxy, admin, gw, inc
 
 
@@ -342,8 +401,9 @@ async def test_every_sink_gets_its_own_wire_format(make_gateway, fake, policy_di
     proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks)
     base = f"/governance/v1/incidents/{inc['id']}"
     assert (await admin.post(f"{base}/acknowledge", headers=ADMIN, json={})).status == 200
-    assert (await admin.post(f"{base}/notes", headers=ADMIN,
-                             json={"text": "rolling back <model>"})).status == 200
+    assert (
+        await admin.post(f"{base}/notes", headers=ADMIN, json={"text": "rolling back <model>"})
+    ).status == 200
     assert (await admin.post(f"{base}/resolved", headers=ADMIN, json={})).status == 200
     await drained(gw)
     assert sinks.rejected == []
@@ -351,7 +411,11 @@ async def test_every_sink_gets_its_own_wire_format(make_gateway, fake, policy_di
     # PagerDuty: one alert for the dedup key, in order trigger, trigger (escalation),
     # acknowledge, resolve
     assert [e["event_action"] for e in sinks.pd_events] == [
-        "trigger", "trigger", "acknowledge", "resolve"]
+        "trigger",
+        "trigger",
+        "acknowledge",
+        "resolve",
+    ]
     assert {e["dedup_key"] for e in sinks.pd_events} == {sink_dedup_key(inc["dedup_key"])}
     [alert] = sinks.pd_alerts
     assert alert["status"] == "resolved"
@@ -359,13 +423,16 @@ async def test_every_sink_gets_its_own_wire_format(make_gateway, fake, policy_di
     first = sinks.pd_events[0]
     assert first["payload"]["severity"] == "error"
     assert first["payload"]["custom_details"]["incident_id"] == inc["id"]
-    assert first["links"] == [{"href": f"https://gateway.example/admin/incidents/{inc['id']}",
-                               "text": f"Incident {inc['id']}"}]
+    assert first["links"] == [
+        {
+            "href": f"https://gateway.example/admin/incidents/{inc['id']}",
+            "text": f"Incident {inc['id']}",
+        }
+    ]
     assert set(sinks.pd_events[2]) == {"routing_key", "event_action", "dedup_key"}
 
     # Opsgenie: created, priority raised, acknowledged, noted, closed, all by alias
-    assert [c[0] for c in sinks.og_calls] == [
-        "create", "priority", "acknowledge", "notes", "close"]
+    assert [c[0] for c in sinks.og_calls] == ["create", "priority", "acknowledge", "notes", "close"]
     [og] = sinks.og_alerts.values()
     assert (og["status"], og["acknowledged"], og["priority"]) == ("closed", True, "P1")
     assert og["notes"] == ["rolling back <model>"]
@@ -373,14 +440,23 @@ async def test_every_sink_gets_its_own_wire_format(make_gateway, fake, policy_di
     # Slack: one message per event, escaped
     heads = [m["blocks"][0]["text"]["text"] for m in sinks.slack]
     assert [h.split(" incident ")[1].split(":")[0] for h in heads] == [
-        "opened", "escalated", "acknowledged", "note added", "resolved"]
+        "opened",
+        "escalated",
+        "acknowledged",
+        "note added",
+        "resolved",
+    ]
     note = sinks.slack[3]
     assert note["blocks"][2]["text"]["text"] == "rolling back &lt;model&gt;"
 
     # webhook: signed, one delivery id each, every event including the review link kind
     assert [h["type"] for h in sinks.hooks] == [
-        "incident.trigger", "incident.escalate", "incident.acknowledge", "incident.note",
-        "incident.resolve"]
+        "incident.trigger",
+        "incident.escalate",
+        "incident.acknowledge",
+        "incident.note",
+        "incident.resolve",
+    ]
     assert len({h["id"] for h in sinks.hooks}) == 5
     assert sinks.hooks[-1]["incident"]["state"] == "resolved"
 
@@ -395,16 +471,20 @@ async def test_failures_are_retried_in_order(make_gateway, fake, policy_dir, sin
     assert [e["event_action"] for e in sinks.pd_events] == ["trigger", "acknowledge", "resolve"]
     assert [c[0] for c in sinks.og_calls] == ["create", "acknowledge", "close"]
     assert [h["type"] for h in sinks.hooks] == [
-        "incident.trigger", "incident.acknowledge", "incident.resolve"]
+        "incident.trigger",
+        "incident.acknowledge",
+        "incident.resolve",
+    ]
     metrics = await (await admin.get("/metrics")).text()
-    retries = [line for line in metrics.splitlines()
-               if line.startswith("gateway_incident_deliveries_total")
-               and 'outcome="retry"' in line]
+    retries = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gateway_incident_deliveries_total") and 'outcome="retry"' in line
+    ]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in retries) == 4
 
 
-async def test_secrets_stay_out_of_logs_and_outbox(make_gateway, fake, policy_dir, sinks,
-                                                   caplog):
+async def test_secrets_stay_out_of_logs_and_outbox(make_gateway, fake, policy_dir, sinks, caplog):
     sinks.down = True
     caplog.set_level(logging.DEBUG)
     proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks, n=1)
@@ -429,13 +509,15 @@ async def test_secrets_stay_out_of_logs_and_outbox(make_gateway, fake, policy_di
     assert service.outbox.cfg.sinks[0].secret_env == "TEST_PD_KEY"
 
 
-async def test_missing_credential_waits_instead_of_sending(make_gateway, fake, policy_dir,
-                                                          sinks, monkeypatch):
+async def test_missing_credential_waits_instead_of_sending(
+    make_gateway, fake, policy_dir, sinks, monkeypatch
+):
     monkeypatch.delenv("TEST_PD_KEY")
     proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks, n=1)
     for _ in range(100):
         row = await gw.store.fetchone(
-            "SELECT attempts, last_error FROM incident_outbox WHERE sink = 'pd'")
+            "SELECT attempts, last_error FROM incident_outbox WHERE sink = 'pd'"
+        )
         if row and row["attempts"] >= 1:
             break
         await asyncio.sleep(0.05)
@@ -448,8 +530,9 @@ async def test_missing_credential_waits_instead_of_sending(make_gateway, fake, p
 
 async def test_give_up_after_max_attempts(make_gateway, fake, policy_dir, sinks):
     sinks.down = True
-    proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks, n=1,
-                                                max_attempts=2)
+    proxy, admin, gw, inc = await open_incident(
+        make_gateway, fake, policy_dir, sinks, n=1, max_attempts=2
+    )
     await drained(gw)
     dead = await gw.store.fetchall("SELECT sink, attempts FROM incident_outbox WHERE dead = 1")
     assert sorted(r["sink"] for r in dead) == ["hook", "og", "pd", "slack"]
@@ -478,8 +561,7 @@ async def test_sink_hears_of_an_incident_once_it_crosses_its_severity(
     assert sinks.pd_events == [] and sinks.og_calls == [] and sinks.hooks == []
     for _ in range(2):
         await proxy.post(CHAT, json=body)
-    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())[
-        "incidents"]
+    [inc] = (await (await admin.get("/governance/v1/incidents", headers=ADMIN)).json())["incidents"]
     assert inc["severity"] == "SEV1"
     await admin.post(f"/governance/v1/incidents/{inc['id']}/resolved", headers=ADMIN, json={})
     await drained(gw)

@@ -12,8 +12,10 @@ from gateway.proxy.adapters import adapter_for
 from gateway.proxy.adapters.base import normalize_sources
 from gateway.proxy.sse import SSEParser
 
-STREAM = (b"event: a\ndata: {\"x\": 1}\n\n: comment\n\ndata: line1\ndata: line2\r\n\r\n"
-          b"id: 7\ndata: last\r\rdata: [DONE]\n\n")
+STREAM = (
+    b'event: a\ndata: {"x": 1}\n\n: comment\n\ndata: line1\ndata: line2\r\n\r\n'
+    b"id: 7\ndata: last\r\rdata: [DONE]\n\n"
+)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 1000])
@@ -24,9 +26,12 @@ def test_sse_parser_any_split(size):
         events += parser.feed(STREAM[i : i + size])
     events += parser.close()
     assert [(e.event, e.data, e.id) for e in events] == [
-        ("a", '{"x": 1}', None), (None, "line1\nline2", None), (None, "last", "7"),
+        ("a", '{"x": 1}', None),
+        (None, "line1\nline2", None),
+        (None, "last", "7"),
         # the last event id carries over to later events, as the SSE spec says
-        (None, "[DONE]", "7")]
+        (None, "[DONE]", "7"),
+    ]
 
 
 def test_sse_parser_rejects_non_utf8():
@@ -34,16 +39,19 @@ def test_sse_parser_rejects_non_utf8():
         SSEParser().feed(b"data: \xff\xfe\n\n")
 
 
-@pytest.mark.parametrize("protocol, path, expected", [
-    ("auto", "/v1/chat/completions", "openai-chat"),
-    ("auto", "/v1/completions", "openai-completions"),
-    ("auto", "/v1/responses", "openai-responses"),
-    ("auto", "/v1/messages", "anthropic-messages"),
-    ("openai", "/v1/messages", None),
-    ("anthropic", "/v1/chat/completions", None),
-    ("auto", "/v1/embeddings", None),
-    ("auto", "/v1/responses/resp_123", None),
-])
+@pytest.mark.parametrize(
+    "protocol, path, expected",
+    [
+        ("auto", "/v1/chat/completions", "openai-chat"),
+        ("auto", "/v1/completions", "openai-completions"),
+        ("auto", "/v1/responses", "openai-responses"),
+        ("auto", "/v1/messages", "anthropic-messages"),
+        ("openai", "/v1/messages", None),
+        ("anthropic", "/v1/chat/completions", None),
+        ("auto", "/v1/embeddings", None),
+        ("auto", "/v1/responses/resp_123", None),
+    ],
+)
 def test_adapter_selection(protocol, path, expected):
     adapter = adapter_for(protocol, path)
     assert (adapter.protocol if adapter else None) == expected
@@ -51,7 +59,8 @@ def test_adapter_selection(protocol, path, expected):
 
 def test_sources_are_normalised_and_problems_reported():
     items, errors = normalize_sources(
-        [{"doc_id": "a", "text": "t"}, "https://x.test/p", {"title": "no id"}, 5], "sources")
+        [{"doc_id": "a", "text": "t"}, "https://x.test/p", {"title": "no id"}, 5], "sources"
+    )
     assert [s["id"] for s in items] == ["a", "https://x.test/p", "2"]
     assert errors == ["sources[3]: expected an object or a string, got int"]
     items, errors = normalize_sources({"citations": [{"id": 1}]}, "context")
@@ -59,9 +68,16 @@ def test_sources_are_normalised_and_problems_reported():
     assert normalize_sources("nope", "s")[1] == ["s: expected a list of sources, got str"]
 
 
-RAG_ROUTE = {"name": "rag", "protocol": "rag-json", "path_prefix": "/rag/",
-             "rag": {"text_path": "result.answer", "sources_path": "result.documents",
-                     "query_path": "question"}}
+RAG_ROUTE = {
+    "name": "rag",
+    "protocol": "rag-json",
+    "path_prefix": "/rag/",
+    "rag": {
+        "text_path": "result.answer",
+        "sources_path": "result.documents",
+        "query_path": "question",
+    },
+}
 
 
 async def test_rag_json_whole_and_streamed(make_gateway, fake, policy_dir):
@@ -76,8 +92,7 @@ async def test_rag_json_whole_and_streamed(make_gateway, fake, policy_dir):
     resp = await proxy.post("/rag/answer", json={"question": "balance?", "stream": True})
     raw = (await resp.read()).decode()
     assert "ACCT-123456" not in raw
-    deltas = [json.loads(line[6:]) for line in raw.splitlines()
-              if line.startswith("data: {")]
+    deltas = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
     assert "".join(d.get("delta", "") for d in deltas) == "Your balance for [ACCOUNT] is fine."
     assert raw.rstrip().endswith("data: [DONE]")
 
@@ -127,21 +142,37 @@ async def test_sources_from_header_reach_detectors(make_gateway, fake, policy_di
         return original(ctx)
 
     gw.policies.current.policies[0].detector.start = spy
-    await (await proxy.post("/v1/chat/completions",
-                            json={"model": "m", "messages": [], "stream": False})).read()
+    await (
+        await proxy.post(
+            "/v1/chat/completions", json={"model": "m", "messages": [], "stream": False}
+        )
+    ).read()
     assert ["doc-9"] in seen
 
 
 async def test_anthropic_stream_blocked_before_text_is_well_formed(make_gateway, fake):
     fake.script.text = "the launch codes"
     proxy, _, _ = await make_gateway(upstream=fake)
-    resp = await proxy.post("/v1/messages", json={
-        "model": "c", "max_tokens": 5, "stream": True,
-        "messages": [{"role": "user", "content": "x"}]})
+    resp = await proxy.post(
+        "/v1/messages",
+        json={
+            "model": "c",
+            "max_tokens": 5,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
     raw = (await resp.read()).decode()
     kinds = [line[7:] for line in raw.splitlines() if line.startswith("event: ")]
-    assert kinds == ["message_start", "content_block_start", "ping", "content_block_delta",
-                     "content_block_stop", "message_delta", "message_stop"]
+    assert kinds == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert "Blocked by policy." in raw and "launch" not in raw
     assert '"stop_reason":"refusal"' in raw
 
@@ -149,11 +180,11 @@ async def test_anthropic_stream_blocked_before_text_is_well_formed(make_gateway,
 async def test_chat_stream_keeps_role_chunk_first(make_gateway, fake):
     fake.script.text = "plain words " * 10
     proxy, _, _ = await make_gateway(upstream=fake)
-    resp = await proxy.post("/v1/chat/completions",
-                            json={"model": "m", "messages": [], "stream": True})
+    resp = await proxy.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [], "stream": True}
+    )
     raw = (await resp.read()).decode()
     chunks = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == \
-        fake.script.text
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == fake.script.text
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

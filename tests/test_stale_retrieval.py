@@ -67,8 +67,10 @@ def days_ago(n):
         ({"id": "old-pricing", "version": "1", "updated_at": days_ago(1)}, ["withdrawn"]),
         ({"id": "travel", "version": "7", "updated_at": days_ago(1)}, ["expired"]),
         ({"id": "launch", "version": "1", "updated_at": days_ago(1)}, ["not_yet_effective"]),
-        ({"id": "handbook", "version": "1", "updated_at": days_ago(999)},
-         ["max_age", "superseded"]),
+        (
+            {"id": "handbook", "version": "1", "updated_at": days_ago(999)},
+            ["max_age", "superseded"],
+        ),
     ],
 )
 def test_rules_table(tmp_path, source, rules):
@@ -179,8 +181,10 @@ def test_csv_and_sqlite_registries(tmp_path):
     db = tmp_path / "reg.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE docs (id TEXT, current_version TEXT, status TEXT)")
-        conn.executemany("INSERT INTO docs VALUES (?, ?, ?)",
-                         [("handbook", "2", "active"), ("gone", "1", "withdrawn")])
+        conn.executemany(
+            "INSERT INTO docs VALUES (?, ?, ?)",
+            [("handbook", "2", "active"), ("gone", "1", "withdrawn")],
+        )
     conn.close()
     for det in (
         detector(tmp_path, registry="reg.csv"),

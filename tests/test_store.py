@@ -6,8 +6,15 @@ from gateway.store.base import open_store
 
 
 def record(i: int, route: str = "default", action: str = "allow") -> dict:
-    return {"decision_id": f"d{i:04d}", "ts": time.time() + i, "route": route,
-            "model": "m", "action": action, "revision": "rev", "policies": []}
+    return {
+        "decision_id": f"d{i:04d}",
+        "ts": time.time() + i,
+        "route": route,
+        "model": "m",
+        "action": action,
+        "revision": "rev",
+        "policies": [],
+    }
 
 
 async def test_decisions_roundtrip(store):
@@ -30,20 +37,24 @@ async def test_duplicate_decision_ids_are_ignored(store):
 async def test_transaction_is_atomic(store):
     await store.insert_decisions([record(1)])
     try:
-        await store.transaction([
-            ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "d0001")),
-            ("INSERT INTO no_such_table VALUES (?)", (1,)),
-        ])
+        await store.transaction(
+            [
+                ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "d0001")),
+                ("INSERT INTO no_such_table VALUES (?)", (1,)),
+            ]
+        )
     except Exception:
         pass
     else:
         raise AssertionError("the bad statement should have failed the transaction")
     row = await store.fetchone("SELECT action FROM decisions WHERE id = ?", "d0001")
     assert row["action"] == "allow"
-    counts = await store.transaction([
-        ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "d0001")),
-        ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "missing")),
-    ])
+    counts = await store.transaction(
+        [
+            ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "d0001")),
+            ("UPDATE decisions SET action = ? WHERE id = ?", ("block", "missing")),
+        ]
+    )
     assert counts == [1, 0]
 
 

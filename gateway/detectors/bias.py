@@ -204,8 +204,22 @@ def load_lexicon(
 
 # --- obfuscation-tolerant tokens ------------------------------------------------
 
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b",
-                       "@": "a", "$": "s", "!": "i", "|": "l", "+": "t"})
+_LEET = str.maketrans(
+    {
+        "0": "o",
+        "1": "i",
+        "3": "e",
+        "4": "a",
+        "5": "s",
+        "7": "t",
+        "8": "b",
+        "@": "a",
+        "$": "s",
+        "!": "i",
+        "|": "l",
+        "+": "t",
+    }
+)
 _NON_LETTER = re.compile(r"[^a-z]")
 _TOKEN = re.compile(r"\S+")
 
@@ -236,9 +250,7 @@ def _candidates(sentence: str) -> list[tuple[str, int, int]]:
             out.append((word, s, e))
         i += 1
     # two-word slurs and words split in two ("fag got")
-    pairs = [
-        (a[0] + b[0], a[1], b[2]) for a, b in zip(out, out[1:], strict=False) if a[0] and b[0]
-    ]
+    pairs = [(a[0] + b[0], a[1], b[2]) for a, b in zip(out, out[1:], strict=False) if a[0] and b[0]]
     return out + pairs
 
 
@@ -384,17 +396,36 @@ class BiasDetector:
             )
             g = rf"(?:{alternation})(?:s|es)?"
             self._general_re: list[tuple[re.Pattern[str], str]] = [
-                (re.compile(rf"\b(?:all|most|every|typical|those|these)\s+(?:of\s+(?:the|them)\s+)?"
-                            rf"(?:[a-z'-]+\s+){{0,2}}?{g}(?![\w-])"), "all/most X"),
-                (re.compile(rf"(?<![\w-]){g}\s+(?:are|is|were|tend to be|seem)\s+"
-                            r"(?:all\s+|just\s+|so\s+|simply\s+)?(?:naturally|always|inherently|"
-                            r"innately|genetically|never|by nature|born|incapable|all|"
-                            r"usually|typically|generally)\b"), "X are naturally/always Y"),
-                (re.compile(rf"(?<![\w-]){g}\s+(?:always|never|can't|cannot|can never|"
-                            r"tend to|are known|are known to|are unable|don't know how)\b"),
-                 "X always/never Y"),
-                (re.compile(rf"\b(?:like|such)\s+(?:a\s+|all\s+)?(?:typical|true|real)\s+{g}"
-                            r"(?![\w-])"), "typical X"),
+                (
+                    re.compile(
+                        rf"\b(?:all|most|every|typical|those|these)\s+(?:of\s+(?:the|them)\s+)?"
+                        rf"(?:[a-z'-]+\s+){{0,2}}?{g}(?![\w-])"
+                    ),
+                    "all/most X",
+                ),
+                (
+                    re.compile(
+                        rf"(?<![\w-]){g}\s+(?:are|is|were|tend to be|seem)\s+"
+                        r"(?:all\s+|just\s+|so\s+|simply\s+)?(?:naturally|always|inherently|"
+                        r"innately|genetically|never|by nature|born|incapable|all|"
+                        r"usually|typically|generally)\b"
+                    ),
+                    "X are naturally/always Y",
+                ),
+                (
+                    re.compile(
+                        rf"(?<![\w-]){g}\s+(?:always|never|can't|cannot|can never|"
+                        r"tend to|are known|are known to|are unable|don't know how)\b"
+                    ),
+                    "X always/never Y",
+                ),
+                (
+                    re.compile(
+                        rf"\b(?:like|such)\s+(?:a\s+|all\s+)?(?:typical|true|real)\s+{g}"
+                        r"(?![\w-])"
+                    ),
+                    "typical X",
+                ),
             ]
         else:
             self._group_re = None
@@ -459,7 +490,8 @@ class BiasDetector:
         quoted_original = _quoted_ranges(sent.text) if cfg.allow_quotes else []
         signals: dict[str, Any] = {}
         groups = [
-            g for g, span in zip(sent.groups, sent.mention_spans, strict=True)
+            g
+            for g, span in zip(sent.groups, sent.mention_spans, strict=True)
             if not _inside(span, quoted)
         ]
         floor = 0.0
@@ -485,12 +517,7 @@ class BiasDetector:
                     boost = cfg.generalisation_boost
                     break
         text = sent.text
-        if (
-            not groups
-            and previous is not None
-            and previous.groups
-            and _REFERS_BACK.match(folded)
-        ):
+        if not groups and previous is not None and previous.groups and _REFERS_BACK.match(folded):
             groups = list(previous.groups)
             text = f"{previous.text} {sent.text}"
             signals["context"] = "previous sentence"
@@ -503,8 +530,9 @@ class BiasDetector:
         base = 0.5 if "generalisation" in signals else 0.0
         return _Candidate(sent, signals, groups, floor, boost, None, max(floor, base + boost))
 
-    def _finding(self, sent: _Sentence, signals: dict[str, Any], groups: list[str],
-                 score: float) -> Finding:
+    def _finding(
+        self, sent: _Sentence, signals: dict[str, Any], groups: list[str], score: float
+    ) -> Finding:
         unique = list(dict.fromkeys(groups)) or ["unspecified"]
         attributes = list(dict.fromkeys(g.split("/")[0] for g in unique))
         return Finding(
@@ -554,11 +582,13 @@ class BiasDetector:
             if len(word) < 3 or _inside((s, e), quoted):
                 continue
             exact = next((w for w in (word, word[:-1], word[:-2]) if w in self._slurs), None)
-            if exact is not None and (exact == word or word[len(exact):] in ("s", "es")):
+            if exact is not None and (exact == word or word[len(exact) :] in ("s", "es")):
                 hit = (exact, 100.0)
             elif len(word) >= 5:
                 found = process.extractOne(
-                    word, self._slur_names, scorer=fuzz.ratio,
+                    word,
+                    self._slur_names,
+                    scorer=fuzz.ratio,
                     score_cutoff=self.config.slur_similarity,
                 )
                 if found is None:

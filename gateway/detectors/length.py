@@ -45,8 +45,11 @@ class _LengthScan:
             # once, at the end, so a redaction covers all of it
             if final and self._cut is not None:
                 cut, self._cut = self._cut, None
-                return [Finding(cut, len(text), 1.0, "answer is over the length limit",
-                                {"limit_at": cut})]
+                return [
+                    Finding(
+                        cut, len(text), 1.0, "answer is over the length limit", {"limit_at": cut}
+                    )
+                ]
             return []
         cfg = self._cfg
         cut: int | None = None

@@ -145,11 +145,18 @@ class RetrievalQualityDetector:
         best = float(sims[order[0]])
         return [
             Finding(
-                0, length, 1.0 - max(best, 0.0),
+                0,
+                length,
+                1.0 - max(best, 0.0),
                 f"{what} relevant to the query (best similarity {best:.2f}, "
                 f"threshold {cfg.relevance_threshold})",
-                {"check": "relevance", "similarity": scores, "best": round(best, 4),
-                 "threshold": cfg.relevance_threshold, "mode": cfg.relevance_mode},
+                {
+                    "check": "relevance",
+                    "similarity": scores,
+                    "best": round(best, 4),
+                    "threshold": cfg.relevance_threshold,
+                    "mode": cfg.relevance_mode,
+                },
             )
         ]
 
@@ -229,8 +236,7 @@ class _QualityScan:
         if "groundedness" in cfg.checks:
             if self._support is None:
                 self._support = _Support(self._det, self._ctx.sources)
-            spans, self._cursor = split_sentences(text, self._cursor, final,
-                                                  cfg.max_sentence_chars)
+            spans, self._cursor = split_sentences(text, self._cursor, final, cfg.max_sentence_chars)
             spans = [(s, e) for s, e in spans if e - s >= cfg.min_sentence_chars]
             if spans:
                 verdicts = self._support.judge([text[s:e] for s, e in spans])
@@ -259,13 +265,20 @@ class _QualityScan:
                         continue
                     findings.append(
                         Finding(
-                            s, e, 1.0 - max(score, 0.0),
+                            s,
+                            e,
+                            1.0 - max(score, 0.0),
                             f"answer sentence not supported by the retrieved sources "
                             f"(grounded share {share:.2f} < {cfg.min_grounded_share})",
-                            {"check": "groundedness", "sentence": sentence,
-                             "best_similarity": round(score, 4), "nearest_source": src,
-                             "method": how, "grounded_share": round(share, 4),
-                             "sentences": len(self._judged)},
+                            {
+                                "check": "groundedness",
+                                "sentence": sentence,
+                                "best_similarity": round(score, 4),
+                                "nearest_source": src,
+                                "method": how,
+                                "grounded_share": round(share, 4),
+                                "sentences": len(self._judged),
+                            },
                         )
                     )
         return findings

@@ -340,8 +340,13 @@ class StaleRetrievalDetector:
                 raise SourceMetadataError("malformed source metadata: " + "; ".join(problems))
             for problem in problems:
                 findings.append(
-                    Finding(span[0], span[1], 1.0, f"malformed source metadata: {problem}",
-                            {"rule": "malformed", "problem": problem})
+                    Finding(
+                        span[0],
+                        span[1],
+                        1.0,
+                        f"malformed source metadata: {problem}",
+                        {"rule": "malformed", "problem": problem},
+                    )
                 )
         now = self.clock()
         for src in sources:
@@ -356,11 +361,13 @@ class StaleRetrievalDetector:
         if cfg.min_sources_when != "always" and not self.claims_facts(text):
             return []
         return [
-            Finding(0, len(text), 1.0,
-                    f"answer cites {len(ctx.sources)} source(s); at least "
-                    f"{cfg.min_sources} required",
-                    {"rule": "min_sources", "cited": len(ctx.sources),
-                     "required": cfg.min_sources})
+            Finding(
+                0,
+                len(text),
+                1.0,
+                f"answer cites {len(ctx.sources)} source(s); at least {cfg.min_sources} required",
+                {"rule": "min_sources", "cited": len(ctx.sources), "required": cfg.min_sources},
+            )
         ]
 
     def _judge_source(
@@ -372,8 +379,15 @@ class StaleRetrievalDetector:
         out: list[Finding] = []
 
         def finding(rule: str, message: str, **extra: Any) -> None:
-            out.append(Finding(span[0], span[1], 1.0, f"source {doc_id!r}: {message}",
-                               {"rule": rule, "source": meta, **extra}))
+            out.append(
+                Finding(
+                    span[0],
+                    span[1],
+                    1.0,
+                    f"source {doc_id!r}: {message}",
+                    {"rule": rule, "source": meta, **extra},
+                )
+            )
 
         if self.max_age_s is not None:
             stamp, field, problem = self._date_of(src)
@@ -385,9 +399,13 @@ class StaleRetrievalDetector:
             else:
                 age = now - stamp
                 if age > self.max_age_s:
-                    finding("max_age", f"{field} is {age / 86400:.0f} days old "
-                            f"(limit {self.max_age_s / 86400:.0f})",
-                            age_days=round(age / 86400, 1), field=field)
+                    finding(
+                        "max_age",
+                        f"{field} is {age / 86400:.0f} days old "
+                        f"(limit {self.max_age_s / 86400:.0f})",
+                        age_days=round(age / 86400, 1),
+                        field=field,
+                    )
         if self.registry is not None:
             record = self.registry.get(doc_id)
             if record is None:
@@ -397,22 +415,36 @@ class StaleRetrievalDetector:
             if record.status not in _ACTIVE:
                 finding("withdrawn", f"document is {record.status}", status=record.status)
             if record.expires_at is not None and now >= record.expires_at:
-                finding("expired", "document is past its expiry date",
-                        expires_at=_iso(record.expires_at))
+                finding(
+                    "expired",
+                    "document is past its expiry date",
+                    expires_at=_iso(record.expires_at),
+                )
             if record.effective_from is not None and now < record.effective_from:
-                finding("not_yet_effective", "document is not yet in effect",
-                        effective_from=_iso(record.effective_from))
+                finding(
+                    "not_yet_effective",
+                    "document is not yet in effect",
+                    effective_from=_iso(record.effective_from),
+                )
             version = src.get("version")
             if record.current_version is not None:
                 if version is None or str(version).strip() == "":
                     if cfg.missing_version == "breach":
-                        finding("missing_version", "source has no version to check",
-                                current_version=record.current_version)
-                elif (str(version).strip() != record.current_version
-                      and str(version).strip() not in record.accepted_versions):
-                    finding("superseded", f"cites version {version}, current is "
-                            f"{record.current_version}", cited_version=str(version),
-                            current_version=record.current_version)
+                        finding(
+                            "missing_version",
+                            "source has no version to check",
+                            current_version=record.current_version,
+                        )
+                elif (
+                    str(version).strip() != record.current_version
+                    and str(version).strip() not in record.accepted_versions
+                ):
+                    finding(
+                        "superseded",
+                        f"cites version {version}, current is {record.current_version}",
+                        cited_version=str(version),
+                        current_version=record.current_version,
+                    )
         return out
 
     def _date_of(self, src: dict[str, Any]) -> tuple[float | None, str, str]:

@@ -51,8 +51,9 @@ async def _detail(service, incident_id: str) -> dict[str, Any]:
     inc = await service.get(incident_id)
     out = inc.as_dict()
     out["timeline"] = [e.as_dict() for e in await service.timeline(incident_id)]
-    out["containment"] = [s.as_dict() for s in service.switches.values()
-                          if s.incident_id == incident_id]
+    out["containment"] = [
+        s.as_dict() for s in service.switches.values() if s.incident_id == incident_id
+    ]
     return out
 
 
@@ -68,9 +69,15 @@ async def list_incidents(request: web.Request) -> web.Response:
         raise BadRequest(f"state must be one of {', '.join(STATES)}")
     active = {"true": True, "false": False}.get(q.get("active", "").lower())
     await service.settle()
-    rows = await service.list(state=q.get("state"), severity=q.get("severity"),
-                              route=q.get("route"), policy=q.get("policy"),
-                              source=q.get("source"), active=active, limit=limit)
+    rows = await service.list(
+        state=q.get("state"),
+        severity=q.get("severity"),
+        route=q.get("route"),
+        policy=q.get("policy"),
+        source=q.get("source"),
+        active=active,
+        limit=limit,
+    )
     return json_response({"incidents": rows, "rule_errors": service.rule_errors})
 
 
@@ -92,8 +99,7 @@ async def act(request: web.Request) -> web.Response:
     return json_response(await _detail(service, incident_id))
 
 
-async def _apply(service, incident_id: str, action: str, actor: str,
-                 body: dict[str, Any]) -> None:
+async def _apply(service, incident_id: str, action: str, actor: str, body: dict[str, Any]) -> None:
     if action == "acknowledge":
         await service.acknowledge(incident_id, actor, _text(body, "note"))
     elif action == "notes":
@@ -113,15 +119,20 @@ async def _apply(service, incident_id: str, action: str, actor: str,
 async def postmortem_md(request: web.Request) -> web.Response:
     service = _service(request)
     await service.settle()
-    return _markdown(service, await service.get(request.match_info["id"]),
-                     await service.timeline(request.match_info["id"]))
+    return _markdown(
+        service,
+        await service.get(request.match_info["id"]),
+        await service.timeline(request.match_info["id"]),
+    )
 
 
 def _markdown(service, inc, events) -> web.Response:
     base = service.cfg.public_url.rstrip("/") if service.cfg.public_url else ""
     text = postmortem.render(inc, events, decision_url=f"{base}/governance/v1/decisions")
     return web.Response(
-        text=text, content_type="text/markdown", charset="utf-8",
+        text=text,
+        content_type="text/markdown",
+        charset="utf-8",
         headers={"content-disposition": f'attachment; filename="postmortem-{inc.id}.md"'},
     )
 
@@ -139,8 +150,13 @@ async def contain(request: web.Request) -> web.Response:
     incident_id = body.get("incident_id")
     if incident_id is not None and not isinstance(incident_id, str):
         raise BadRequest('"incident_id" must be a string')
-    switch = await service.contain_route(request.match_info["route"], mode, principal.name,
-                                         incident_id=incident_id, reason=_text(body, "reason"))
+    switch = await service.contain_route(
+        request.match_info["route"],
+        mode,
+        principal.name,
+        incident_id=incident_id,
+        reason=_text(body, "reason"),
+    )
     return json_response({"containment": switch.as_dict()})
 
 
@@ -148,8 +164,9 @@ async def restore(request: web.Request) -> web.Response:
     service = _service(request)
     principal = _require(request, "lead")
     body = await json_body(request)
-    switch = await service.restore_route(request.match_info["route"], principal.name,
-                                         _text(body, "reason"))
+    switch = await service.restore_route(
+        request.match_info["route"], principal.name, _text(body, "reason")
+    )
     return json_response({"restored": switch.as_dict()})
 
 
@@ -159,8 +176,7 @@ _ENV = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
-_ENV.filters["utc"] = lambda ts: (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-                                  if ts else "-")
+_ENV.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
 
 LOGIN_COOKIE = "gw_incidents_login"
 OWN_COOKIE = "gw_incidents_session"
@@ -226,8 +242,7 @@ def _login_redirect(request: web.Request) -> web.Response:
 
 def _chart(buckets: dict[str, int], width: int = 640, height: int = 140) -> dict[str, Any]:
     if not buckets:
-        return {"bars": [], "width": width, "height": height, "max": 0, "start": None,
-                "end": None}
+        return {"bars": [], "width": width, "height": height, "max": 0, "start": None, "end": None}
     times = sorted(int(float(k)) for k in buckets)
     start, end = times[0], times[-1]
     slots = (end - start) // BUCKET_SECONDS + 1
@@ -245,11 +260,25 @@ def _chart(buckets: dict[str, int], width: int = 640, height: int = 140) -> dict
     for slot in range(count):
         n = folded.get(slot, 0)
         h = round(plot_h * n / top, 1) if top else 0
-        bars.append({"x": round(40 + slot * bar_w, 1), "y": round(plot_h - h + 2, 1),
-                     "w": round(max(bar_w - 1, 0.5), 1), "h": h, "n": n,
-                     "t": start + slot * per * BUCKET_SECONDS})
-    return {"bars": bars, "width": width, "height": height, "max": top, "start": start,
-            "end": end + BUCKET_SECONDS, "minutes": per}
+        bars.append(
+            {
+                "x": round(40 + slot * bar_w, 1),
+                "y": round(plot_h - h + 2, 1),
+                "w": round(max(bar_w - 1, 0.5), 1),
+                "h": h,
+                "n": n,
+                "t": start + slot * per * BUCKET_SECONDS,
+            }
+        )
+    return {
+        "bars": bars,
+        "width": width,
+        "height": height,
+        "max": top,
+        "start": start,
+        "end": end + BUCKET_SECONDS,
+        "minutes": per,
+    }
 
 
 async def ui_list(request: web.Request) -> web.Response:
@@ -261,13 +290,24 @@ async def ui_list(request: web.Request) -> web.Response:
     q = request.query
     state = q.get("state") if q.get("state") in STATES else None
     severity = q.get("severity") if q.get("severity") in SEVERITIES else None
-    rows = await service.list(state=state, severity=severity, route=q.get("route") or None,
-                              limit=200)
-    return _page("incidents.html", incidents=rows, states=STATES, severities=SEVERITIES,
-                 state=state or "", severity=severity or "", route=q.get("route") or "",
-                 switches=list(service.switches.values()), principal=principal,
-                 rule_errors=service.rule_errors, csrf=csrf or "", modes=MODES,
-                 routes=[r.name for r in request.app[GATEWAY].settings.routes])
+    rows = await service.list(
+        state=state, severity=severity, route=q.get("route") or None, limit=200
+    )
+    return _page(
+        "incidents.html",
+        incidents=rows,
+        states=STATES,
+        severities=SEVERITIES,
+        state=state or "",
+        severity=severity or "",
+        route=q.get("route") or "",
+        switches=list(service.switches.values()),
+        principal=principal,
+        rule_errors=service.rule_errors,
+        csrf=csrf or "",
+        modes=MODES,
+        routes=[r.name for r in request.app[GATEWAY].settings.routes],
+    )
 
 
 async def ui_detail(request: web.Request) -> web.Response:
@@ -277,8 +317,14 @@ async def ui_detail(request: web.Request) -> web.Response:
     service = _service(request)
     await service.settle()
     data = await _detail(service, request.match_info["id"])
-    return _page("incident.html", inc=data, chart=_chart(data["buckets"]), principal=principal,
-                 csrf=csrf or "", message=request.query.get("msg", ""))
+    return _page(
+        "incident.html",
+        inc=data,
+        chart=_chart(data["buckets"]),
+        principal=principal,
+        csrf=csrf or "",
+        message=request.query.get("msg", ""),
+    )
 
 
 async def ui_action(request: web.Request) -> web.Response:
@@ -292,18 +338,23 @@ async def ui_action(request: web.Request) -> web.Response:
     incident_id = request.match_info["id"]
     action = str(form.get("action", ""))
     request[PRINCIPAL] = principal
-    role = "lead" if action in ("contained", "resolved", "postmortem-done", "restore") \
-        else "reviewer"
+    role = (
+        "lead" if action in ("contained", "resolved", "postmortem-done", "restore") else "reviewer"
+    )
     _require(request, role)
     await service.settle()
     message = "done"
     try:
         if action == "restore":
-            await service.restore_route(str(form.get("route", "")), principal.name,
-                                        str(form.get("note", "")))
+            await service.restore_route(
+                str(form.get("route", "")), principal.name, str(form.get("note", ""))
+            )
         else:
-            body = {"note": str(form.get("note", "")), "text": str(form.get("text", "")),
-                    "review_item": str(form.get("review_item", ""))}
+            body = {
+                "note": str(form.get("note", "")),
+                "text": str(form.get("text", "")),
+                "review_item": str(form.get("review_item", "")),
+            }
             await _apply(service, incident_id, action, principal.name, body)
     except GatewayError as err:
         message = err.message
@@ -343,8 +394,9 @@ async def ui_login_form(request: web.Request) -> web.Response:
     if book is None:
         raise NotFound("log in with a bearer token; this gateway has no UI sessions")
     nonce = secrets.token_urlsafe(16)
-    resp = _page("login.html", csrf=book.login_csrf(nonce), next=_next(request.query.get("next")),
-                 error="")
+    resp = _page(
+        "login.html", csrf=book.login_csrf(nonce), next=_next(request.query.get("next")), error=""
+    )
     resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path=UI)
     return resp
 
@@ -359,14 +411,20 @@ async def ui_login(request: web.Request) -> web.Response:
     principal = request.app[TOKENS].lookup(str(form.get("token", "")).strip())
     if principal is None:
         nonce = secrets.token_urlsafe(16)
-        resp = _page("login.html", csrf=book.login_csrf(nonce), next=_next(form.get("next")),
-                     error="That token is not valid.", status=401)
+        resp = _page(
+            "login.html",
+            csrf=book.login_csrf(nonce),
+            next=_next(form.get("next")),
+            error="That token is not valid.",
+            status=401,
+        )
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", path=UI)
         return resp
     session = book.create(principal)
     resp = web.HTTPSeeOther(_next(form.get("next")))
-    resp.set_cookie(OWN_COOKIE, session.id, httponly=True, samesite="Strict", path=UI,
-                    secure=request.secure)
+    resp.set_cookie(
+        OWN_COOKIE, session.id, httponly=True, samesite="Strict", path=UI, secure=request.secure
+    )
     resp.del_cookie(LOGIN_COOKIE, path=UI)
     raise resp
 
@@ -374,8 +432,7 @@ async def ui_login(request: web.Request) -> web.Response:
 def _next(value: Any) -> str:
     # only our own pages, never an open redirect
     text = str(value or "")
-    return text if text.startswith(UI + "/") and "//" not in text and "\\" not in text \
-        else UI + "/"
+    return text if text.startswith(UI + "/") and "//" not in text and "\\" not in text else UI + "/"
 
 
 def _same(a: Any, b: str) -> bool:
@@ -394,7 +451,9 @@ def install_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/{{id}}/postmortem", postmortem_md)
     app.router.add_post(
         f"{API}/{{id}}/{{action:acknowledge|notes|contained|resolved|review-items|"
-        "postmortem-done}", act)
+        "postmortem-done}",
+        act,
+    )
     app.router.add_get(f"{ROUTES_API}/containment", list_containment)
     app.router.add_post(f"{ROUTES_API}/{{route}}/contain", contain)
     app.router.add_post(f"{ROUTES_API}/{{route}}/restore", restore)

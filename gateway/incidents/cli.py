@@ -57,8 +57,10 @@ def register(sub) -> None:
 
 
 def _admin_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin-url", help="admin listener URL (default: from --config, "
-                        "else http://127.0.0.1:8081)")
+    parser.add_argument(
+        "--admin-url",
+        help="admin listener URL (default: from --config, else http://127.0.0.1:8081)",
+    )
     parser.add_argument("--config", help="gateway.yaml, to find the admin listener and token")
     parser.add_argument("--token", help="bearer token (default: $GATEWAY_ADMIN_TOKEN)")
 
@@ -85,8 +87,9 @@ def _target(args) -> tuple[str, str]:
     return (url or "http://127.0.0.1:8081").rstrip("/"), token
 
 
-def _call(args, method: str, path: str, body: dict[str, Any] | None = None,
-          raw: bool = False) -> Any:
+def _call(
+    args, method: str, path: str, body: dict[str, Any] | None = None, raw: bool = False
+) -> Any:
     url, token = _target(args)
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url + path, data=data, method=method)
@@ -131,8 +134,9 @@ def cmd_contain(args) -> int:
 
 def cmd_restore(args) -> int:
     def go() -> int:
-        out = _call(args, "POST", f"/governance/v1/routes/{args.route}/restore",
-                    {"reason": args.reason})
+        out = _call(
+            args, "POST", f"/governance/v1/routes/{args.route}/restore", {"reason": args.reason}
+        )
         print(f"route {out['restored']['route']} restored (was {out['restored']['mode']})")
         return 0
 
@@ -146,8 +150,10 @@ def cmd_status(args) -> int:
             print("no route is contained")
         for c in out["containment"]:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["since"]))
-            print(f"{c['route']}\t{c['mode']}\tsince {since} UTC\tby {c['actor']}\t"
-                  f"{c['incident_id'] or '-'}")
+            print(
+                f"{c['route']}\t{c['mode']}\tsince {since} UTC\tby {c['actor']}\t"
+                f"{c['incident_id'] or '-'}"
+            )
         return 0
 
     return _run(go)
@@ -157,8 +163,16 @@ def cmd_list(args) -> int:
     def go() -> int:
         from urllib.parse import urlencode
 
-        query = {k: v for k, v in (("state", args.state), ("severity", args.severity),
-                                   ("route", args.route), ("limit", args.limit)) if v}
+        query = {
+            k: v
+            for k, v in (
+                ("state", args.state),
+                ("severity", args.severity),
+                ("route", args.route),
+                ("limit", args.limit),
+            )
+            if v
+        }
         if args.active:
             query["active"] = "true"
         out = _call(args, "GET", f"/governance/v1/incidents?{urlencode(query)}")
@@ -167,8 +181,10 @@ def cmd_list(args) -> int:
             return 0
         for inc in out["incidents"]:
             opened = time.strftime("%Y-%m-%d %H:%M", time.gmtime(inc["opened_at"]))
-            print(f"{inc['id']}\t{inc['severity']}\t{inc['state']}\t{opened}\t"
-                  f"{inc['breach_count']}\t{inc['title']}")
+            print(
+                f"{inc['id']}\t{inc['severity']}\t{inc['state']}\t{opened}\t"
+                f"{inc['breach_count']}\t{inc['title']}"
+            )
         return 0
 
     return _run(go)
@@ -176,8 +192,9 @@ def cmd_list(args) -> int:
 
 def cmd_postmortem(args) -> int:
     def go() -> int:
-        text = _call(args, "GET", f"/governance/v1/incidents/{args.incident_id}/postmortem",
-                     raw=True)
+        text = _call(
+            args, "GET", f"/governance/v1/incidents/{args.incident_id}/postmortem", raw=True
+        )
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")
             print(f"wrote {args.output}", file=sys.stderr)

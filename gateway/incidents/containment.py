@@ -40,9 +40,15 @@ class Switch:
     counter: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"route": self.route, "mode": self.mode, "incident_id": self.incident_id,
-                "actor": self.actor, "reason": self.reason, "since": self.since,
-                "auto_revert": self.auto_revert}
+        return {
+            "route": self.route,
+            "mode": self.mode,
+            "incident_id": self.incident_id,
+            "actor": self.actor,
+            "reason": self.reason,
+            "since": self.since,
+            "auto_revert": self.auto_revert,
+        }
 
     def upsert(self) -> tuple[str, tuple[Any, ...]]:
         return (
@@ -50,14 +56,28 @@ class Switch:
             "auto_revert) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (route) DO UPDATE SET "
             "mode = excluded.mode, incident_id = excluded.incident_id, actor = excluded.actor, "
             "reason = excluded.reason, since = excluded.since, auto_revert = excluded.auto_revert",
-            (self.route, self.mode, self.incident_id, self.actor, self.reason, self.since,
-             int(self.auto_revert)),
+            (
+                self.route,
+                self.mode,
+                self.incident_id,
+                self.actor,
+                self.reason,
+                self.since,
+                int(self.auto_revert),
+            ),
         )
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Switch:
-        return cls(row["route"], row["mode"], row["incident_id"], row["actor"], row["reason"],
-                   row["since"], bool(row["auto_revert"]))
+        return cls(
+            row["route"],
+            row["mode"],
+            row["incident_id"],
+            row["actor"],
+            row["reason"],
+            row["since"],
+            bool(row["auto_revert"]),
+        )
 
 
 def switch_for(gw, route_name: str) -> Switch | None:
@@ -78,8 +98,15 @@ class _HoldAllScan:
     def feed(self, text: str, final: bool) -> list[Finding]:
         if not final:
             return []
-        return [Finding(0, len(text), 1.0, "the route is contained: every response is held",
-                        {"containment": "review_all"})]
+        return [
+            Finding(
+                0,
+                len(text),
+                1.0,
+                "the route is contained: every response is held",
+                {"containment": "review_all"},
+            )
+        ]
 
     def hold_from(self, text: str) -> int:
         # nothing is released before the human decision
@@ -118,8 +145,9 @@ async def blocked_answer(exchange, switch: Switch, message: str) -> web.StreamRe
     }
     if not info.stream:
         body = adapter.blocked(info, None, message)
-        return web.Response(body=orjson.dumps(body), content_type="application/json",
-                            headers=headers)
+        return web.Response(
+            body=orjson.dumps(body), content_type="application/json", headers=headers
+        )
     protocol = adapter.protocol
     if protocol in ("openai-chat", "openai-completions"):
         translator = adapter.translator(info)
@@ -131,9 +159,12 @@ async def blocked_answer(exchange, switch: Switch, message: str) -> web.StreamRe
     else:
         # no synthetic stream for this protocol: an error in its own format says why
         err = GatewayError(message, code="route-contained", status=503)
-        return web.Response(status=503, body=orjson.dumps(adapter.error_body(err)),
-                            content_type="application/json",
-                            headers=dict(headers, **{"x-governance-error-code": err.code}))
+        return web.Response(
+            status=503,
+            body=orjson.dumps(adapter.error_body(err)),
+            content_type="application/json",
+            headers=dict(headers, **{"x-governance-error-code": err.code}),
+        )
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "text/event-stream"
     resp.headers["cache-control"] = "no-cache"
@@ -147,15 +178,31 @@ def _anthropic_stream(message_obj: dict[str, Any], text: str) -> bytes:
     start = dict(message_obj, content=[], stop_reason=None)
     events = [
         ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": text}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+        ),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta",
-                           "delta": {"stop_reason": message_obj["stop_reason"],
-                                     "stop_sequence": None},
-                           "usage": {"output_tokens": 0}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message_obj["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": 0},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     return b"".join(encode_event(orjson.dumps(obj).decode(), name) for name, obj in events)

@@ -118,9 +118,23 @@ class Incident:
         return out
 
     # -- rows ------------------------------------------------------------------
-    _DATA = ("requests", "by_policy", "by_action", "chars_released", "cuts", "buckets",
-             "samples", "review_items", "monitor", "acknowledged_at", "contained_at",
-             "auto_resolve_after", "resolve_on_clear", "next_seq", "notified")
+    _DATA = (
+        "requests",
+        "by_policy",
+        "by_action",
+        "chars_released",
+        "cuts",
+        "buckets",
+        "samples",
+        "review_items",
+        "monitor",
+        "acknowledged_at",
+        "contained_at",
+        "auto_resolve_after",
+        "resolve_on_clear",
+        "next_seq",
+        "notified",
+    )
 
     def upsert(self) -> tuple[str, tuple[Any, ...]]:
         data = json.dumps({k: getattr(self, k) for k in self._DATA}, default=str)
@@ -132,20 +146,44 @@ class Incident:
             "severity = excluded.severity, state = excluded.state, "
             "last_seen = excluded.last_seen, resolved_at = excluded.resolved_at, "
             "breach_count = excluded.breach_count, data = excluded.data",
-            (self.id, self.dedup_key, self.title, self.severity, self.state, self.source,
-             self.rule_id, self.route, self.upstream, self.policy, self.opened_at,
-             self.first_seen, self.last_seen, self.resolved_at, self.breach_count, data),
+            (
+                self.id,
+                self.dedup_key,
+                self.title,
+                self.severity,
+                self.state,
+                self.source,
+                self.rule_id,
+                self.route,
+                self.upstream,
+                self.policy,
+                self.opened_at,
+                self.first_seen,
+                self.last_seen,
+                self.resolved_at,
+                self.breach_count,
+                data,
+            ),
         )
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Incident:
         data = json.loads(row["data"])
         inc = cls(
-            id=row["id"], dedup_key=row["dedup_key"], title=row["title"],
-            severity=row["severity"], state=row["state"], source=row["source"],
-            rule_id=row["rule_id"], route=row["route"], upstream=row["upstream"],
-            policy=row["policy"], opened_at=row["opened_at"], first_seen=row["first_seen"],
-            last_seen=row["last_seen"], resolved_at=row["resolved_at"],
+            id=row["id"],
+            dedup_key=row["dedup_key"],
+            title=row["title"],
+            severity=row["severity"],
+            state=row["state"],
+            source=row["source"],
+            rule_id=row["rule_id"],
+            route=row["route"],
+            upstream=row["upstream"],
+            policy=row["policy"],
+            opened_at=row["opened_at"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+            resolved_at=row["resolved_at"],
             breach_count=row["breach_count"],
         )
         for key in cls._DATA:
@@ -169,15 +207,35 @@ class TimelineEvent:
             # a retried write after a commit whose answer was lost must not fail forever
             "INSERT INTO incident_events (incident_id, seq, ts, kind, actor, message, data) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id, seq) DO NOTHING",
-            (self.incident_id, self.seq, self.ts, self.kind, self.actor, self.message,
-             json.dumps(self.data, default=str)),
+            (
+                self.incident_id,
+                self.seq,
+                self.ts,
+                self.kind,
+                self.actor,
+                self.message,
+                json.dumps(self.data, default=str),
+            ),
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "actor": self.actor,
-                "message": self.message, "data": self.data}
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "actor": self.actor,
+            "message": self.message,
+            "data": self.data,
+        }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> TimelineEvent:
-        return cls(row["incident_id"], row["seq"], row["ts"], row["kind"], row["actor"],
-                   row["message"], json.loads(row["data"]))
+        return cls(
+            row["incident_id"],
+            row["seq"],
+            row["ts"],
+            row["kind"],
+            row["actor"],
+            row["message"],
+            json.loads(row["data"]),
+        )

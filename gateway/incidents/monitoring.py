@@ -37,7 +37,9 @@ class StoreState:
             "INSERT INTO kv_state (key, value, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
             "updated_at = excluded.updated_at",
-            key, json.dumps(state), time.time(),
+            key,
+            json.dumps(state),
+            time.time(),
         )
 
     async def load_state(self, key: str) -> dict[str, Any] | None:
@@ -55,10 +57,18 @@ class MonitorService:
         self.state = StoreState(gw.store)
         self._task: asyncio.Task | None = None
         registry = gw.metrics.registry
-        self.events = Counter("gateway_monitor_events_total", "Monitor rule changes",
-                              ["monitor", "rule", "state"], registry=registry)
-        self.values = Gauge("gateway_monitor_value", "Latest value of each monitor rule",
-                            ["monitor", "rule"], registry=registry)
+        self.events = Counter(
+            "gateway_monitor_events_total",
+            "Monitor rule changes",
+            ["monitor", "rule", "state"],
+            registry=registry,
+        )
+        self.values = Gauge(
+            "gateway_monitor_value",
+            "Latest value of each monitor rule",
+            ["monitor", "rule"],
+            registry=registry,
+        )
 
     def add_listener(self, listener) -> None:
         self.listeners.append(listener)
@@ -89,8 +99,13 @@ class MonitorService:
     def _emit(self, event: MonitorEvent) -> None:
         self.events.labels(event.monitor, event.rule, event.state).inc()
         self.values.labels(event.monitor, event.rule).set(event.value)
-        log.warning("monitor %s: %s %s", event.monitor, event.rule, event.state,
-                    extra={"fields": {"monitor_event": event.as_dict()}})
+        log.warning(
+            "monitor %s: %s %s",
+            event.monitor,
+            event.rule,
+            event.state,
+            extra={"fields": {"monitor_event": event.as_dict()}},
+        )
         for listener in self.listeners:
             try:
                 listener(event)
@@ -139,10 +154,16 @@ def admin_routes(app) -> None:
         service: MonitorService = request.app[GATEWAY].services["monitors"]
         monitors = []
         for mid, mon in service.set.monitors.items():
-            monitors.append({
-                "id": mid, "routes": mon.config.routes, "observations": mon.count,
-                "skipped": mon.skipped, "firing": mon.firing, "values": mon.last_values,
-            })
+            monitors.append(
+                {
+                    "id": mid,
+                    "routes": mon.config.routes,
+                    "observations": mon.count,
+                    "skipped": mon.skipped,
+                    "firing": mon.firing,
+                    "values": mon.last_values,
+                }
+            )
         return json_response({"monitors": monitors})
 
     app.router.add_get("/governance/v1/monitors", status)

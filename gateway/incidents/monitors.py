@@ -116,8 +116,9 @@ class MonitorConfig(_Strict):
         if r.rejection_rate is None and r.disparate_impact is None and r.score_drift is None:
             raise ValueError(f"monitor {self.id!r} has no rules")
         if (r.rejection_rate or r.disparate_impact) and self.decision is None:
-            raise ValueError(f"monitor {self.id!r}: rejection_rate and disparate_impact "
-                             "need a decision field")
+            raise ValueError(
+                f"monitor {self.id!r}: rejection_rate and disparate_impact need a decision field"
+            )
         if r.disparate_impact and self.cohort is None:
             raise ValueError(f"monitor {self.id!r}: disparate_impact needs a cohort field")
         if r.score_drift and self.score is None:
@@ -369,10 +370,16 @@ class Monitor:
                 else:
                     rise = cur - base
                 out["rejection_rate"] = (
-                    rise >= r.min_rise, rise, r.min_rise,
-                    {"window_rate": round(cur, 4), "baseline_rate": round(base, 4),
-                     "window_decisions": self._w_decisions,
-                     "baseline_decisions": self._b_decisions, "relative": r.relative},
+                    rise >= r.min_rise,
+                    rise,
+                    r.min_rise,
+                    {
+                        "window_rate": round(cur, 4),
+                        "baseline_rate": round(base, 4),
+                        "window_decisions": self._w_decisions,
+                        "baseline_decisions": self._b_decisions,
+                        "relative": r.relative,
+                    },
                 )
         if rules.disparate_impact is not None and len(self.window) >= self.config.window:
             r2 = rules.disparate_impact
@@ -386,10 +393,15 @@ class Monitor:
                 worst = min(rates, key=lambda c: rates[c])
                 ratio = rates[worst] / rates[best] if rates[best] > 0 else 1.0
                 out["disparate_impact"] = (
-                    ratio < r2.min_ratio, ratio, r2.min_ratio,
-                    {"approval_rates": {c: round(v, 4) for c, v in sorted(rates.items())},
-                     "disadvantaged": worst, "reference": best,
-                     "samples": {c: self._w_cohorts[c] for c in rates}},
+                    ratio < r2.min_ratio,
+                    ratio,
+                    r2.min_ratio,
+                    {
+                        "approval_rates": {c: round(v, 4) for c, v in sorted(rates.items())},
+                        "disadvantaged": worst,
+                        "reference": best,
+                        "samples": {c: self._w_cohorts[c] for c in rates},
+                    },
                 )
         if rules.score_drift is not None and self.ready():
             r3 = rules.score_drift
@@ -402,9 +414,14 @@ class Monitor:
                     else:
                         drift = ks(base_s, cur_s)
                     out["score_drift"] = (
-                        drift >= r3.threshold, drift, r3.threshold,
-                        {"method": r3.method, "window_mean": round(float(cur_s.mean()), 4),
-                         "baseline_mean": round(float(base_s.mean()), 4)},
+                        drift >= r3.threshold,
+                        drift,
+                        r3.threshold,
+                        {
+                            "method": r3.method,
+                            "window_mean": round(float(cur_s.mean()), 4),
+                            "baseline_mean": round(float(base_s.mean()), 4),
+                        },
                     )
         return out
 
@@ -488,10 +505,16 @@ class MonitorSet:
                     mon.firing[rule] = firing
                     events.append(
                         MonitorEvent(
-                            monitor=mon.config.id, rule=rule,
-                            state="fired" if firing else "resolved", route=route, at=now,
-                            observation=mon.count, value=_finite(value), threshold=threshold,
-                            severity=mon.config.severity, details=details,
+                            monitor=mon.config.id,
+                            rule=rule,
+                            state="fired" if firing else "resolved",
+                            route=route,
+                            at=now,
+                            observation=mon.count,
+                            value=_finite(value),
+                            threshold=threshold,
+                            severity=mon.config.severity,
+                            details=details,
                         )
                     )
             for ev in events:

@@ -45,8 +45,18 @@ class Outbox:
         self._ord = max(self._ord + 1, time.time_ns() // 1000)
         return self._ord
 
-    def rows(self, incident, seq: int, event: str, *, ts: float, actor: str, message: str,
-             url: str | None, sinks: list[str] | None = None) -> list[Statement]:
+    def rows(
+        self,
+        incident,
+        seq: int,
+        event: str,
+        *,
+        ts: float,
+        actor: str,
+        message: str,
+        url: str | None,
+        sinks: list[str] | None = None,
+    ) -> list[Statement]:
         """Outbox inserts for one incident event, one per sink that takes it."""
         out: list[Statement] = []
         for sink in self.cfg.sinks:
@@ -55,16 +65,35 @@ class Outbox:
             if not wire.handles(sink, event):
                 continue
             delivery_id = f"{incident.id}.{seq}.{sink.name}"
-            payload = {"event": event, "ts": ts, "actor": actor, "message": message,
-                       "url": url, "seq": seq, "delivery_id": delivery_id,
-                       "incident": incident.summary()}
-            out.append((
-                "INSERT INTO incident_outbox (id, incident_id, seq, dedup_key, ord, sink, event, "
-                "payload, created_at, attempts, next_attempt_at, dead) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0) ON CONFLICT (id) DO NOTHING",
-                (delivery_id, incident.id, seq, incident.dedup_key, self.next_ord(), sink.name,
-                 event, json.dumps(payload, default=str), ts, ts),
-            ))
+            payload = {
+                "event": event,
+                "ts": ts,
+                "actor": actor,
+                "message": message,
+                "url": url,
+                "seq": seq,
+                "delivery_id": delivery_id,
+                "incident": incident.summary(),
+            }
+            out.append(
+                (
+                    "INSERT INTO incident_outbox (id, incident_id, seq, dedup_key, ord, sink, "
+                    "event, payload, created_at, attempts, next_attempt_at, dead) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0) ON CONFLICT (id) DO NOTHING",
+                    (
+                        delivery_id,
+                        incident.id,
+                        seq,
+                        incident.dedup_key,
+                        self.next_ord(),
+                        sink.name,
+                        event,
+                        json.dumps(payload, default=str),
+                        ts,
+                        ts,
+                    ),
+                )
+            )
         return out
 
     # -- sending --------------------------------------------------------------------------------
@@ -100,8 +129,7 @@ class Outbox:
         return self._session
 
     async def pending(self) -> int:
-        row = await self.store.fetchone(
-            "SELECT COUNT(*) AS n FROM incident_outbox WHERE dead = 0")
+        row = await self.store.fetchone("SELECT COUNT(*) AS n FROM incident_outbox WHERE dead = 0")
         return int(row["n"]) if row else 0
 
     async def deliver_due(self, now: float | None = None) -> int:
@@ -133,14 +161,21 @@ class Outbox:
             # the sink left the config; nobody is left to tell
             await self.store.execute(
                 "UPDATE incident_outbox SET dead = 1, last_error = ? WHERE id = ?",
-                "sink no longer configured", row["id"])
+                "sink no longer configured",
+                row["id"],
+            )
             return False
         event = json.loads(row["payload"])
         try:
             request = wire.build_request(sink, event)
             timeout = aiohttp.ClientTimeout(total=sink.timeout)
-            async with self._http().request(request.method, request.url, data=request.body,
-                                            headers=request.headers, timeout=timeout) as resp:
+            async with self._http().request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=timeout,
+            ) as resp:
                 await resp.read()
                 status = resp.status
             reason = None if 200 <= status < 300 else f"HTTP {status}"
@@ -160,14 +195,30 @@ class Outbox:
         await self.store.execute(
             "UPDATE incident_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, "
             "dead = ? WHERE id = ?",
-            attempts, time.time() + delay, reason, int(dead), row["id"])
+            attempts,
+            time.time() + delay,
+            reason,
+            int(dead),
+            row["id"],
+        )
         self.metrics.deliveries.labels(sink.name, "dead" if dead else "retry").inc()
         if dead:
-            log.error("incident sink %s: gave up on %s after %d tries (%s)",
-                      sink.name, row["id"], attempts, reason)
+            log.error(
+                "incident sink %s: gave up on %s after %d tries (%s)",
+                sink.name,
+                row["id"],
+                attempts,
+                reason,
+            )
         else:
-            log.warning("incident sink %s: %s not delivered (%s); try %d again in %.2fs",
-                        sink.name, row["id"], reason, attempts + 1, delay)
+            log.warning(
+                "incident sink %s: %s not delivered (%s); try %d again in %.2fs",
+                sink.name,
+                row["id"],
+                reason,
+                attempts + 1,
+                delay,
+            )
         return False
 
     def backoff(self, attempts: int) -> float:

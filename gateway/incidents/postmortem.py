@@ -43,16 +43,19 @@ def _code(value: Any) -> str:
     return f"`{text}`"
 
 
-def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = "",
-           now: float | None = None) -> str:
+def render(
+    inc: Incident, events: list[TimelineEvent], *, decision_url: str = "", now: float | None = None
+) -> str:
     """The draft; ``decision_url`` prefixes decision ids to make them links."""
     now = time.time() if now is None else now
     out: list[str] = []
     add = out.append
     add(f"# Post-mortem (draft): {inc.title}")
     add("")
-    add(f"_Blameless draft generated {_utc(now)} from incident {_code(inc.id)}. It describes "
-        "what the systems did and what people knew at the time; it assigns no blame._")
+    add(
+        f"_Blameless draft generated {_utc(now)} from incident {_code(inc.id)}. It describes "
+        "what the systems did and what people knew at the time; it assigns no blame._"
+    )
     add("")
 
     add("## Summary")
@@ -76,10 +79,17 @@ def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = ""
     add("| Field | Value |")
     add("|---|---|")
     for name, value in (
-        ("Incident", inc.id), ("Severity", inc.severity), ("State", inc.state),
-        ("Route", inc.route), ("Upstream", inc.upstream), ("Policy", inc.policy),
-        ("Rule", inc.rule_id), ("Dedup key", inc.dedup_key), ("Opened", _utc(inc.opened_at)),
-        ("Resolved", _utc(inc.resolved_at)), ("Duration", _span(end - inc.first_seen)),
+        ("Incident", inc.id),
+        ("Severity", inc.severity),
+        ("State", inc.state),
+        ("Route", inc.route),
+        ("Upstream", inc.upstream),
+        ("Policy", inc.policy),
+        ("Rule", inc.rule_id),
+        ("Dedup key", inc.dedup_key),
+        ("Opened", _utc(inc.opened_at)),
+        ("Resolved", _utc(inc.resolved_at)),
+        ("Duration", _span(end - inc.first_seen)),
     ):
         add(f"| {name} | {_cell(value)} |")
     add("")
@@ -88,8 +98,7 @@ def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = ""
     add("")
     add(f"- Requests affected: {inc.requests}")
     add(f"- Breaches recorded: {inc.breach_count}")
-    add(f"- Characters released before a cut: {inc.chars_released} "
-        f"(in {inc.cuts} cut stream(s))")
+    add(f"- Characters released before a cut: {inc.chars_released} (in {inc.cuts} cut stream(s))")
     if inc.by_action:
         actions = ", ".join(f"{k}: {v}" for k, v in sorted(inc.by_action.items()))
         add(f"- Actions taken on the affected requests: {actions}")
@@ -109,12 +118,16 @@ def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = ""
     if opened is not None:
         add(f"- Trigger: {_cell(opened.data.get('reason') or opened.message)}")
     add(f"- First signal: {_utc(inc.first_seen)}")
-    add(f"- Incident opened: {_utc(inc.opened_at)} "
-        f"(time to detect: {_span(inc.opened_at - inc.first_seen)})")
+    add(
+        f"- Incident opened: {_utc(inc.opened_at)} "
+        f"(time to detect: {_span(inc.opened_at - inc.first_seen)})"
+    )
     if inc.monitor:
-        add(f"- Monitor: {_code(inc.monitor.get('monitor'))} rule "
+        add(
+            f"- Monitor: {_code(inc.monitor.get('monitor'))} rule "
             f"{_code(inc.monitor.get('rule'))}, value {inc.monitor.get('value')} "
-            f"against threshold {inc.monitor.get('threshold')}")
+            f"against threshold {inc.monitor.get('threshold')}"
+        )
     add("")
 
     add("## Containment")
@@ -128,8 +141,10 @@ def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = ""
         for e in switches:
             action = "contain" if e.kind == "contained" else "restore"
             mode = e.data.get("mode") or ("manual declaration" if e.data.get("manual") else "-")
-            add(f"| {_utc(e.ts)} | {action} | {_cell(mode)} | {_cell(e.data.get('route'))} "
-                f"| {_cell(e.actor)} |")
+            add(
+                f"| {_utc(e.ts)} | {action} | {_cell(mode)} | {_cell(e.data.get('route'))} "
+                f"| {_cell(e.actor)} |"
+            )
     add("")
 
     add("## Timeline")
@@ -158,8 +173,10 @@ def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = ""
             evidence = s.get("evidence") or {}
             if evidence:
                 finding = f"{finding} {evidence}".strip()
-            add(f"| {ref} | {_utc(s.get('ts'))} | {_cell(s.get('policy') or s.get('monitor'))} "
-                f"| {_cell(s.get('action'))} | {_cell(finding[:300])} |")
+            add(
+                f"| {ref} | {_utc(s.get('ts'))} | {_cell(s.get('policy') or s.get('monitor'))} "
+                f"| {_cell(s.get('action'))} | {_cell(finding[:300])} |"
+            )
     if inc.review_items:
         add("")
         add("Linked review items: " + ", ".join(_code(r) for r in inc.review_items))
@@ -167,8 +184,10 @@ def render(inc: Incident, events: list[TimelineEvent], *, decision_url: str = ""
 
     add("## Root cause")
     add("")
-    add("_To be written: what made the model produce these responses, and why the gateway's "
-        "defences caught them when they did._")
+    add(
+        "_To be written: what made the model produce these responses, and why the gateway's "
+        "defences caught them when they did._"
+    )
     add("")
     add("## Contributing factors")
     add("")

@@ -81,7 +81,8 @@ class PolicyRule(RuleBase):
     threshold: Threshold | None = None
     # monitor-mode breaches are the early warning monitor mode exists for
     modes: list[Literal["enforce", "monitor"]] = Field(
-        default_factory=lambda: ["enforce", "monitor"], min_length=1  # type: ignore[arg-type]
+        default_factory=lambda: ["enforce", "monitor"],
+        min_length=1,  # type: ignore[arg-type]
     )
 
     def watches_policy(self, policy_id: str) -> bool:
@@ -144,36 +145,68 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
         if raw is None:
             continue
         if not isinstance(raw, list):
-            errors.append(_at(source, path, ("incident_rules",), "invalid-type",
-                              "incident_rules: expected a list"))
+            errors.append(
+                _at(
+                    source,
+                    path,
+                    ("incident_rules",),
+                    "invalid-type",
+                    "incident_rules: expected a list",
+                )
+            )
             continue
         for index, item in enumerate(raw):
             base = ("incident_rules", index)
             if not isinstance(item, dict):
-                errors.append(_at(source, path, base, "invalid-type",
-                                  f"incident_rules[{index}]: expected a mapping"))
+                errors.append(
+                    _at(
+                        source,
+                        path,
+                        base,
+                        "invalid-type",
+                        f"incident_rules[{index}]: expected a mapping",
+                    )
+                )
                 continue
             label = str(item.get("id") or f"incident_rules[{index}]")
             kind = item.get("source")
             model = RULE_KINDS.get(kind) if isinstance(kind, str) else None
             if model is None:
-                errors.append(_at(source, path, base + ("source",), "unknown-kind",
-                                  f"{label}.source: {kind!r} (known: {', '.join(RULE_KINDS)})"))
+                errors.append(
+                    _at(
+                        source,
+                        path,
+                        base + ("source",),
+                        "unknown-kind",
+                        f"{label}.source: {kind!r} (known: {', '.join(RULE_KINDS)})",
+                    )
+                )
                 continue
             try:
                 rule = model.model_validate(item)
             except ValidationError as exc:
                 if source is None:
-                    errors.extend(f"{path}:1:1: invalid-value: {label}: {e['msg']}"
-                                  for e in exc.errors())
+                    errors.extend(
+                        f"{path}:1:1: invalid-value: {label}: {e['msg']}" for e in exc.errors()
+                    )
                 else:
-                    errors.extend(validation_messages(source, exc, base=base, label=label,
-                                                      model=model, data=item))
+                    errors.extend(
+                        validation_messages(
+                            source, exc, base=base, label=label, model=model, data=item
+                        )
+                    )
                 continue
             if rule.id in seen:
                 where = seen[rule.id]
-                errors.append(_at(source, path, base + ("id",), "duplicate-id",
-                                  f"incident rule {rule.id!r} is already defined in {where}"))
+                errors.append(
+                    _at(
+                        source,
+                        path,
+                        base + ("id",),
+                        "duplicate-id",
+                        f"incident rule {rule.id!r} is already defined in {where}",
+                    )
+                )
                 continue
             seen[rule.id] = path
             out.append(rule)

@@ -53,29 +53,47 @@ SWEEP_SECONDS = 60.0
 class IncidentMetrics:
     def __init__(self, registry) -> None:
         r = registry
-        self.opened = Counter("gateway_incidents_opened_total", "Incidents opened",
-                              ["severity", "source"], registry=r)
-        self.open = Gauge("gateway_incidents_active", "Incidents not yet resolved",
-                          ["severity"], registry=r)
-        self.events = Counter("gateway_incident_events_total", "Incident timeline events",
-                              ["kind"], registry=r)
-        self.containment = Gauge("gateway_route_containment",
-                                 "1 while a route is contained in this mode",
-                                 ["route", "mode"], registry=r)
-        self.switches = Counter("gateway_containment_switches_total",
-                                "Containment switches turned on or off",
-                                ["route", "mode", "change", "actor"], registry=r)
-        self.contained_requests = Counter("gateway_contained_requests_total",
-                                          "Requests answered under containment",
-                                          ["route", "mode"], registry=r)
-        self.outbox_pending = Gauge("gateway_incident_outbox_pending",
-                                    "Incident events waiting for delivery", registry=r)
-        self.deliveries = Counter("gateway_incident_deliveries_total",
-                                  "Incident event deliveries by outcome", ["sink", "outcome"],
-                                  registry=r)
-        self.dropped = Counter("gateway_incident_queue_dropped_total",
-                               "Signals dropped because the incident queue was full",
-                               registry=r)
+        self.opened = Counter(
+            "gateway_incidents_opened_total", "Incidents opened", ["severity", "source"], registry=r
+        )
+        self.open = Gauge(
+            "gateway_incidents_active", "Incidents not yet resolved", ["severity"], registry=r
+        )
+        self.events = Counter(
+            "gateway_incident_events_total", "Incident timeline events", ["kind"], registry=r
+        )
+        self.containment = Gauge(
+            "gateway_route_containment",
+            "1 while a route is contained in this mode",
+            ["route", "mode"],
+            registry=r,
+        )
+        self.switches = Counter(
+            "gateway_containment_switches_total",
+            "Containment switches turned on or off",
+            ["route", "mode", "change", "actor"],
+            registry=r,
+        )
+        self.contained_requests = Counter(
+            "gateway_contained_requests_total",
+            "Requests answered under containment",
+            ["route", "mode"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "gateway_incident_outbox_pending", "Incident events waiting for delivery", registry=r
+        )
+        self.deliveries = Counter(
+            "gateway_incident_deliveries_total",
+            "Incident event deliveries by outcome",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "gateway_incident_queue_dropped_total",
+            "Signals dropped because the incident queue was full",
+            registry=r,
+        )
 
 
 @dataclass
@@ -212,9 +230,13 @@ class IncidentService:
             self._bind(switch)
             self.switches[switch.route] = switch
             self.metrics.containment.labels(switch.route, switch.mode).set(1)
-            log.warning("route %s is contained (%s) since %s by %s", switch.route, switch.mode,
-                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(switch.since)),
-                        switch.actor)
+            log.warning(
+                "route %s is contained (%s) since %s by %s",
+                switch.route,
+                switch.mode,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(switch.since)),
+                switch.actor,
+            )
         self._update_gauges()
         self._task = asyncio.create_task(self._run(), name="incidents")
         self._sender = asyncio.create_task(self.outbox.run(), name="incident-outbox")
@@ -350,9 +372,11 @@ class IncidentService:
                 first = findings[0]
                 sample["finding"] = str(first.get("message") or "")[:300]
                 evidence = first.get("evidence") or {}
-                sample["evidence"] = {k: (v[:200] if isinstance(v, str) else v)
-                                      for k, v in list(evidence.items())[:8]
-                                      if isinstance(v, str | int | float | bool)}
+                sample["evidence"] = {
+                    k: (v[:200] if isinstance(v, str) else v)
+                    for k, v in list(evidence.items())[:8]
+                    if isinstance(v, str | int | float | bool)
+                }
         return sample
 
     def _on_record(self, rec: dict[str, Any], plan: Plan, now: float) -> None:
@@ -388,14 +412,22 @@ class IncidentService:
                         continue
                     if not sev.at_least(psev, rule.min_severity):
                         continue
-                attrs = {"policy": pid, "route": route, "upstream": upstream,
-                         "model": rec.get("model") or "", "rule": rule.id, "monitor": ""}
+                attrs = {
+                    "policy": pid,
+                    "route": route,
+                    "upstream": upstream,
+                    "model": rec.get("model") or "",
+                    "rule": rule.id,
+                    "monitor": "",
+                }
                 key = self._key(rule, attrs)
-                self._signal(rule, key, attrs, rule.severity or psev,
-                             self._sample(rec, policy), ts, plan)
+                self._signal(
+                    rule, key, attrs, rule.severity or psev, self._sample(rec, policy), ts, plan
+                )
 
-    def _observe_health(self, rule: UpstreamErrorRule, rec, attempt, failed: bool, ts: float,
-                        plan: Plan) -> None:
+    def _observe_health(
+        self, rule: UpstreamErrorRule, rec, attempt, failed: bool, ts: float, plan: Plan
+    ) -> None:
         route = attempt.get("route") or ""
         upstream = attempt.get("upstream") or ""
         window = self.health.get((rule.id, route, upstream))
@@ -404,11 +436,21 @@ class IncidentService:
         # only failures need evidence; successes are kept as bare times
         sample = None
         if failed:
-            sample = dict(self._sample(rec, None), route=route, upstream=upstream,
-                          error=attempt.get("error") or f"HTTP {attempt.get('status')}")
+            sample = dict(
+                self._sample(rec, None),
+                route=route,
+                upstream=upstream,
+                error=attempt.get("error") or f"HTTP {attempt.get('status')}",
+            )
         window.add(ts, sample, ts - rule.window)
-        attrs = {"policy": "", "route": route, "upstream": upstream, "model": "",
-                 "rule": rule.id, "monitor": ""}
+        attrs = {
+            "policy": "",
+            "route": route,
+            "upstream": upstream,
+            "model": "",
+            "rule": rule.id,
+            "monitor": "",
+        }
         key = self._key(rule, attrs)
         inc = self.active.get(key)
         if inc is not None:
@@ -420,9 +462,16 @@ class IncidentService:
             return
         failures = [(t, s) for t, s in window.items if s is not None]
         window.clear()
-        self._open(rule, key, attrs, rule.severity or "SEV2", failures, plan,
-                   reason=f"{errors} of {total} upstream attempts failed within "
-                          f"{rule.window:g}s (threshold {rule.rate:.0%})")
+        self._open(
+            rule,
+            key,
+            attrs,
+            rule.severity or "SEV2",
+            failures,
+            plan,
+            reason=f"{errors} of {total} upstream attempts failed within "
+            f"{rule.window:g}s (threshold {rule.rate:.0%})",
+        )
 
     def _on_monitor(self, ev: dict[str, Any], plan: Plan, now: float) -> None:
         ts = float(ev.get("at") or now)
@@ -432,28 +481,60 @@ class IncidentService:
                 continue
             if not rule.watches_route(route):
                 continue
-            attrs = {"policy": "", "route": route, "upstream": "", "model": "",
-                     "rule": ev.get("rule", ""), "monitor": ev.get("monitor", "")}
+            attrs = {
+                "policy": "",
+                "route": route,
+                "upstream": "",
+                "model": "",
+                "rule": ev.get("rule", ""),
+                "monitor": ev.get("monitor", ""),
+            }
             key = self._key(rule, attrs)
             inc = self.active.get(key)
-            detail = (f"monitor {ev.get('monitor')} rule {ev.get('rule')} {ev.get('state')}: "
-                      f"value {ev.get('value')} against {ev.get('threshold')}")
-            sample = {"decision_id": None, "ts": ts, "route": route, "monitor": ev.get("monitor"),
-                      "rule": ev.get("rule"), "value": ev.get("value"),
-                      "threshold": ev.get("threshold"), "details": ev.get("details") or {}}
+            detail = (
+                f"monitor {ev.get('monitor')} rule {ev.get('rule')} {ev.get('state')}: "
+                f"value {ev.get('value')} against {ev.get('threshold')}"
+            )
+            sample = {
+                "decision_id": None,
+                "ts": ts,
+                "route": route,
+                "monitor": ev.get("monitor"),
+                "rule": ev.get("rule"),
+                "value": ev.get("value"),
+                "threshold": ev.get("threshold"),
+                "details": ev.get("details") or {},
+            }
             if ev.get("state") == "fired":
                 if inc is None:
-                    inc = self._open(rule, key, attrs,
-                                     rule.severity or sev.from_policy(ev.get("severity", "high")),
-                                     [(ts, sample)], plan, reason=detail)
+                    inc = self._open(
+                        rule,
+                        key,
+                        attrs,
+                        rule.severity or sev.from_policy(ev.get("severity", "high")),
+                        [(ts, sample)],
+                        plan,
+                        reason=detail,
+                    )
                     inc.resolve_on_clear = rule.resolve_on_clear
                 else:
                     self._count(inc, sample, ts, plan)
-                    self._event(inc, "monitor_fired", "monitor", detail, plan, ts=ts,
-                                data={"value": ev.get("value")})
-                inc.monitor = {"monitor": ev.get("monitor"), "rule": ev.get("rule"),
-                               "value": ev.get("value"), "threshold": ev.get("threshold"),
-                               "details": ev.get("details") or {}}
+                    self._event(
+                        inc,
+                        "monitor_fired",
+                        "monitor",
+                        detail,
+                        plan,
+                        ts=ts,
+                        data={"value": ev.get("value")},
+                    )
+                inc.monitor = {
+                    "monitor": ev.get("monitor"),
+                    "rule": ev.get("rule"),
+                    "value": ev.get("value"),
+                    "threshold": ev.get("threshold"),
+                    "details": ev.get("details") or {},
+                }
             elif inc is not None and rule.resolve_on_clear:
                 self._resolve(inc, "monitor", detail, plan, ts=ts)
 
@@ -461,16 +542,31 @@ class IncidentService:
         return "/".join(f"{part}={attrs.get(part, '')}" for part in rule.key_parts(rule.source))
 
     # -- incident changes (synchronous: they run under the lock, before the write) --------
-    def _signal(self, rule, key: str, attrs: dict[str, str], severity: str,
-                sample: dict[str, Any], ts: float, plan: Plan) -> None:
+    def _signal(
+        self,
+        rule,
+        key: str,
+        attrs: dict[str, str],
+        severity: str,
+        sample: dict[str, Any],
+        ts: float,
+        plan: Plan,
+    ) -> None:
         inc = self.active.get(key)
         if inc is not None:
             self._count(inc, sample, ts, plan)
             return
         threshold = getattr(rule, "threshold", None)
         if threshold is None:
-            self._open(rule, key, attrs, severity, [(ts, sample)], plan,
-                       reason=f"first breach of {attrs.get('policy') or rule.id}")
+            self._open(
+                rule,
+                key,
+                attrs,
+                severity,
+                [(ts, sample)],
+                plan,
+                reason=f"first breach of {attrs.get('policy') or rule.id}",
+            )
             return
         window = self.windows.setdefault((rule.id, key), deque())
         window.append((ts, sample))
@@ -481,9 +577,16 @@ class IncidentService:
         signals = list(window)
         window.clear()
         what = "breaches" if rule.source == "policy" else "detector errors"
-        self._open(rule, key, attrs, severity, signals, plan,
-                   reason=f"{len(signals)} {what} of {attrs.get('policy')} within "
-                          f"{threshold.window:g}s (more than {threshold.count})")
+        self._open(
+            rule,
+            key,
+            attrs,
+            severity,
+            signals,
+            plan,
+            reason=f"{len(signals)} {what} of {attrs.get('policy')} within "
+            f"{threshold.window:g}s (more than {threshold.count})",
+        )
 
     def _title(self, rule, attrs: dict[str, str]) -> str:
         if rule.title:
@@ -497,32 +600,62 @@ class IncidentService:
             return f"Monitor {attrs['monitor']}: {attrs['rule']}{where}"
         return f"Upstream {attrs.get('upstream') or '?'} failing{where}"
 
-    def _open(self, rule, key: str, attrs: dict[str, str], severity: str,
-              signals: list[tuple[float, dict[str, Any]]], plan: Plan, *, reason: str) -> Incident:
+    def _open(
+        self,
+        rule,
+        key: str,
+        attrs: dict[str, str],
+        severity: str,
+        signals: list[tuple[float, dict[str, Any]]],
+        plan: Plan,
+        *,
+        reason: str,
+    ) -> Incident:
         first = signals[0][0]
         inc = Incident(
-            id=new_incident_id(), dedup_key=key, title=self._title(rule, attrs)[:300],
-            severity=severity, state="open", source=rule.source, rule_id=rule.id,
-            route=attrs.get("route") or None, upstream=attrs.get("upstream") or None,
-            policy=attrs.get("policy") or None, opened_at=time.time(), first_seen=first,
-            last_seen=first, auto_resolve_after=rule.auto_resolve_after,
+            id=new_incident_id(),
+            dedup_key=key,
+            title=self._title(rule, attrs)[:300],
+            severity=severity,
+            state="open",
+            source=rule.source,
+            rule_id=rule.id,
+            route=attrs.get("route") or None,
+            upstream=attrs.get("upstream") or None,
+            policy=attrs.get("policy") or None,
+            opened_at=time.time(),
+            first_seen=first,
+            last_seen=first,
+            auto_resolve_after=rule.auto_resolve_after,
         )
         self.active[key] = inc
         self.by_id[inc.id] = inc
         for ts, sample in signals:
             self._count(inc, sample, ts, plan, escalate=False)
         self.metrics.opened.labels(severity, rule.source).inc()
-        self._event(inc, "opened", "gateway", f"{inc.severity} opened by rule {rule.id}: {reason}",
-                    plan, ts=first, data={"rule": rule.id, "severity": severity,
-                                          "source": rule.source, "reason": reason,
-                                          "breaches": len(signals)},
-                    sink_event="trigger")
+        self._event(
+            inc,
+            "opened",
+            "gateway",
+            f"{inc.severity} opened by rule {rule.id}: {reason}",
+            plan,
+            ts=first,
+            data={
+                "rule": rule.id,
+                "severity": severity,
+                "source": rule.source,
+                "reason": reason,
+                "breaches": len(signals),
+            },
+            sink_event="trigger",
+        )
         self._escalate_if_needed(inc, plan)
         self._auto_contain(inc, plan)
         return inc
 
-    def _count(self, inc: Incident, sample: dict[str, Any], ts: float, plan: Plan, *,
-               escalate: bool = True) -> None:
+    def _count(
+        self, inc: Incident, sample: dict[str, Any], ts: float, plan: Plan, *, escalate: bool = True
+    ) -> None:
         inc.count(ts)
         decision = sample.get("decision_id")
         if decision is None or decision != inc.last_decision:
@@ -561,15 +694,30 @@ class IncidentService:
         step, n = hit
         before = inc.severity
         inc.severity = target
-        self._event(inc, "escalated", "gateway",
-                    f"escalated {before} -> {target}: {n} breaches within {step.window:g}s "
-                    f"(more than {step.count})", plan,
-                    data={"from": before, "to": target, "breaches": n}, sink_event="escalate")
+        self._event(
+            inc,
+            "escalated",
+            "gateway",
+            f"escalated {before} -> {target}: {n} breaches within {step.window:g}s "
+            f"(more than {step.count})",
+            plan,
+            data={"from": before, "to": target, "breaches": n},
+            sink_event="escalate",
+        )
         self._auto_contain(inc, plan)
 
-    def _event(self, inc: Incident, kind: str, actor: str, message: str, plan: Plan, *,
-               ts: float | None = None, data: dict[str, Any] | None = None,
-               sink_event: str | None = None) -> TimelineEvent:
+    def _event(
+        self,
+        inc: Incident,
+        kind: str,
+        actor: str,
+        message: str,
+        plan: Plan,
+        *,
+        ts: float | None = None,
+        data: dict[str, Any] | None = None,
+        sink_event: str | None = None,
+    ) -> TimelineEvent:
         ts = time.time() if ts is None else ts
         event = TimelineEvent(inc.id, inc.next_seq, ts, kind, actor, message, data or {})
         inc.next_seq += 1
@@ -589,8 +737,16 @@ class IncidentService:
                 elif sink.name not in inc.notified:
                     # nothing to acknowledge or resolve where nothing was raised
                     continue
-                rows = self.outbox.rows(inc, event.seq, kind, ts=ts, actor=actor,
-                                        message=message, url=self.link(inc), sinks=[sink.name])
+                rows = self.outbox.rows(
+                    inc,
+                    event.seq,
+                    kind,
+                    ts=ts,
+                    actor=actor,
+                    message=message,
+                    url=self.link(inc),
+                    sinks=[sink.name],
+                )
                 if rows:
                     plan.statements.extend(rows)
                     plan.outbox = True
@@ -605,14 +761,14 @@ class IncidentService:
             raise Conflict(f"incident {inc.id} is {inc.state}; it cannot become {state}")
         inc.state = state
 
-    def _resolve(self, inc: Incident, actor: str, message: str, plan: Plan, *,
-                 ts: float | None = None) -> None:
+    def _resolve(
+        self, inc: Incident, actor: str, message: str, plan: Plan, *, ts: float | None = None
+    ) -> None:
         self._set_state(inc, "resolved")
         inc.resolved_at = time.time() if ts is None else ts
         self.active.pop(inc.dedup_key, None)
         self.by_id.pop(inc.id, None)
-        self._event(inc, "resolved", actor, message, plan, ts=inc.resolved_at,
-                    sink_event="resolve")
+        self._event(inc, "resolved", actor, message, plan, ts=inc.resolved_at, sink_event="resolve")
         for switch in list(self.switches.values()):
             if switch.incident_id == inc.id and switch.auto_revert:
                 self._restore(switch.route, "auto", f"incident {inc.id} resolved", plan, inc)
@@ -626,8 +782,13 @@ class IncidentService:
                 self._resolve(inc, "auto", f"no new signals for {quiet:g}s", plan, ts=now)
         if now - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = now
-            horizon = max([getattr(getattr(r, "threshold", None), "window", 0) or
-                           getattr(r, "window", 0) for r in self.rules] + [SWEEP_SECONDS])
+            horizon = max(
+                [
+                    getattr(getattr(r, "threshold", None), "window", 0) or getattr(r, "window", 0)
+                    for r in self.rules
+                ]
+                + [SWEEP_SECONDS]
+            )
             cutoff = now - horizon
             for key in [k for k, dq in self.windows.items() if not dq or dq[-1][0] < cutoff]:
                 del self.windows[key]
@@ -650,8 +811,11 @@ class IncidentService:
             return
         cfg = route.containment
         want = None
-        for mode, threshold in (("block", cfg.block_on), ("review_all", cfg.review_all_on),
-                                ("fallback", cfg.fallback_on)):
+        for mode, threshold in (
+            ("block", cfg.block_on),
+            ("review_all", cfg.review_all_on),
+            ("fallback", cfg.fallback_on),
+        ):
             if threshold is not None and sev.at_least(inc.severity, threshold):
                 want = mode
                 break
@@ -660,34 +824,62 @@ class IncidentService:
         current = self.switches.get(route.name)
         if current is not None and MODE_RANK[current.mode] >= MODE_RANK[want]:
             return
-        self._contain(route.name, want, inc, "auto",
-                      f"{inc.severity} incident {inc.id} on route {route.name}", plan,
-                      auto_revert=cfg.auto_revert)
+        self._contain(
+            route.name,
+            want,
+            inc,
+            "auto",
+            f"{inc.severity} incident {inc.id} on route {route.name}",
+            plan,
+            auto_revert=cfg.auto_revert,
+        )
 
-    def _contain(self, route: str, mode: str, inc: Incident | None, actor: str, reason: str,
-                 plan: Plan, *, auto_revert: bool = False) -> Switch:
+    def _contain(
+        self,
+        route: str,
+        mode: str,
+        inc: Incident | None,
+        actor: str,
+        reason: str,
+        plan: Plan,
+        *,
+        auto_revert: bool = False,
+    ) -> Switch:
         previous = self.switches.get(route)
-        switch = Switch(route, mode, inc.id if inc else None, actor, reason, time.time(),
-                        auto_revert)
+        switch = Switch(
+            route, mode, inc.id if inc else None, actor, reason, time.time(), auto_revert
+        )
         self._bind(switch)
         # in force from here on, before anything is written
         self.switches[route] = switch
         if previous is not None:
             self.metrics.containment.labels(route, previous.mode).set(0)
         self.metrics.containment.labels(route, mode).set(1)
-        self.metrics.switches.labels(route, mode, "on", "auto" if actor == "auto" else "manual"
-                                     ).inc()
+        self.metrics.switches.labels(
+            route, mode, "on", "auto" if actor == "auto" else "manual"
+        ).inc()
         plan.statements.append(switch.upsert())
         if inc is not None:
             target = self._fallback_name(route) if mode == "fallback" else None
-            detail = {"fallback": f"serving route {route} from its fallback {target}",
-                      "review_all": f"holding every response of route {route} for review",
-                      "block": f"answering every request of route {route} with the kill-switch "
-                               "message"}[mode]
-            self._event(inc, "contained", actor, f"containment {mode}: {detail} ({reason})",
-                        plan, data={"route": route, "mode": mode, "fallback": target,
-                                    "previous": previous.mode if previous else None},
-                        sink_event="contain")
+            detail = {
+                "fallback": f"serving route {route} from its fallback {target}",
+                "review_all": f"holding every response of route {route} for review",
+                "block": f"answering every request of route {route} with the kill-switch message",
+            }[mode]
+            self._event(
+                inc,
+                "contained",
+                actor,
+                f"containment {mode}: {detail} ({reason})",
+                plan,
+                data={
+                    "route": route,
+                    "mode": mode,
+                    "fallback": target,
+                    "previous": previous.mode if previous else None,
+                },
+                sink_event="contain",
+            )
             if inc.active and inc.state != "contained":
                 self._set_state(inc, "contained")
             inc.contained_at = inc.contained_at or switch.since
@@ -697,19 +889,27 @@ class IncidentService:
         r = self._route(route)
         return r.fallback if r else None
 
-    def _restore(self, route: str, actor: str, reason: str, plan: Plan,
-                 inc: Incident | None) -> Switch | None:
+    def _restore(
+        self, route: str, actor: str, reason: str, plan: Plan, inc: Incident | None
+    ) -> Switch | None:
         switch = self.switches.pop(route, None)
         if switch is None:
             return None
         self.metrics.containment.labels(route, switch.mode).set(0)
-        self.metrics.switches.labels(route, switch.mode, "off",
-                                     "auto" if actor == "auto" else "manual").inc()
+        self.metrics.switches.labels(
+            route, switch.mode, "off", "auto" if actor == "auto" else "manual"
+        ).inc()
         plan.statements.append(("DELETE FROM route_containment WHERE route = ?", (route,)))
         if inc is not None:
-            self._event(inc, "restored", actor,
-                        f"containment {switch.mode} of route {route} lifted ({reason})", plan,
-                        data={"route": route, "mode": switch.mode}, sink_event="restore")
+            self._event(
+                inc,
+                "restored",
+                actor,
+                f"containment {switch.mode} of route {route} lifted ({reason})",
+                plan,
+                data={"route": route, "mode": switch.mode},
+                sink_event="restore",
+            )
         return switch
 
     def _update_gauges(self) -> None:
@@ -731,16 +931,29 @@ class IncidentService:
 
     async def timeline(self, incident_id: str) -> list[TimelineEvent]:
         rows = await self.store.fetchall(
-            "SELECT * FROM incident_events WHERE incident_id = ? ORDER BY seq", incident_id)
+            "SELECT * FROM incident_events WHERE incident_id = ? ORDER BY seq", incident_id
+        )
         return [TimelineEvent.from_row(r) for r in rows]
 
-    async def list(self, *, state: str | None = None, severity: str | None = None,
-                   route: str | None = None, policy: str | None = None,
-                   source: str | None = None, active: bool | None = None,
-                   limit: int = 100) -> list[dict[str, Any]]:
+    async def list(
+        self,
+        *,
+        state: str | None = None,
+        severity: str | None = None,
+        route: str | None = None,
+        policy: str | None = None,
+        source: str | None = None,
+        active: bool | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
         clauses, params = [], []
-        for column, value in (("state", state), ("severity", severity), ("route", route),
-                              ("policy", policy), ("source", source)):
+        for column, value in (
+            ("state", state),
+            ("severity", severity),
+            ("route", route),
+            ("policy", policy),
+            ("source", source),
+        ):
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -750,7 +963,8 @@ class IncidentService:
             params.extend(ACTIVE_STATES)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.store.fetchall(
-            f"SELECT * FROM incidents {where} ORDER BY opened_at DESC LIMIT ?", *params, limit)
+            f"SELECT * FROM incidents {where} ORDER BY opened_at DESC LIMIT ?", *params, limit
+        )
         out = []
         for row in rows:
             # the in-memory copy is ahead of the row between two batch writes
@@ -777,8 +991,14 @@ class IncidentService:
             inc.acknowledged_at = time.time()
             if inc.state == "open":
                 self._set_state(inc, "acknowledged")
-            self._event(inc, "acknowledged", actor, note or f"acknowledged by {actor}", plan,
-                        sink_event="acknowledge")
+            self._event(
+                inc,
+                "acknowledged",
+                actor,
+                note or f"acknowledged by {actor}",
+                plan,
+                sink_event="acknowledge",
+            )
 
         return await self._mutate(incident_id, change)
 
@@ -797,8 +1017,15 @@ class IncidentService:
                 raise Conflict(f"incident {inc.id} is already contained")
             self._set_state(inc, "contained")
             inc.contained_at = time.time()
-            self._event(inc, "contained", actor, note or f"marked contained by {actor}", plan,
-                        data={"manual": True}, sink_event="contain")
+            self._event(
+                inc,
+                "contained",
+                actor,
+                note or f"marked contained by {actor}",
+                plan,
+                data={"manual": True},
+                sink_event="contain",
+            )
 
         return await self._mutate(incident_id, change)
 
@@ -824,13 +1051,21 @@ class IncidentService:
             if review_id in inc.review_items:
                 return
             inc.review_items.append(review_id)
-            self._event(inc, "review_linked", actor, f"review item {review_id} linked", plan,
-                        data={"review_item": review_id}, sink_event="review_linked")
+            self._event(
+                inc,
+                "review_linked",
+                actor,
+                f"review item {review_id} linked",
+                plan,
+                data={"review_item": review_id},
+                sink_event="review_linked",
+            )
 
         return await self._mutate(incident_id, change)
 
-    async def contain_route(self, route: str, mode: str, actor: str, *,
-                            incident_id: str | None = None, reason: str = "") -> Switch:
+    async def contain_route(
+        self, route: str, mode: str, actor: str, *, incident_id: str | None = None, reason: str = ""
+    ) -> Switch:
         r = self._route(route)
         if r is None:
             raise NotFound(f"no route named {route!r}")
@@ -841,8 +1076,9 @@ class IncidentService:
         async with self.lock:
             plan = Plan()
             inc = await self.get(incident_id) if incident_id else None
-            switch = self._contain(route, mode, inc, actor, reason or f"manual, by {actor}",
-                                   plan, auto_revert=False)
+            switch = self._contain(
+                route, mode, inc, actor, reason or f"manual, by {actor}", plan, auto_revert=False
+            )
             await self._write(plan)
             return switch
 

@@ -25,9 +25,7 @@ def normalize(value: object) -> str:
             return upper
         if upper.isdigit() and f"SEV{upper}" in SEVERITIES:
             return f"SEV{upper}"
-    raise ValueError(
-        f"{value!r} is not a severity (use SEV1..SEV4 or critical, high, medium, low)"
-    )
+    raise ValueError(f"{value!r} is not a severity (use SEV1..SEV4 or critical, high, medium, low)")
 
 
 def rank(sev: str) -> int:

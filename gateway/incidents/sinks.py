@@ -36,8 +36,16 @@ HANDLES = {
     "pagerduty": {"trigger", "escalate", "acknowledge", "resolve"},
     "opsgenie": {"trigger", "escalate", "acknowledge", "contain", "restore", "note", "resolve"},
     "slack": {"trigger", "escalate", "acknowledge", "contain", "restore", "note", "resolve"},
-    "webhook": {"trigger", "escalate", "acknowledge", "contain", "restore", "note", "resolve",
-                "review_linked"},
+    "webhook": {
+        "trigger",
+        "escalate",
+        "acknowledge",
+        "contain",
+        "restore",
+        "note",
+        "resolve",
+        "review_linked",
+    },
 }
 
 
@@ -81,8 +89,9 @@ def handles(sink: Sink, event: str) -> bool:
 
 def build_request(sink: Sink, event: dict[str, Any]) -> Request:
     """The HTTP request delivering ``event`` (an outbox payload) to ``sink``."""
-    builder = {"pagerduty": pagerduty, "opsgenie": opsgenie, "slack": slack,
-               "webhook": webhook}[sink.type]
+    builder = {"pagerduty": pagerduty, "opsgenie": opsgenie, "slack": slack, "webhook": webhook}[
+        sink.type
+    ]
     return builder(sink, event)
 
 
@@ -111,8 +120,12 @@ def _details(event: dict[str, Any]) -> dict[str, Any]:
 # -- PagerDuty Events API v2 -----------------------------------------------------
 def pagerduty(sink: Sink, event: dict[str, Any]) -> Request:
     inc = event["incident"]
-    action = {"trigger": "trigger", "escalate": "trigger", "acknowledge": "acknowledge",
-              "resolve": "resolve"}[event["event"]]
+    action = {
+        "trigger": "trigger",
+        "escalate": "trigger",
+        "acknowledge": "acknowledge",
+        "resolve": "resolve",
+    }[event["event"]]
     body: dict[str, Any] = {
         "routing_key": _env(sink.secret_env),
         "event_action": action,
@@ -142,8 +155,10 @@ def pagerduty(sink: Sink, event: dict[str, Any]) -> Request:
 def opsgenie(sink: Sink, event: dict[str, Any]) -> Request:
     inc = event["incident"]
     base = (sink.url or OPSGENIE_URL).rstrip("/")
-    headers = {"content-type": "application/json",
-               "authorization": f"GenieKey {_env(sink.secret_env)}"}
+    headers = {
+        "content-type": "application/json",
+        "authorization": f"GenieKey {_env(sink.secret_env)}",
+    }
     alias = sink_dedup_key(inc["dedup_key"])
     target = f"{base}/{quote(alias, safe='')}"
     kind = event["event"]
@@ -161,19 +176,50 @@ def opsgenie(sink: Sink, event: dict[str, Any]) -> Request:
         }
         return Request("POST", base, headers, _dumps(body))
     if kind == "escalate":
-        return Request("PUT", f"{target}/priority?identifierType=alias", headers,
-                       _dumps({"priority": OG_PRIORITY[inc["severity"]]}))
+        return Request(
+            "PUT",
+            f"{target}/priority?identifierType=alias",
+            headers,
+            _dumps({"priority": OG_PRIORITY[inc["severity"]]}),
+        )
     if kind == "acknowledge":
-        return Request("POST", f"{target}/acknowledge?identifierType=alias", headers,
-                       _dumps({"user": actor, "source": "governance-gateway",
-                               "note": event.get("message") or "acknowledged"}))
+        return Request(
+            "POST",
+            f"{target}/acknowledge?identifierType=alias",
+            headers,
+            _dumps(
+                {
+                    "user": actor,
+                    "source": "governance-gateway",
+                    "note": event.get("message") or "acknowledged",
+                }
+            ),
+        )
     if kind == "resolve":
-        return Request("POST", f"{target}/close?identifierType=alias", headers,
-                       _dumps({"user": actor, "source": "governance-gateway",
-                               "note": event.get("message") or "resolved"}))
-    return Request("POST", f"{target}/notes?identifierType=alias", headers,
-                   _dumps({"user": actor, "source": "governance-gateway",
-                           "note": (event.get("message") or kind)[:25000]}))
+        return Request(
+            "POST",
+            f"{target}/close?identifierType=alias",
+            headers,
+            _dumps(
+                {
+                    "user": actor,
+                    "source": "governance-gateway",
+                    "note": event.get("message") or "resolved",
+                }
+            ),
+        )
+    return Request(
+        "POST",
+        f"{target}/notes?identifierType=alias",
+        headers,
+        _dumps(
+            {
+                "user": actor,
+                "source": "governance-gateway",
+                "note": (event.get("message") or kind)[:25000],
+            }
+        ),
+    )
 
 
 # -- Slack incoming webhook ---------------------------------------------------------------
@@ -182,9 +228,15 @@ def _mrkdwn(text: Any) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-SLACK_VERB = {"trigger": "opened", "escalate": "escalated", "acknowledge": "acknowledged",
-              "contain": "contained", "restore": "restored", "note": "note added",
-              "resolve": "resolved"}
+SLACK_VERB = {
+    "trigger": "opened",
+    "escalate": "escalated",
+    "acknowledge": "acknowledged",
+    "contain": "contained",
+    "restore": "restored",
+    "note": "note added",
+    "resolve": "resolved",
+}
 
 
 def slack(sink: Sink, event: dict[str, Any]) -> Request:
@@ -193,20 +245,29 @@ def slack(sink: Sink, event: dict[str, Any]) -> Request:
     verb = SLACK_VERB.get(event["event"], event["event"])
     headline = f"{inc['severity']} incident {verb}: {inc['title']}"
     fields = [
-        ("Severity", inc["severity"]), ("State", inc["state"]),
-        ("Route", inc.get("route") or "-"), ("Upstream", inc.get("upstream") or "-"),
+        ("Severity", inc["severity"]),
+        ("State", inc["state"]),
+        ("Route", inc.get("route") or "-"),
+        ("Upstream", inc.get("upstream") or "-"),
         ("Policy", inc.get("policy") or inc.get("rule") or "-"),
         ("Breaches", inc.get("breach_count", 0)),
     ]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
-        {"type": "section", "fields": [
-            {"type": "mrkdwn", "text": f"*{name}*\n{_mrkdwn(value)}"} for name, value in fields
-        ]},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*{name}*\n{_mrkdwn(value)}"} for name, value in fields
+            ],
+        },
     ]
     if event.get("message"):
-        blocks.append({"type": "section",
-                       "text": {"type": "mrkdwn", "text": _mrkdwn(event["message"])[:3000]}})
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _mrkdwn(event["message"])[:3000]},
+            }
+        )
     context = f"{inc['id']} · by {_mrkdwn(event.get('actor') or 'gateway')}"
     if event.get("url"):
         context += f" · <{event['url']}|open>"
@@ -229,15 +290,17 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 def webhook(sink: Sink, event: dict[str, Any], now: float | None = None) -> Request:
     url = sink.url or _env(sink.url_env)
     secret = _env(sink.secret_env)
-    body = _dumps({
-        "id": event["delivery_id"],
-        "type": f"incident.{event['event']}",
-        "created_at": _iso(event["ts"]),
-        "actor": event.get("actor"),
-        "message": event.get("message"),
-        "url": event.get("url"),
-        "incident": event["incident"],
-    })
+    body = _dumps(
+        {
+            "id": event["delivery_id"],
+            "type": f"incident.{event['event']}",
+            "created_at": _iso(event["ts"]),
+            "actor": event.get("actor"),
+            "message": event.get("message"),
+            "url": event.get("url"),
+            "incident": event["incident"],
+        }
+    )
     # the timestamp is when we sign, so receivers can bound replays
     stamp = str(int(now if now is not None else time.time()))
     headers = {

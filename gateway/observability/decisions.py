@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 
 class DecisionLog:
     def __init__(
-        self, store: Store, metrics: Metrics, *, max_queue: int = 50_000, batch: int = 500,
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        max_queue: int = 50_000,
+        batch: int = 500,
         interval: float = 0.05,
     ):
         self.store = store

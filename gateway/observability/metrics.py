@@ -14,44 +14,69 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "gateway_requests_total", "Governed requests by route and decision",
-            ["route", "decision"], registry=r,
+            "gateway_requests_total",
+            "Governed requests by route and decision",
+            ["route", "decision"],
+            registry=r,
         )
         self.passthrough = Counter(
-            "gateway_passthrough_requests_total", "Requests passed through ungoverned",
-            ["route"], registry=r,
+            "gateway_passthrough_requests_total",
+            "Requests passed through ungoverned",
+            ["route"],
+            registry=r,
         )
         self.added_latency = Histogram(
-            "gateway_added_latency_seconds", "Time spent in the gateway itself per request",
-            ["route", "stream"], buckets=_FAST, registry=r,
+            "gateway_added_latency_seconds",
+            "Time spent in the gateway itself per request",
+            ["route", "stream"],
+            buckets=_FAST,
+            registry=r,
         )
         self.policy_time = Histogram(
-            "gateway_policy_check_seconds", "Check time per policy per request",
-            ["policy"], buckets=_FAST, registry=r,
+            "gateway_policy_check_seconds",
+            "Check time per policy per request",
+            ["policy"],
+            buckets=_FAST,
+            registry=r,
         )
         self.policy_status = Counter(
-            "gateway_policy_results_total", "Policy results by status",
-            ["policy", "status"], registry=r,
+            "gateway_policy_results_total",
+            "Policy results by status",
+            ["policy", "status"],
+            registry=r,
         )
         self.upstream_latency = Histogram(
-            "gateway_upstream_latency_seconds", "Upstream response time (to last byte)",
-            ["route"], buckets=_SLOW, registry=r,
+            "gateway_upstream_latency_seconds",
+            "Upstream response time (to last byte)",
+            ["route"],
+            buckets=_SLOW,
+            registry=r,
         )
         self.upstream_errors = Counter(
-            "gateway_upstream_errors_total", "Upstream failures by code",
-            ["route", "code"], registry=r,
+            "gateway_upstream_errors_total",
+            "Upstream failures by code",
+            ["route", "code"],
+            registry=r,
         )
         self.reloads = Counter(
-            "gateway_policy_reloads_total", "Policy reloads by outcome", ["outcome"], registry=r,
+            "gateway_policy_reloads_total",
+            "Policy reloads by outcome",
+            ["outcome"],
+            registry=r,
         )
         self.policy_revision = Gauge(
-            "gateway_policy_revision_info", "The policy revision being served",
-            ["revision"], registry=r,
+            "gateway_policy_revision_info",
+            "The policy revision being served",
+            ["revision"],
+            registry=r,
         )
         self.decision_queue = Gauge(
-            "gateway_decision_log_queue", "Decision records waiting to be written", registry=r,
+            "gateway_decision_log_queue",
+            "Decision records waiting to be written",
+            registry=r,
         )
         self.decisions_dropped = Counter(
             "gateway_decision_records_dropped_total",
-            "Decision records dropped because the queue was full", registry=r,
+            "Decision records dropped because the queue was full",
+            registry=r,
         )

@@ -84,8 +84,9 @@ def context_for(
     route: str, *, query: str | None = None, sources: Any = None, request: dict | None = None
 ) -> ScanContext:
     items, errors = normalize_sources(sources, "sources") if sources is not None else ([], [])
-    return ScanContext(route=route, query=query, sources=items, source_errors=errors,
-                       request=request)
+    return ScanContext(
+        route=route, query=query, sources=items, source_errors=errors, request=request
+    )
 
 
 def parse_input(

@@ -247,9 +247,14 @@ class ResponseGuard:
         result.status = Status.BREACH
         for f in findings:
             # a finding re-reported with a longer extent updates the first one
-            known = next((old for key, old in result.findings
-                          if key == seg.key and old.start == f.start
-                          and old.message == f.message), None)
+            known = next(
+                (
+                    old
+                    for key, old in result.findings
+                    if key == seg.key and old.start == f.start and old.message == f.message
+                ),
+                None,
+            )
             if known is not None:
                 known.end = max(known.end, f.end)
                 continue

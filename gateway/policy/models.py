@@ -8,7 +8,7 @@ the YAML.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +20,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     ALLOW = "allow"
     ANNOTATE = "annotate"
     REDACT = "redact"
@@ -43,7 +43,7 @@ _ACTION_RANK = {a: i for i, a in enumerate(Action)}
 STOPPING_ACTIONS = frozenset({Action.BLOCK, Action.REVIEW, Action.FALLBACK})
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
@@ -54,7 +54,7 @@ class Severity(str, Enum):
         return list(Severity).index(self)
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PASS = "pass"
     BREACH = "breach"
     ERROR = "error"

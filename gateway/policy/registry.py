@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 BUILTIN_KINDS = (
     "gateway.detectors.phrases",
     "gateway.detectors.length",
+    "gateway.detectors.copyright",
     "gateway.detectors.bias",
     "gateway.detectors.stale_retrieval",
     "gateway.detectors.retrieval_quality",

@@ -97,9 +97,13 @@ class PolicyHolder:
             self.last_reload = time.time()
             log.info(
                 "policies reloaded",
-                extra={"fields": {"revision": new.revision,
-                                  "previous": old.revision if old else None,
-                                  "policies": len(new.policies)}},
+                extra={
+                    "fields": {
+                        "revision": new.revision,
+                        "previous": old.revision if old else None,
+                        "policies": len(new.policies),
+                    }
+                },
             )
             self._notify(new)
             return True

@@ -59,8 +59,13 @@ def test_files(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir()
-                              if p.suffix in (".yaml", ".yml") and p.stem.endswith(TEST_SUFFIX)))
+            out.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix in (".yaml", ".yml") and p.stem.endswith(TEST_SUFFIX)
+                )
+            )
         elif path.stem.endswith(TEST_SUFFIX):
             out.append(path)
         else:

@@ -73,8 +73,7 @@ def coalesce(items: list) -> list:
     """
     out: list = []
     for item in items:
-        if isinstance(item, Text) and out and isinstance(out[-1], Text) \
-                and out[-1].key == item.key:
+        if isinstance(item, Text) and out and isinstance(out[-1], Text) and out[-1].key == item.key:
             out[-1] = Text(item.key, out[-1].text + item.text)
         else:
             out.append(item)
@@ -90,7 +89,9 @@ class FallbackWanted(Exception):
 
 async def read_request_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is {limit}"
+        )
     body = bytearray()
     async for chunk in request.content.iter_chunked(65536):
         body += chunk
@@ -103,7 +104,9 @@ def choose_route(gw: Gateway, path: str, model: str | None) -> Route:
     for route in gw.settings.routes:
         if not path.startswith(route.path_prefix):
             continue
-        if route.models and not (model and any(fnmatch.fnmatchcase(model, m) for m in route.models)):
+        if route.models and not (
+            model and any(fnmatch.fnmatchcase(model, m) for m in route.models)
+        ):
             continue
         return route
     raise NoRoute(f"no route serves {path}" + (f" for model {model!r}" if model else ""))
@@ -150,8 +153,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             adapter = adapter_for(route.protocol, request.path, gw.rag_adapters.get(route.name))
         if adapter is None or parsed is None:
             return await passthrough(gw, request, route, body, decision_id)
-        exchange = Exchange(gw, request, route, adapter, adapter.request_info(parsed), body,
-                            decision_id)
+        exchange = Exchange(
+            gw, request, route, adapter, adapter.request_info(parsed), body, decision_id
+        )
         return await exchange.run()
     except GatewayError as err:
         return error_response(err, adapter, decision_id)
@@ -255,9 +259,13 @@ class Exchange:
                     return await self.kill_switch(switch)
                 if switch.mode == "fallback" and self.route.fallback:
                     used.add(self.route.name)
-                    self.attempts.append({"route": self.route.name,
-                                          "upstream": self.route.upstream,
-                                          "skipped": "containment"})
+                    self.attempts.append(
+                        {
+                            "route": self.route.name,
+                            "upstream": self.route.upstream,
+                            "skipped": "containment",
+                        }
+                    )
                     route = self.gw.settings.route(self.route.fallback)
             while route is not None:
                 used.add(route.name)
@@ -275,15 +283,24 @@ class Exchange:
                     if self.attempts and self.attempts[-1]["route"] == route.name:
                         self.attempts[-1]["error"] = err.code
                     else:
-                        self.attempts.append({"route": route.name, "upstream": route.upstream,
-                                              "error": err.code})
+                        self.attempts.append(
+                            {"route": route.name, "upstream": route.upstream, "error": err.code}
+                        )
                     if can_fall_back and (self.response is None or not self.response.prepared):
-                        log.warning("upstream %s failed (%s); falling back to %s",
-                                    route.name, err.code, nxt.name)  # type: ignore[union-attr]
+                        log.warning(
+                            "upstream %s failed (%s); falling back to %s",
+                            route.name,
+                            err.code,
+                            nxt.name,
+                        )  # type: ignore[union-attr]
                         route = nxt
                         continue
-                    log.warning("upstream %s failed: %s", route.name, err.message,
-                                extra={"fields": {"code": err.code, "route": route.name}})
+                    log.warning(
+                        "upstream %s failed: %s",
+                        route.name,
+                        err.message,
+                        extra={"fields": {"code": err.code, "route": route.name}},
+                    )
                     self.finish_record(action="error", error=err)
                     return error_response(err, self.adapter, self.decision_id)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -295,9 +312,11 @@ class Exchange:
             if not self.record:
                 self.finish_record(action="error")
             if self.containment is not None:
-                self.record["containment"] = {"mode": self.containment.mode,
-                                              "route": self.route.name,
-                                              "incident_id": self.containment.incident_id}
+                self.record["containment"] = {
+                    "mode": self.containment.mode,
+                    "route": self.route.name,
+                    "incident_id": self.containment.incident_id,
+                }
             self.gw.decisions.add(self.record)
 
     async def kill_switch(self, switch: Switch) -> web.StreamResponse:
@@ -356,21 +375,24 @@ class Exchange:
 
     async def relay_client_error(self, resp, route: Route, sent: float, deadline: float):
         self.busy.stop()
-        raw = await up.read_body(resp, route, self.gw.settings.limits.max_upstream_body_bytes,
-                                 deadline)
+        raw = await up.read_body(
+            resp, route, self.gw.settings.limits.max_upstream_body_bytes, deadline
+        )
         self.busy.start()
         self.upstream_seconds += time.perf_counter() - sent
         self.finish_record(action="allow", upstream_status=resp.status, scanned=False)
         headers = up.response_headers(resp.headers)
         headers.update(self.decision_headers("allow"))
-        return web.Response(status=resp.status, body=raw, headers=headers,
-                            content_type=resp.content_type)
+        return web.Response(
+            status=resp.status, body=raw, headers=headers, content_type=resp.content_type
+        )
 
     # -- non-streamed ------------------------------------------------------------
     async def whole(self, resp, route: Route, sent: float, deadline: float) -> web.StreamResponse:
         self.busy.stop()
-        raw = await up.read_body(resp, route, self.gw.settings.limits.max_upstream_body_bytes,
-                                 deadline)
+        raw = await up.read_body(
+            resp, route, self.gw.settings.limits.max_upstream_body_bytes, deadline
+        )
         self.busy.start()
         self.upstream_seconds += time.perf_counter() - sent
         try:
@@ -405,8 +427,9 @@ class Exchange:
         elif action is Action.REDACT:
             texts = {key: guard.segments[key].released_text for key, _ in segments}
             rebuilt = self.adapter.rebuild(body, texts, None)
-            out = web.Response(body=orjson.dumps(rebuilt), content_type="application/json",
-                               headers=headers)
+            out = web.Response(
+                body=orjson.dumps(rebuilt), content_type="application/json", headers=headers
+            )
         else:
             # served byte for byte as the upstream sent it
             out = web.Response(body=raw, content_type="application/json", headers=headers)
@@ -422,8 +445,11 @@ class Exchange:
         if config is not None and config.error_response:
             err = GatewayError(message, code="content-filtered", status=400)
             err.type = "invalid_request_error"
-            return web.Response(status=400, body=orjson.dumps(self.adapter.error_body(err)),
-                                content_type="application/json")
+            return web.Response(
+                status=400,
+                body=orjson.dumps(self.adapter.error_body(err)),
+                content_type="application/json",
+            )
         body = self.adapter.blocked(self.info, upstream, message)
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -482,7 +508,9 @@ class Exchange:
         if guard.stopped:
             return await self.stream_cut(route, guard, translator)
         if not done:
-            err = UpstreamMalformed(f"upstream {route.name} ended the stream without its terminator")
+            err = UpstreamMalformed(
+                f"upstream {route.name} ended the stream without its terminator"
+            )
             return await self.stream_failed(err, route, guard, translator)
         guard.close()
         if self.response is None:
@@ -492,8 +520,7 @@ class Exchange:
         self.finish_record(action=action.value, upstream_status=resp.status, stream=True)
         return self.response  # type: ignore[return-value]
 
-    async def on_items(self, items: list, translator, guard: ResponseGuard,
-                       pending: deque) -> bool:
+    async def on_items(self, items: list, translator, guard: ResponseGuard, pending: deque) -> bool:
         """Handle parsed upstream items; True when the stream's terminator was among them."""
         terminal = False
         for item in items:
@@ -518,8 +545,9 @@ class Exchange:
             await self.flush_pending(translator, guard, pending)
         return terminal
 
-    async def release(self, translator, guard: ResponseGuard, pending: deque, key: str,
-                      text: str, *, final: bool) -> None:
+    async def release(
+        self, translator, guard: ResponseGuard, pending: deque, key: str, text: str, *, final: bool
+    ) -> None:
         """Scan new text of a segment and send what is cleared, in upstream order."""
         before = guard.segments[key].released if key in guard.segments else 0
         out = await guard.feed(key, text, final=final)
@@ -540,13 +568,18 @@ class Exchange:
             return {key: len(seg.text) if seg else 0}
         return {k: len(seg.text) for k, seg in guard.segments.items()}
 
-    async def flush_pending(self, translator, guard: ResponseGuard, pending: deque,
-                            caps: dict[str, int] | None = None) -> None:
+    async def flush_pending(
+        self, translator, guard: ResponseGuard, pending: deque, caps: dict[str, int] | None = None
+    ) -> None:
         """Send queued events in order, each once the text before it has gone out."""
         while pending:
             item, positions = pending[0]
-            if self.response is None and isinstance(item, Raw) and item.lead \
-                    and not (self.upstream_done or self.text_ready):
+            if (
+                self.response is None
+                and isinstance(item, Raw)
+                and item.lead
+                and not (self.upstream_done or self.text_ready)
+            ):
                 return
             for key, pos in positions.items():
                 seg = guard.segments.get(key)
@@ -628,8 +661,9 @@ class Exchange:
         self.text_ready = True
         await self.flush_pending(translator, guard, self.pending)
 
-    async def stream_failed(self, err: GatewayError, route: Route, guard: ResponseGuard,
-                            translator):
+    async def stream_failed(
+        self, err: GatewayError, route: Route, guard: ResponseGuard, translator
+    ):
         self.gw.metrics.upstream_errors.labels(route.name, err.code).inc()
         if self.response is None:
             raise err
@@ -686,9 +720,16 @@ class Exchange:
         if flagged:
             out.headers["x-governance-policies"] = ",".join(flagged)
 
-    def finish_record(self, *, action: str, upstream_status: int | None = None,
-                      scanned: bool = True, stream: bool | None = None, cut: bool = False,
-                      error: GatewayError | None = None) -> None:
+    def finish_record(
+        self,
+        *,
+        action: str,
+        upstream_status: int | None = None,
+        scanned: bool = True,
+        stream: bool | None = None,
+        cut: bool = False,
+        error: GatewayError | None = None,
+    ) -> None:
         self.busy.stop()
         guard = self.guard
         total = time.perf_counter() - self.started

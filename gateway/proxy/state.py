@@ -67,8 +67,9 @@ class Gateway:
             auto_decompress=True,
         )
         self.background.append(
-            asyncio.create_task(self.policies.watch(self.settings.reload_interval),
-                                name="policy-watch")
+            asyncio.create_task(
+                self.policies.watch(self.settings.reload_interval), name="policy-watch"
+            )
         )
         for hook in self.on_start:
             await hook(self)

@@ -112,8 +112,10 @@ def _validate_and_write(holder, target: Path, new_text: str) -> list[str]:
     tmp = target.with_name(f".{target.name}.review-{os.getpid()}.tmp")
     tmp.write_text(new_text, encoding="utf-8")
     try:
-        paths = [str(tmp) if Path(p).resolve() == target.resolve() else str(p)
-                 for p in policy_files(holder.paths)]
+        paths = [
+            str(tmp) if Path(p).resolve() == target.resolve() else str(p)
+            for p in policy_files(holder.paths)
+        ]
         try:
             load_policies(paths, registry=holder.registry, resources=holder.resources)
         except ConfigError as exc:
@@ -125,8 +127,9 @@ def _validate_and_write(holder, target: Path, new_text: str) -> list[str]:
             tmp.unlink()
 
 
-async def add_to_allowlist(svc, item: dict[str, Any], principal, policy_id: Any,
-                           finding_index: Any) -> dict[str, Any]:
+async def add_to_allowlist(
+    svc, item: dict[str, Any], principal, policy_id: Any, finding_index: Any
+) -> dict[str, Any]:
     if not isinstance(policy_id, str):
         raise BadRequest('send "policy" (a policy id) and "finding" (its finding index)')
     try:
@@ -158,12 +161,22 @@ async def add_to_allowlist(svc, item: dict[str, Any], principal, policy_id: Any,
     errors = await asyncio.to_thread(_validate_and_write, holder, target, new_text)
     detail = {"policy": policy_id, "file": str(target), "field": field, "entry": entry}
     if errors:
-        await svc.db.audit_only(item["id"], principal.name, "allowlist-rejected",
-                                dict(detail, errors=errors))
+        await svc.db.audit_only(
+            item["id"], principal.name, "allowlist-rejected", dict(detail, errors=errors)
+        )
         return {"applied": False, "reason": "the change does not validate", "errors": errors}
     reloaded = await holder.reload()
-    await svc.db.audit_only(item["id"], principal.name, "allowlist-add",
-                            dict(detail, reloaded=reloaded,
-                                 revision=holder.current.revision if holder.current else None))
-    return {"applied": True, "reloaded": reloaded, **detail,
-            "revision": holder.current.revision if holder.current else None}
+    await svc.db.audit_only(
+        item["id"],
+        principal.name,
+        "allowlist-add",
+        dict(
+            detail, reloaded=reloaded, revision=holder.current.revision if holder.current else None
+        ),
+    )
+    return {
+        "applied": True,
+        "reloaded": reloaded,
+        **detail,
+        "revision": holder.current.revision if holder.current else None,
+    }

@@ -66,12 +66,15 @@ async def list_items(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     filters = parse_filters(request.query, principal.name)
     items, total = await svc.db.list_items(
-        filters, limit=_int(request.query, "limit", 100, 1000),
-        offset=_int(request.query, "offset", 0, 10**9), sort=request.query.get("sort", "sla"),
+        filters,
+        limit=_int(request.query, "limit", 100, 1000),
+        offset=_int(request.query, "offset", 0, 10**9),
+        sort=request.query.get("sort", "sla"),
     )
     counts = await svc.db.counts()
-    return json_response({"items": [public_view(i) for i in items], "total": total,
-                          "counts": counts})
+    return json_response(
+        {"items": [public_view(i) for i in items], "total": total, "counts": counts}
+    )
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -83,12 +86,14 @@ async def stats(request: web.Request) -> web.Response:
 async def detail(request: web.Request) -> web.Response:
     svc = service(request)
     item = await svc.get(request.match_info["id"])
-    return json_response({
-        "item": public_view(item),
-        "audit": await svc.db.audit(item["id"]),
-        "comments": await svc.db.comments(item["id"]),
-        "callbacks": await svc.db.callbacks_for(item["id"]),
-    })
+    return json_response(
+        {
+            "item": public_view(item),
+            "audit": await svc.db.audit(item["id"]),
+            "comments": await svc.db.comments(item["id"]),
+            "callbacks": await svc.db.callbacks_for(item["id"]),
+        }
+    )
 
 
 async def audit(request: web.Request) -> web.Response:
@@ -127,16 +132,21 @@ async def act(request: web.Request) -> web.Response:
 async def comment(request: web.Request) -> web.Response:
     svc = service(request)
     data = await json_body(request)
-    created = await svc.comment(request.match_info["id"], request[PRINCIPAL],
-                                str(data.get("body") or ""))
+    created = await svc.comment(
+        request.match_info["id"], request[PRINCIPAL], str(data.get("body") or "")
+    )
     return json_response({"comment": created}, 201)
 
 
 async def bulk(request: web.Request) -> web.Response:
     principal = request.app[TOKENS].require(request, "lead")
     data = await json_body(request)
-    results = await service(request).bulk(principal, str(data.get("action") or ""),
-                                          data.get("items") or [], str(data.get("reason") or ""))
+    results = await service(request).bulk(
+        principal,
+        str(data.get("action") or ""),
+        data.get("items") or [],
+        str(data.get("reason") or ""),
+    )
     status = 200 if all(r["ok"] for r in results) else 207
     return json_response({"results": results}, status)
 
@@ -148,8 +158,7 @@ async def allowlist(request: web.Request) -> web.Response:
     data = await json_body(request)
     svc = service(request)
     item = await svc.get(request.match_info["id"])
-    outcome = await add_to_allowlist(svc, item, principal, data.get("policy"),
-                                     data.get("finding"))
+    outcome = await add_to_allowlist(svc, item, principal, data.get("policy"), data.get("finding"))
     return json_response(outcome, 200 if outcome["applied"] else 422)
 
 

@@ -45,11 +45,17 @@ def findings_of(item: dict[str, Any]) -> list[FindingView]:
             evidence = f.get("evidence") or {}
             text = texts.get(segment)
             view = FindingView(
-                index=len(out), policy=policy["id"], kind=policy.get("kind", ""),
-                severity=policy.get("severity", "medium"), segment=segment,
-                span=(int(span[0]), int(span[1])), score=f.get("score", 0.0),
-                message=f.get("message", ""), evidence=evidence, local_index=local,
-                matched=text[span[0]:span[1]] if text is not None else evidence.get("match"),
+                index=len(out),
+                policy=policy["id"],
+                kind=policy.get("kind", ""),
+                severity=policy.get("severity", "medium"),
+                segment=segment,
+                span=(int(span[0]), int(span[1])),
+                score=f.get("score", 0.0),
+                message=f.get("message", ""),
+                evidence=evidence,
+                local_index=local,
+                matched=text[span[0] : span[1]] if text is not None else evidence.get("match"),
                 source_text=evidence.get("source_text"),
                 source_id=evidence.get("source_id"),
                 evidence_json=json.dumps(evidence, indent=2, ensure_ascii=False, default=str),
@@ -79,8 +85,10 @@ def highlight(text: str, findings: list[FindingView]) -> Markup:
         ids = " ".join(f"f{f.index}" for f in active)
         severity = max(active, key=lambda f: _RANK.get(f.severity, 0)).severity
         title = escape("; ".join(f"{f.policy}: {f.message}" for f in active))
-        parts.append(f'<mark class="ev sev-{escape(severity)}" data-findings="{ids}" '
-                     f'title="{title}">{piece}</mark>')
+        parts.append(
+            f'<mark class="ev sev-{escape(severity)}" data-findings="{ids}" '
+            f'title="{title}">{piece}</mark>'
+        )
     return Markup("".join(parts))
 
 

@@ -52,31 +52,46 @@ class ReviewUnavailable(GatewayError):
 
 class ReviewMetrics:
     def __init__(self, registry) -> None:
-        self.depth = Gauge("gateway_review_queue_depth", "Review items by state and severity",
-                           ["state", "severity"], registry=registry)
-        self.overdue = Gauge("gateway_review_overdue", "Pending review items past their SLA",
-                             registry=registry)
-        self.decision_time = Histogram(
-            "gateway_review_time_to_decision_seconds", "Time from hold to decision",
-            ["outcome"], buckets=(10, 30, 60, 300, 900, 1800, 3600, 14400, 86400, 604800),
+        self.depth = Gauge(
+            "gateway_review_queue_depth",
+            "Review items by state and severity",
+            ["state", "severity"],
             registry=registry,
         )
-        self.decisions = Counter("gateway_review_decisions_total", "Review decisions",
-                                 ["policy", "outcome"], registry=registry)
+        self.overdue = Gauge(
+            "gateway_review_overdue", "Pending review items past their SLA", registry=registry
+        )
+        self.decision_time = Histogram(
+            "gateway_review_time_to_decision_seconds",
+            "Time from hold to decision",
+            ["outcome"],
+            buckets=(10, 30, 60, 300, 900, 1800, 3600, 14400, 86400, 604800),
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "gateway_review_decisions_total",
+            "Review decisions",
+            ["policy", "outcome"],
+            registry=registry,
+        )
         self.approval_rate = Gauge(
             "gateway_review_approval_rate",
             "Share of a policy's reviewed items that reviewers approved (its false-positive rate)",
-            ["policy"], registry=registry,
+            ["policy"],
+            registry=registry,
         )
         self.hold_time = Histogram(
-            "gateway_review_hold_seconds", "Time to store a held response durably",
+            "gateway_review_hold_seconds",
+            "Time to store a held response durably",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
             registry=registry,
         )
-        self.callbacks = Counter("gateway_review_callbacks_total", "Callback deliveries",
-                                 ["outcome"], registry=registry)
-        self.escalations = Counter("gateway_review_escalations_total", "Escalations",
-                                   ["reason"], registry=registry)
+        self.callbacks = Counter(
+            "gateway_review_callbacks_total", "Callback deliveries", ["outcome"], registry=registry
+        )
+        self.escalations = Counter(
+            "gateway_review_escalations_total", "Escalations", ["reason"], registry=registry
+        )
 
 
 def public_view(item: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -132,8 +147,14 @@ class ReviewService:
         found = reviewing or enforced
         return found[0] if found else None
 
-    def build_item(self, ex: Exchange, guard: ResponseGuard, texts: dict[str, str],
-                   response: dict[str, Any] | None, complete: bool) -> dict[str, Any]:
+    def build_item(
+        self,
+        ex: Exchange,
+        guard: ResponseGuard,
+        texts: dict[str, str],
+        response: dict[str, Any] | None,
+        complete: bool,
+    ) -> dict[str, Any]:
         now = time.time()
         stopper = self._stopper(guard)
         config = stopper.config if stopper is not None else None
@@ -141,8 +162,11 @@ class ReviewService:
         route_name = ex.attempts[-1]["route"] if ex.attempts else ex.route.name
         route = self.gw.settings.route(route_name)
         breached = [r for r in guard.enforced_breaches()]
-        severity = max((r.config.severity for r in breached), key=lambda s: s.rank,
-                       default=config.severity if config else Severity.MEDIUM)
+        severity = max(
+            (r.config.severity for r in breached),
+            key=lambda s: s.rank,
+            default=config.severity if config else Severity.MEDIUM,
+        )
         private = route.review.privacy == "hash-and-evidence" or (opts and not opts.store_text)
         sla = (opts.sla if opts and opts.sla else None) or self.settings.sla[severity.value]
         policies = guard.breached() or ([config.id] if config else ["unknown"])
@@ -162,13 +186,17 @@ class ReviewService:
             "complete": complete,
             "n": ex.info.n,
         }
-        request: dict[str, Any] = {"method": ex.request.method, "path": ex.request.path,
-                   "query": ex.request.query_string}
+        request: dict[str, Any] = {
+            "method": ex.request.method,
+            "path": ex.request.path,
+            "query": ex.request.query_string,
+        }
         if not private:
             request["headers"] = wire.safe_headers(ex.request.headers)
             request["body"] = ex.info.body
-        tenant = (ex.request.headers.get("x-governance-tenant")
-                  or ex.request.headers.get("openai-organization"))
+        tenant = ex.request.headers.get("x-governance-tenant") or ex.request.headers.get(
+            "openai-organization"
+        )
         return {
             "id": new_id(),
             "decision_id": ex.decision_id,
@@ -224,47 +252,67 @@ class ReviewService:
         self.emit({"type": "review.held", "item": public_view(item)})
 
     def _headers(self, item: dict[str, Any], status: str = "pending") -> dict[str, str]:
-        return {"x-governance-review-id": item["id"], "x-governance-review-status": status,
-                "x-governance-review-result": RESULT_PATH.format(id=item["id"])}
+        return {
+            "x-governance-review-id": item["id"],
+            "x-governance-review-status": status,
+            "x-governance-review-result": RESULT_PATH.format(id=item["id"]),
+        }
 
-    async def hold(self, ex: Exchange, guard: ResponseGuard,
-                   upstream: dict[str, Any]) -> web.Response:
+    async def hold(
+        self, ex: Exchange, guard: ResponseGuard, upstream: dict[str, Any]
+    ) -> web.Response:
         """Hold a non-streamed answer; answer with a placeholder or, if waited for, the outcome."""
         texts = dict(ex.adapter.segments(upstream))
         item = self.build_item(ex, guard, texts, upstream, complete=True)
         try:
             await self._store(item)
         except ReviewUnavailable as err:
-            return web.Response(status=err.status, body=orjson.dumps(ex.adapter.error_body(err)),
-                                content_type="application/json")
+            return web.Response(
+                status=err.status,
+                body=orjson.dumps(ex.adapter.error_body(err)),
+                content_type="application/json",
+            )
         config = self._stopper(guard).config
         decided = await self._wait(ex, item, config)
         if decided is not None and decided["state"] != OPEN:
             result = self.result_body(decided)
             headers = self._headers(decided, result["status"])
             if result.get("response") is not None:
-                return web.Response(body=orjson.dumps(result["response"]),
-                                    content_type="application/json", headers=headers)
+                return web.Response(
+                    body=orjson.dumps(result["response"]),
+                    content_type="application/json",
+                    headers=headers,
+                )
             message = result.get("reason") or ex.client_message(config, Action.REVIEW)
             body = ex.adapter.blocked(ex.info, upstream, message)
-            return web.Response(body=orjson.dumps(body), content_type="application/json",
-                                headers=headers)
+            return web.Response(
+                body=orjson.dumps(body), content_type="application/json", headers=headers
+            )
         message = ex.client_message(config, Action.REVIEW)
         if config is not None and config.error_response:
             held = GatewayError(message, code="held-for-review", status=400)
             held.type = "invalid_request_error"
-            return web.Response(status=400, body=orjson.dumps(ex.adapter.error_body(held)),
-                                content_type="application/json", headers=self._headers(item))
+            return web.Response(
+                status=400,
+                body=orjson.dumps(ex.adapter.error_body(held)),
+                content_type="application/json",
+                headers=self._headers(item),
+            )
         body = ex.adapter.blocked(ex.info, upstream, message)
-        body["x_governance"] = {"review_id": item["id"], "status": "pending",
-                                "result": RESULT_PATH.format(id=item["id"])}
+        body["x_governance"] = {
+            "review_id": item["id"],
+            "status": "pending",
+            "result": RESULT_PATH.format(id=item["id"]),
+        }
         if ex.adapter.protocol == "openai-responses":
             body["metadata"] = dict(body.get("metadata") or {}, governance_review_id=item["id"])
-        return web.Response(body=orjson.dumps(body), content_type="application/json",
-                            headers=self._headers(item))
+        return web.Response(
+            body=orjson.dumps(body), content_type="application/json", headers=self._headers(item)
+        )
 
-    async def _read_rest(self, ex: Exchange, guard: ResponseGuard, translator,
-                         unread) -> tuple[dict[str, str], bool]:
+    async def _read_rest(
+        self, ex: Exchange, guard: ResponseGuard, translator, unread
+    ) -> tuple[dict[str, str], bool]:
         """Read the upstream stream to its end; return every segment's full text."""
         texts = {key: seg.text for key, seg in guard.segments.items()}
         if not unread:
@@ -316,19 +364,26 @@ class ReviewService:
             await self._store(item)
         except ReviewUnavailable as err:
             if ex.response is None:
-                return web.Response(status=err.status,
-                                    body=orjson.dumps(ex.adapter.error_body(err)),
-                                    content_type="application/json")
+                return web.Response(
+                    status=err.status,
+                    body=orjson.dumps(ex.adapter.error_body(err)),
+                    content_type="application/json",
+                )
             await ex.emit(translator.error(err))
             await ex.write_eof()
             return ex.response
         if ex.response is None:
             if config is not None and config.error_response:
-                held = GatewayError(ex.client_message(config, Action.REVIEW),
-                                    code="held-for-review", status=400)
+                held = GatewayError(
+                    ex.client_message(config, Action.REVIEW), code="held-for-review", status=400
+                )
                 held.type = "invalid_request_error"
-                return web.Response(status=400, body=orjson.dumps(ex.adapter.error_body(held)),
-                                    content_type="application/json", headers=self._headers(item))
+                return web.Response(
+                    status=400,
+                    body=orjson.dumps(ex.adapter.error_body(held)),
+                    content_type="application/json",
+                    headers=self._headers(item),
+                )
             # nothing sent yet: the id can still go in the response headers
             ex.upstream_headers.update(self._headers(item))
             decided = await self._wait(ex, item, config)
@@ -344,16 +399,20 @@ class ReviewService:
                     return ex.response
                 ex.upstream_headers["x-governance-review-status"] = result["status"]
                 key = open_keys[0] if open_keys else "0"
-                await ex.emit(translator.render_text(
-                    key, result.get("reason") or ex.client_message(config, Action.REVIEW)))
+                await ex.emit(
+                    translator.render_text(
+                        key, result.get("reason") or ex.client_message(config, Action.REVIEW)
+                    )
+                )
                 await ex.emit(translator.cut(open_keys, "content_filter", ex.decision_id))
                 await ex.write_eof()
                 return ex.response
         if guard.chars_released() == 0:
             key = open_keys[0] if open_keys else "0"
             await ex.emit(translator.render_text(key, ex.client_message(config, Action.REVIEW)))
-        marker = wire.stream_marker(ex.adapter.protocol, item["id"],
-                                    RESULT_PATH.format(id=item["id"]))
+        marker = wire.stream_marker(
+            ex.adapter.protocol, item["id"], RESULT_PATH.format(id=item["id"])
+        )
         if marker:
             await ex.emit(marker)
         cut = translator.cut(open_keys, "content_filter", ex.decision_id)
@@ -389,13 +448,20 @@ class ReviewService:
     # -- outcomes ------------------------------------------------------------------
     def _adapter(self, item: dict[str, Any]):
         route = next((r for r in self.gw.settings.routes if r.name == item["route"]), None)
-        return wire.adapter_named(item["protocol"], route.protocol if route else None,
-                                  item["path"], self.gw.rag_adapters.get(item["route"]))
+        return wire.adapter_named(
+            item["protocol"],
+            route.protocol if route else None,
+            item["path"],
+            self.gw.rag_adapters.get(item["route"]),
+        )
 
     def result_body(self, item: dict[str, Any]) -> dict[str, Any]:
         """What the client is told: pending, approved (with the response), rejected, expired."""
-        out: dict[str, Any] = {"id": item["id"], "decision_id": item["decision_id"],
-                               "status": item["state"]}
+        out: dict[str, Any] = {
+            "id": item["id"],
+            "decision_id": item["decision_id"],
+            "status": item["state"],
+        }
         if item["state"] == OPEN:
             out["sla_deadline"] = item["sla_deadline"]
             return out
@@ -441,8 +507,11 @@ class ReviewService:
             raise Forbidden("this review item belongs to another API key")
         body = self.result_body(item)
         body.pop("texts", None)
-        return web.Response(body=orjson.dumps(body), content_type="application/json",
-                            headers={"cache-control": "no-store"})
+        return web.Response(
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={"cache-control": "no-store"},
+        )
 
     # -- reviewer actions ------------------------------------------------------------------
     async def get(self, item_id: str) -> dict[str, Any]:
@@ -451,8 +520,9 @@ class ReviewService:
             raise NotFound(f"no review item {item_id}")
         return item
 
-    def _check(self, item: dict[str, Any], principal: Principal, version: Any,
-               need_open: bool = True) -> None:
+    def _check(
+        self, item: dict[str, Any], principal: Principal, version: Any, need_open: bool = True
+    ) -> None:
         try:
             version = int(version)
         except (TypeError, ValueError):
@@ -467,8 +537,12 @@ class ReviewService:
                 f"item {item['id']} changed since you loaded it (your version {version}, "
                 f"now {item['version']}); reload and try again"
             )
-        if (need_open and item["assignee"] and item["assignee"] != principal.name
-                and not principal.has("lead")):
+        if (
+            need_open
+            and item["assignee"]
+            and item["assignee"] != principal.name
+            and not principal.has("lead")
+        ):
             raise Conflict(f"item {item['id']} is claimed by {item['assignee']}")
 
     def _conflict(self, exc: Changed, item_id: str) -> Conflict | NotFound:
@@ -476,18 +550,35 @@ class ReviewService:
         if cur is None:
             return NotFound(f"no review item {item_id}")
         if cur["state"] != OPEN:
-            return Conflict(f"item {item_id} was just {cur['state']} by {cur['decided_by']}; "
-                            "your action was not applied")
-        return Conflict(f"item {item_id} was changed by someone else at the same time "
-                        f"(now version {cur['version']}); reload and try again")
+            return Conflict(
+                f"item {item_id} was just {cur['state']} by {cur['decided_by']}; "
+                "your action was not applied"
+            )
+        return Conflict(
+            f"item {item_id} was changed by someone else at the same time "
+            f"(now version {cur['version']}); reload and try again"
+        )
 
-    async def _apply(self, item, principal: Principal, action: str, changes: dict,
-                     detail: Any = None, require_state: str | None = OPEN,
-                     callback: dict | None = None) -> dict[str, Any]:
+    async def _apply(
+        self,
+        item,
+        principal: Principal,
+        action: str,
+        changes: dict,
+        detail: Any = None,
+        require_state: str | None = OPEN,
+        callback: dict | None = None,
+    ) -> dict[str, Any]:
         try:
-            return await self.db.change(item, actor=principal.name, action=action,
-                                        changes=changes, detail=detail,
-                                        require_state=require_state, callback=callback)
+            return await self.db.change(
+                item,
+                actor=principal.name,
+                action=action,
+                changes=changes,
+                detail=detail,
+                require_state=require_state,
+                callback=callback,
+            )
         except Changed as exc:
             raise self._conflict(exc, item["id"]) from None
 
@@ -496,19 +587,27 @@ class ReviewService:
         self._check(item, principal, version)
         if item["assignee"] == principal.name:
             return item
-        return await self._apply(item, principal, "claim", {"assignee": principal.name},
-                                 {"previous": item["assignee"]})
+        return await self._apply(
+            item, principal, "claim", {"assignee": principal.name}, {"previous": item["assignee"]}
+        )
 
     async def release(self, item_id: str, principal: Principal, version: Any) -> dict:
         item = await self.get(item_id)
         self._check(item, principal, version)
         if item["assignee"] is None:
             return item
-        return await self._apply(item, principal, "release", {"assignee": None},
-                                 {"previous": item["assignee"]})
+        return await self._apply(
+            item, principal, "release", {"assignee": None}, {"previous": item["assignee"]}
+        )
 
-    async def approve(self, item_id: str, principal: Principal, version: Any,
-                      edited: dict[str, str] | None = None, note: str = "") -> dict:
+    async def approve(
+        self,
+        item_id: str,
+        principal: Principal,
+        version: Any,
+        edited: dict[str, str] | None = None,
+        note: str = "",
+    ) -> dict:
         item = await self.get(item_id)
         self._check(item, principal, version)
         keys = set(item["record"].get("segment_keys") or [])
@@ -519,8 +618,10 @@ class ReviewService:
                 raise BadRequest('"edited" must map segment keys to replacement text')
             unknown = sorted(set(edited) - keys)
             if unknown:
-                raise BadRequest(f"no segment {', '.join(unknown)} in this response "
-                                 f"(segments: {', '.join(sorted(keys))})")
+                raise BadRequest(
+                    f"no segment {', '.join(unknown)} in this response "
+                    f"(segments: {', '.join(sorted(keys))})"
+                )
             original = item.get("segments") or {}
             edited = {k: v for k, v in edited.items() if original.get(k) != v} or None
         action = "approve-edited" if edited else "approve"
@@ -530,25 +631,35 @@ class ReviewService:
                 k: {"chars": len(v), "sha256": hashlib.sha256(v.encode()).hexdigest()}
                 for k, v in edited.items()
             }
-        return await self._decide(item, principal, "approved", action,
-                                  {"edited": edited, "reason": note or None}, detail)
+        return await self._decide(
+            item, principal, "approved", action, {"edited": edited, "reason": note or None}, detail
+        )
 
-    async def reject(self, item_id: str, principal: Principal, version: Any,
-                     reason: str) -> dict:
+    async def reject(self, item_id: str, principal: Principal, version: Any, reason: str) -> dict:
         reason = (reason or "").strip()
         if not reason:
             raise BadRequest("a rejection needs a reason; the client is shown it")
         item = await self.get(item_id)
         self._check(item, principal, version)
-        return await self._decide(item, principal, "rejected", "reject", {"reason": reason},
-                                  {"reason": reason})
+        return await self._decide(
+            item, principal, "rejected", "reject", {"reason": reason}, {"reason": reason}
+        )
 
-    async def _decide(self, item, principal: Principal, outcome: str, action: str,
-                      changes: dict, detail: Any, state: str | None = None) -> dict:
+    async def _decide(
+        self,
+        item,
+        principal: Principal,
+        outcome: str,
+        action: str,
+        changes: dict,
+        detail: Any,
+        state: str | None = None,
+    ) -> dict:
         now = time.time()
         state = state or outcome
-        changes = dict(changes, state=state, outcome=outcome, decided_by=principal.name,
-                       decided_at=now)
+        changes = dict(
+            changes, state=state, outcome=outcome, decided_by=principal.name, decided_at=now
+        )
         callback = self._callback_for(item, state, outcome, now)
         after = await self._apply(item, principal, action, changes, detail, callback=callback)
         self.metrics.decisions.labels(item["policy"], outcome).inc()
@@ -563,16 +674,28 @@ class ReviewService:
         self.emit({"type": "review.decided", "item": public_view(after), "outcome": outcome})
         return after
 
-    async def escalate(self, item_id: str, principal: Principal, version: Any,
-                       note: str = "") -> dict:
+    async def escalate(
+        self, item_id: str, principal: Principal, version: Any, note: str = ""
+    ) -> dict:
         item = await self.get(item_id)
         self._check(item, principal, version)
-        after = await self._apply(item, principal, "escalate",
-                                  {"priority": ("+", PRIORITY_STEP), "escalations": ("+", 1)},
-                                  {"note": note} if note else None)
+        after = await self._apply(
+            item,
+            principal,
+            "escalate",
+            {"priority": ("+", PRIORITY_STEP), "escalations": ("+", 1)},
+            {"note": note} if note else None,
+        )
         self.metrics.escalations.labels("reviewer").inc()
-        self.emit({"type": "review.escalated", "item": public_view(after), "reason": "reviewer",
-                   "by": principal.name, "note": note})
+        self.emit(
+            {
+                "type": "review.escalated",
+                "item": public_view(after),
+                "reason": "reviewer",
+                "by": principal.name,
+                "note": note,
+            }
+        )
         return after
 
     async def comment(self, item_id: str, principal: Principal, body: str) -> dict:
@@ -584,8 +707,9 @@ class ReviewService:
         await self.get(item_id)
         return await self.db.comment(item_id, principal.name, body)
 
-    async def bulk(self, principal: Principal, action: str, items: list[dict],
-                   reason: str = "") -> list[dict]:
+    async def bulk(
+        self, principal: Principal, action: str, items: list[dict], reason: str = ""
+    ) -> list[dict]:
         if action not in ("approve", "reject", "escalate", "claim", "release"):
             raise BadRequest("bulk action must be approve, reject, escalate, claim or release")
         if not isinstance(items, list) or not items or len(items) > 500:
@@ -596,22 +720,35 @@ class ReviewService:
                 raise BadRequest('each bulk entry needs "id" and "version"')
             try:
                 if action == "approve":
-                    done = await self.approve(entry["id"], principal, entry.get("version"),
-                                              note=reason)
+                    done = await self.approve(
+                        entry["id"], principal, entry.get("version"), note=reason
+                    )
                 elif action == "reject":
                     done = await self.reject(entry["id"], principal, entry.get("version"), reason)
                 elif action == "escalate":
-                    done = await self.escalate(entry["id"], principal, entry.get("version"),
-                                               reason)
+                    done = await self.escalate(entry["id"], principal, entry.get("version"), reason)
                 elif action == "claim":
                     done = await self.claim(entry["id"], principal, entry.get("version"))
                 else:
                     done = await self.release(entry["id"], principal, entry.get("version"))
-                out.append({"id": entry["id"], "ok": True, "state": done["state"],
-                            "version": done["version"]})
+                out.append(
+                    {
+                        "id": entry["id"],
+                        "ok": True,
+                        "state": done["state"],
+                        "version": done["version"],
+                    }
+                )
             except GatewayError as err:
-                out.append({"id": entry["id"], "ok": False, "status": err.status,
-                            "code": err.code, "message": err.message})
+                out.append(
+                    {
+                        "id": entry["id"],
+                        "ok": False,
+                        "status": err.status,
+                        "code": err.code,
+                        "message": err.message,
+                    }
+                )
         return out
 
     # -- callbacks --------------------------------------------------------------------
@@ -619,11 +756,19 @@ class ReviewService:
         route = next((r for r in self.gw.settings.routes if r.name == item["route"]), None)
         if route is None or not route.review.callback_url:
             return None
-        return {"url": route.review.callback_url, "payload": {
-            "type": "review.decided", "id": item["id"], "decision_id": item["decision_id"],
-            "status": state, "outcome": outcome, "route": item["route"], "decided_at": now,
-            "result": RESULT_PATH.format(id=item["id"]),
-        }}
+        return {
+            "url": route.review.callback_url,
+            "payload": {
+                "type": "review.decided",
+                "id": item["id"],
+                "decision_id": item["decision_id"],
+                "status": state,
+                "outcome": outcome,
+                "route": item["route"],
+                "decided_at": now,
+                "result": RESULT_PATH.format(id=item["id"]),
+            },
+        }
 
     @staticmethod
     def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -645,10 +790,12 @@ class ReviewService:
             else:
                 body = orjson.dumps(cb["payload"])
                 stamp = str(int(now))
-                headers = {"content-type": "application/json",
-                           "x-governance-timestamp": stamp,
-                           "x-governance-signature": self.sign(secret, stamp, body),
-                           "x-governance-delivery": cb["id"]}
+                headers = {
+                    "content-type": "application/json",
+                    "x-governance-timestamp": stamp,
+                    "x-governance-signature": self.sign(secret, stamp, body),
+                    "x-governance-delivery": cb["id"],
+                }
                 try:
                     session = self.gw.session
                     assert session is not None
@@ -660,9 +807,15 @@ class ReviewService:
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
             give_up = not ok and attempts >= self.settings.callback_attempts
-            delay = min(2 ** attempts, 3600)
-            await self.db.callback_done(cb["id"], ok=ok, attempts=attempts, next_at=now + delay,
-                                        error=error, give_up=give_up)
+            delay = min(2**attempts, 3600)
+            await self.db.callback_done(
+                cb["id"],
+                ok=ok,
+                attempts=attempts,
+                next_at=now + delay,
+                error=error,
+                give_up=give_up,
+            )
             self.metrics.callbacks.labels("ok" if ok else ("failed" if give_up else "retry")).inc()
             sent += ok
         return sent
@@ -693,9 +846,14 @@ class ReviewService:
                 continue
             try:
                 after = await self.db.change(
-                    full, actor=SYSTEM, action="overdue",
-                    changes={"overdue": True, "priority": ("+", PRIORITY_STEP),
-                             "escalations": ("+", 1)},
+                    full,
+                    actor=SYSTEM,
+                    action="overdue",
+                    changes={
+                        "overdue": True,
+                        "priority": ("+", PRIORITY_STEP),
+                        "escalations": ("+", 1),
+                    },
                     detail={"sla_deadline": full["sla_deadline"]},
                 )
             except Changed:
@@ -707,9 +865,15 @@ class ReviewService:
         for item in await self.db.newly_expired(now):
             outcome = "approved" if item["expire_action"] == "approve" else "rejected"
             try:
-                await self._decide(item, system, outcome, "expire",
-                                   {"reason": "no reviewer decided in time"},
-                                   {"expire_action": item["expire_action"]}, state="expired")
+                await self._decide(
+                    item,
+                    system,
+                    outcome,
+                    "expire",
+                    {"reason": "no reviewer decided in time"},
+                    {"expire_action": item["expire_action"]},
+                    state="expired",
+                )
             except GatewayError:
                 continue
             expired += 1

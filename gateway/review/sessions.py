@@ -36,8 +36,9 @@ class SessionBook:
 
     def create(self, principal: Principal) -> Session:
         self._expire()
-        session = Session(secrets.token_urlsafe(32), principal, secrets.token_urlsafe(32),
-                          time.time() + self.ttl)
+        session = Session(
+            secrets.token_urlsafe(32), principal, secrets.token_urlsafe(32), time.time() + self.ttl
+        )
         self._sessions[session.id] = session
         return session
 

@@ -24,17 +24,57 @@ SUMMARY_COLUMNS = (
 )
 JSON_COLUMNS = ("request", "response", "segments", "record", "edited")
 # what the audit trail snapshots before and after each change
-SNAPSHOT_FIELDS = ("state", "outcome", "assignee", "priority", "overdue", "escalations",
-                   "version", "reason")
+SNAPSHOT_FIELDS = (
+    "state",
+    "outcome",
+    "assignee",
+    "priority",
+    "overdue",
+    "escalations",
+    "version",
+    "reason",
+)
 STATES = ("pending", "approved", "rejected", "expired")
 OPEN = "pending"
 
 INSERT_COLUMNS = (
-    "id", "decision_id", "created_at", "updated_at", "state", "outcome", "route", "protocol",
-    "path", "model", "stream", "policy", "policies", "severity", "severity_rank", "priority",
-    "sla_deadline", "expires_at", "expire_action", "retain_until", "overdue", "escalations",
-    "assignee", "key_id", "tenant", "text_stored", "text_hash", "request", "response",
-    "segments", "record", "edited", "reason", "decided_by", "decided_at", "version", "op_token",
+    "id",
+    "decision_id",
+    "created_at",
+    "updated_at",
+    "state",
+    "outcome",
+    "route",
+    "protocol",
+    "path",
+    "model",
+    "stream",
+    "policy",
+    "policies",
+    "severity",
+    "severity_rank",
+    "priority",
+    "sla_deadline",
+    "expires_at",
+    "expire_action",
+    "retain_until",
+    "overdue",
+    "escalations",
+    "assignee",
+    "key_id",
+    "tenant",
+    "text_stored",
+    "text_hash",
+    "request",
+    "response",
+    "segments",
+    "record",
+    "edited",
+    "reason",
+    "decided_by",
+    "decided_at",
+    "version",
+    "op_token",
 )
 
 
@@ -62,8 +102,10 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-INSERT_SQL = (f"INSERT INTO review_items ({', '.join(INSERT_COLUMNS)}) "
-              f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})")
+INSERT_SQL = (
+    f"INSERT INTO review_items ({', '.join(INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})"
+)
 
 
 def row_values(item: dict[str, Any]) -> tuple[Any, ...]:
@@ -91,16 +133,37 @@ class ReviewStore:
     # -- writing ------------------------------------------------------------
     async def insert(self, item: dict[str, Any], actor: str = "gateway") -> None:
         """Store a held item and its first audit row in one durable commit."""
-        await self.store.transaction([
-            (INSERT_SQL, row_values(item)),
-            self._audit_sql(item["id"], item["created_at"], actor, "held", None, snapshot(item),
-                            {"policy": item["policy"], "severity": item["severity"],
-                             "route": item["route"], "decision_id": item["decision_id"]}),
-        ])
+        await self.store.transaction(
+            [
+                (INSERT_SQL, row_values(item)),
+                self._audit_sql(
+                    item["id"],
+                    item["created_at"],
+                    actor,
+                    "held",
+                    None,
+                    snapshot(item),
+                    {
+                        "policy": item["policy"],
+                        "severity": item["severity"],
+                        "route": item["route"],
+                        "decision_id": item["decision_id"],
+                    },
+                ),
+            ]
+        )
 
-    def _audit_sql(self, item_id: str, ts: float, actor: str, action: str,
-                   before: dict | None, after: dict | None, detail: Any,
-                   guard_token: str | None = None) -> Statement:
+    def _audit_sql(
+        self,
+        item_id: str,
+        ts: float,
+        actor: str,
+        action: str,
+        before: dict | None,
+        after: dict | None,
+        detail: Any,
+        guard_token: str | None = None,
+    ) -> Statement:
         cols = "id, item_id, ts, actor, action, before_state, after_state, detail"
         values = (new_id(), item_id, ts, actor, action, _dump(before), _dump(after), _dump(detail))
         if guard_token is None:
@@ -154,17 +217,40 @@ class ReviewStore:
         after["version"] = item["version"] + 1
         statements: list[Statement] = [
             (f"UPDATE review_items SET {', '.join(sets)} WHERE {where}", tuple(params)),
-            self._audit_sql(item["id"], now, actor, action, snapshot(item), snapshot(after),
-                            detail, guard_token=token),
+            self._audit_sql(
+                item["id"],
+                now,
+                actor,
+                action,
+                snapshot(item),
+                snapshot(after),
+                detail,
+                guard_token=token,
+            ),
         ]
         if callback is not None:
-            statements.append((
-                "INSERT INTO review_callbacks (id, item_id, route, url, payload, state, attempts, "
-                "next_at, last_error, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-                "WHERE EXISTS (SELECT 1 FROM review_items WHERE id = ? AND op_token = ?)",
-                (new_id(), item["id"], item["route"], callback["url"], _dump(callback["payload"]),
-                 "due", 0, now, None, now, item["id"], token),
-            ))
+            statements.append(
+                (
+                    "INSERT INTO review_callbacks (id, item_id, route, url, payload, state, "
+                    "attempts, next_at, last_error, created_at) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM review_items WHERE id = ? AND op_token = ?)",
+                    (
+                        new_id(),
+                        item["id"],
+                        item["route"],
+                        callback["url"],
+                        _dump(callback["payload"]),
+                        "due",
+                        0,
+                        now,
+                        None,
+                        now,
+                        item["id"],
+                        token,
+                    ),
+                )
+            )
         counts = await self.store.transaction(statements)
         if counts[0] != 1:
             raise Changed(await self.get(item["id"]))
@@ -174,12 +260,24 @@ class ReviewStore:
     async def comment(self, item_id: str, author: str, body: str) -> dict[str, Any]:
         now = time.time()
         comment = {"id": new_id(), "item_id": item_id, "ts": now, "author": author, "body": body}
-        await self.store.transaction([
-            ("INSERT INTO review_comments (id, item_id, ts, author, body) VALUES (?, ?, ?, ?, ?)",
-             (comment["id"], item_id, now, author, body)),
-            self._audit_sql(item_id, now, author, "comment", None, None,
-                            {"comment_id": comment["id"], "chars": len(body)}),
-        ])
+        await self.store.transaction(
+            [
+                (
+                    "INSERT INTO review_comments (id, item_id, ts, author, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (comment["id"], item_id, now, author, body),
+                ),
+                self._audit_sql(
+                    item_id,
+                    now,
+                    author,
+                    "comment",
+                    None,
+                    None,
+                    {"comment_id": comment["id"], "chars": len(body)},
+                ),
+            ]
+        )
         return comment
 
     async def audit_only(self, item_id: str, actor: str, action: str, detail: Any) -> None:
@@ -240,7 +338,9 @@ class ReviewStore:
         rows = await self.store.fetchall(
             f"SELECT {SUMMARY_COLUMNS} FROM review_items {where} ORDER BY {order}, id "
             "LIMIT ? OFFSET ?",
-            *params, limit, offset,
+            *params,
+            limit,
+            offset,
         )
         total = await self.store.fetchone(
             f"SELECT COUNT(*) AS n FROM review_items {where}", *params
@@ -261,8 +361,11 @@ class ReviewStore:
         for r in rows:
             by_state[r["state"]] = by_state.get(r["state"], 0) + int(r["n"])
             by_severity.setdefault(r["state"], {})[r["severity"]] = int(r["n"])
-        return {"by_state": by_state, "by_state_severity": by_severity,
-                "overdue": int(overdue["n"]) if overdue else 0}
+        return {
+            "by_state": by_state,
+            "by_state_severity": by_severity,
+            "overdue": int(overdue["n"]) if overdue else 0,
+        }
 
     async def approval_rates(self) -> dict[str, dict[str, Any]]:
         """Per policy: decided items and the share approved (its measured false-positive rate)."""
@@ -300,14 +403,18 @@ class ReviewStore:
     async def newly_overdue(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
         rows = await self.store.fetchall(
             f"SELECT {SUMMARY_COLUMNS} FROM review_items WHERE state = 'pending' AND overdue = 0 "
-            "AND sla_deadline < ? ORDER BY sla_deadline LIMIT ?", now, limit,
+            "AND sla_deadline < ? ORDER BY sla_deadline LIMIT ?",
+            now,
+            limit,
         )
         return [_decode(r) for r in rows]
 
     async def newly_expired(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
         rows = await self.store.fetchall(
             "SELECT id FROM review_items WHERE state = 'pending' AND expires_at < ? "
-            "ORDER BY expires_at LIMIT ?", now, limit,
+            "ORDER BY expires_at LIMIT ?",
+            now,
+            limit,
         )
         items = [await self.get(r["id"]) for r in rows]
         return [i for i in items if i is not None]
@@ -328,8 +435,9 @@ class ReviewStore:
                 ("DELETE FROM review_comments WHERE item_id = ?", (r["id"],)),
                 ("DELETE FROM review_callbacks WHERE item_id = ?", (r["id"],)),
                 ("DELETE FROM review_items WHERE id = ?", (r["id"],)),
-                self._audit_sql(r["id"], now, "system", "purged", None, None,
-                                {"reason": "retention"}),
+                self._audit_sql(
+                    r["id"], now, "system", "purged", None, None, {"reason": "retention"}
+                ),
             ]
         await self.store.transaction(statements)
         return len(rows)
@@ -337,22 +445,38 @@ class ReviewStore:
     async def due_callbacks(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
         rows = await self.store.fetchall(
             "SELECT * FROM review_callbacks WHERE state = 'due' AND next_at <= ? "
-            "ORDER BY next_at LIMIT ?", now, limit,
+            "ORDER BY next_at LIMIT ?",
+            now,
+            limit,
         )
         for r in rows:
             r["payload"] = json.loads(r["payload"])
         return rows
 
-    async def callback_done(self, cb_id: str, *, ok: bool, attempts: int, next_at: float,
-                            error: str | None, give_up: bool) -> None:
+    async def callback_done(
+        self,
+        cb_id: str,
+        *,
+        ok: bool,
+        attempts: int,
+        next_at: float,
+        error: str | None,
+        give_up: bool,
+    ) -> None:
         state = "sent" if ok else ("failed" if give_up else "due")
         await self.store.execute(
             "UPDATE review_callbacks SET state = ?, attempts = ?, next_at = ?, last_error = ? "
-            "WHERE id = ?", state, attempts, next_at, error, cb_id,
+            "WHERE id = ?",
+            state,
+            attempts,
+            next_at,
+            error,
+            cb_id,
         )
 
     async def callbacks_for(self, item_id: str) -> list[dict[str, Any]]:
         return await self.store.fetchall(
             "SELECT id, url, state, attempts, last_error FROM review_callbacks WHERE item_id = ? "
-            "ORDER BY created_at", item_id,
+            "ORDER BY created_at",
+            item_id,
         )

@@ -30,8 +30,10 @@ from gateway.review.sessions import COOKIE, PRE_COOKIE, Session, same
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 PAGE_SIZE = 100
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
@@ -77,8 +79,9 @@ def _session(request: web.Request) -> Session | None:
 
 
 def _login_redirect(request: web.Request) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther("/review/login?" + urlencode({"next": request.path_qs}),
-                            headers=SECURITY_HEADERS)
+    return web.HTTPSeeOther(
+        "/review/login?" + urlencode({"next": request.path_qs}), headers=SECURITY_HEADERS
+    )
 
 
 def _need_session(request: web.Request) -> Session:
@@ -97,8 +100,9 @@ def _same_origin(request: web.Request) -> bool:
 
 
 def _forbidden(request: web.Request, message: str, session: Session | None = None):
-    return page(request, "error.html", status=403, message=message, session=session,
-                title="Forbidden")
+    return page(
+        request, "error.html", status=403, message=message, session=session, title="Forbidden"
+    )
 
 
 def field(form, name: str) -> str:
@@ -118,19 +122,38 @@ def _safe_next(value: str | None) -> str:
 async def login_form(request: web.Request) -> web.Response:
     svc = svc_of(request)
     nonce = secrets.token_urlsafe(24)
-    resp = page(request, "login.html", session=None, csrf=svc.sessions.login_csrf(nonce),
-                next=_safe_next(request.query.get("next")), error=None, title="Log in")
+    resp = page(
+        request,
+        "login.html",
+        session=None,
+        csrf=svc.sessions.login_csrf(nonce),
+        next=_safe_next(request.query.get("next")),
+        error=None,
+        title="Log in",
+    )
     _set_cookie(request, resp, PRE_COOKIE, nonce, max_age=1800)
     return resp
 
 
-def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value: str,
-                max_age: float | None = None) -> None:
+def _set_cookie(
+    request: web.Request,
+    resp: web.StreamResponse,
+    name: str,
+    value: str,
+    max_age: float | None = None,
+) -> None:
     secure = request.app[GATEWAY].settings.review.secure_cookie
     # the whole admin listener, so the incidents pages share the login; the JSON
     # API ignores cookies (bearer tokens only), so it gains no CSRF exposure
-    resp.set_cookie(name, value, path="/", httponly=True, samesite="Strict",
-                    secure=secure, max_age=int(max_age) if max_age else None)
+    resp.set_cookie(
+        name,
+        value,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=secure,
+        max_age=int(max_age) if max_age else None,
+    )
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -138,15 +161,24 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     nonce = request.cookies.get(PRE_COOKIE)
     if not _same_origin(request) or not svc.sessions.check_login_csrf(nonce, field(form, "csrf")):
-        return _forbidden(request, "The login form expired or came from elsewhere; "
-                          "reload the login page and try again.")
+        return _forbidden(
+            request,
+            "The login form expired or came from elsewhere; reload the login page and try again.",
+        )
     token = str(form.get("token") or "").strip()
     principal = request.app[TOKENS].lookup(token) if token else None
     if principal is None or not principal.has("reviewer"):
         fresh = secrets.token_urlsafe(24)
-        resp = page(request, "login.html", status=401, session=None,
-                    csrf=svc.sessions.login_csrf(fresh), next=_safe_next(field(form, "next")),
-                    error="That token is not valid.", title="Log in")
+        resp = page(
+            request,
+            "login.html",
+            status=401,
+            session=None,
+            csrf=svc.sessions.login_csrf(fresh),
+            next=_safe_next(field(form, "next")),
+            error="That token is not valid.",
+            title="Log in",
+        )
         _set_cookie(request, resp, PRE_COOKIE, fresh, max_age=1800)
         return resp
     session = svc.sessions.create(principal)
@@ -180,19 +212,34 @@ async def queue(request: web.Request) -> web.Response:
         offset = max(int(request.query.get("offset", "0")), 0)
     except ValueError:
         offset = 0
-    items, total = await svc.db.list_items(filters, limit=PAGE_SIZE, offset=offset,
-                                     sort=request.query.get("sort", "sla"))
+    items, total = await svc.db.list_items(
+        filters, limit=PAGE_SIZE, offset=offset, sort=request.query.get("sort", "sla")
+    )
     counts = await svc.db.counts()
     rates = await svc.db.approval_rates()
-    policies = sorted({p.config.id for p in (svc.gw.policies.current.policies
-                                             if svc.gw.policies.current else [])} | set(rates))
+    policies = sorted(
+        {p.config.id for p in (svc.gw.policies.current.policies if svc.gw.policies.current else [])}
+        | set(rates)
+    )
     query = {k: v for k, v in request.query.items() if k != "offset"}
     return page(
-        request, "queue.html", session=session, items=items, total=total, counts=counts,
-        rates=rates, filters=filters, query=query, offset=offset, page_size=PAGE_SIZE,
-        now=time.time(), error=error, policies=policies,
+        request,
+        "queue.html",
+        session=session,
+        items=items,
+        total=total,
+        counts=counts,
+        rates=rates,
+        filters=filters,
+        query=query,
+        offset=offset,
+        page_size=PAGE_SIZE,
+        now=time.time(),
+        error=error,
+        policies=policies,
         routes=[r.name for r in svc.gw.settings.routes],
-        can_bulk=session.principal.has("lead"), title="Review queue",
+        can_bulk=session.principal.has("lead"),
+        title="Review queue",
         next_url="?" + urlencode(dict(query, offset=offset + PAGE_SIZE)),
         prev_url="?" + urlencode(dict(query, offset=max(offset - PAGE_SIZE, 0))),
         message=request.query.get("msg"),
@@ -211,8 +258,9 @@ async def bulk(request: web.Request) -> web.StreamResponse:
         item_id, _, version = str(value).partition(":")
         entries.append({"id": item_id, "version": version})
     try:
-        results = await svc_of(request).bulk(session.principal, str(form.get("action") or ""),
-                                             entries, str(form.get("reason") or ""))
+        results = await svc_of(request).bulk(
+            session.principal, str(form.get("action") or ""), entries, str(form.get("reason") or "")
+        )
     except GatewayError as err:
         msg = err.message
     else:
@@ -223,32 +271,52 @@ async def bulk(request: web.Request) -> web.StreamResponse:
 
 
 # -- item -----------------------------------------------------------------------------------
-async def item_page(request: web.Request, *, error: str | None = None,
-                    status: int = 200) -> web.Response:
+async def item_page(
+    request: web.Request, *, error: str | None = None, status: int = 200
+) -> web.Response:
     session = _need_session(request)
     svc = svc_of(request)
     item = await svc.db.get(request.match_info["id"])
     if item is None:
-        return page(request, "error.html", status=404, session=session, title="Not found",
-                    message="No such review item (it may have passed its retention).")
+        return page(
+            request,
+            "error.html",
+            status=404,
+            session=session,
+            title="Not found",
+            message="No such review item (it may have passed its retention).",
+        )
     findings = render.findings_of(item)
     segments = []
     texts = item.get("segments") or {}
     for key in item["record"].get("segment_keys") or sorted(texts):
         text = texts.get(key)
         mine = [f for f in findings if f.segment == key]
-        segments.append({
-            "key": key,
-            "html": render.highlight(text, mine) if text is not None else None,
-            "text": text,
-            "edited": (item.get("edited") or {}).get(key),
-        })
+        segments.append(
+            {
+                "key": key,
+                "html": render.highlight(text, mine) if text is not None else None,
+                "text": text,
+                "edited": (item.get("edited") or {}).get(key),
+            }
+        )
     return page(
-        request, "item.html", status=status, session=session, item=item, findings=findings,
-        segments=segments, audit=await svc.db.audit(item["id"]),
-        comments=await svc.db.comments(item["id"]), now=time.time(), error=error,
-        message=request.query.get("msg"), supported=SUPPORTED, what_it_adds=what_it_adds,
-        can_lead=session.principal.has("lead"), title=f"Review {item['id'][:8]}",
+        request,
+        "item.html",
+        status=status,
+        session=session,
+        item=item,
+        findings=findings,
+        segments=segments,
+        audit=await svc.db.audit(item["id"]),
+        comments=await svc.db.comments(item["id"]),
+        now=time.time(),
+        error=error,
+        message=request.query.get("msg"),
+        supported=SUPPORTED,
+        what_it_adds=what_it_adds,
+        can_lead=session.principal.has("lead"),
+        title=f"Review {item['id'][:8]}",
         result=svc.result_body(item),
     )
 
@@ -275,10 +343,12 @@ async def item_action(request: web.Request) -> web.StreamResponse:
             await svc.approve(item_id, principal, version, note=str(form.get("note") or ""))
             msg = "Approved as is."
         elif do == "edit":
-            edited = {k[len("text_"):]: str(v).replace("\r\n", "\n")
-                      for k, v in form.items() if k.startswith("text_")}
-            await svc.approve(item_id, principal, version, edited,
-                              note=str(form.get("note") or ""))
+            edited = {
+                k[len("text_") :]: str(v).replace("\r\n", "\n")
+                for k, v in form.items()
+                if k.startswith("text_")
+            }
+            await svc.approve(item_id, principal, version, edited, note=str(form.get("note") or ""))
             msg = "Approved with your edit."
         elif do == "reject":
             await svc.reject(item_id, principal, version, str(form.get("reason") or ""))
@@ -295,19 +365,25 @@ async def item_action(request: web.Request) -> web.StreamResponse:
             from gateway.review.allowlist import add_to_allowlist
 
             item = await svc.get(item_id)
-            out = await add_to_allowlist(svc, item, principal, form.get("policy"),
-                                         form.get("finding"))
+            out = await add_to_allowlist(
+                svc, item, principal, form.get("policy"), form.get("finding")
+            )
             if not out["applied"]:
                 detail = "; ".join(out.get("errors") or [])
-                return await item_page(request, error=f"Allowlist not changed: {out['reason']}"
-                                       + (f" ({detail})" if detail else ""), status=422)
+                return await item_page(
+                    request,
+                    error=f"Allowlist not changed: {out['reason']}"
+                    + (f" ({detail})" if detail else ""),
+                    status=422,
+                )
             msg = f"Added {out['entry']} to {out['field']} of {out['policy']}; policies reloaded."
         else:
             raise BadRequest(f"unknown action {do!r}")
     except GatewayError as err:
         return await item_page(request, error=err.message, status=err.status)
-    return web.HTTPSeeOther(f"/review/items/{item_id}?" + urlencode({"msg": msg}),
-                            headers=SECURITY_HEADERS)
+    return web.HTTPSeeOther(
+        f"/review/items/{item_id}?" + urlencode({"msg": msg}), headers=SECURITY_HEADERS
+    )
 
 
 async def static(request: web.Request) -> web.StreamResponse:
@@ -316,8 +392,9 @@ async def static(request: web.Request) -> web.StreamResponse:
     if "/" in name or path.suffix not in _STATIC_TYPES or not path.is_file():
         raise web.HTTPNotFound()
     headers = dict(SECURITY_HEADERS, **{"cache-control": "max-age=300"})
-    return web.Response(body=path.read_bytes(), content_type=_STATIC_TYPES[path.suffix],
-                        headers=headers)
+    return web.Response(
+        body=path.read_bytes(), content_type=_STATIC_TYPES[path.suffix], headers=headers
+    )
 
 
 async def root(request: web.Request) -> web.StreamResponse:

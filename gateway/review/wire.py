@@ -26,8 +26,16 @@ _BUILTIN: dict[str, Adapter] = {
 }
 
 # request headers never stored with a held item: credentials and session state
-_SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie",
-                   "set-cookie", "openai-api-key", "anthropic-api-key"}
+_SECRET_HEADERS = {
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "set-cookie",
+    "openai-api-key",
+    "anthropic-api-key",
+}
 _SECRET_WORDS = ("key", "token", "secret", "auth", "password", "signature", "credential")
 
 
@@ -87,8 +95,9 @@ def synthesize(adapter: Adapter, info: RequestInfo, texts: dict[str, str]) -> di
     """A whole response body in the client's protocol carrying ``texts`` by segment."""
     if adapter.protocol == "anthropic-messages":
         body = adapter.blocked(info, None, "")
-        body["content"] = [{"type": "text", "text": texts[k]}
-                           for k in sorted(texts, key=_key_order)]
+        body["content"] = [
+            {"type": "text", "text": texts[k]} for k in sorted(texts, key=_key_order)
+        ]
         return complete(adapter, body)
     if adapter.protocol in ("openai-chat", "openai-completions"):
         n = max([info.n, *[int(k) + 1 for k in texts if k.isdigit()]])
@@ -97,8 +106,10 @@ def synthesize(adapter: Adapter, info: RequestInfo, texts: dict[str, str]) -> di
     if adapter.protocol == "openai-responses" and texts:
         # the placeholder has one part; the answer may have had several
         message = body["output"][0]
-        message["content"] = [{"type": "output_text", "text": texts[k], "annotations": []}
-                              for k in sorted(texts, key=_key_order)]
+        message["content"] = [
+            {"type": "output_text", "text": texts[k], "annotations": []}
+            for k in sorted(texts, key=_key_order)
+        ]
         return complete(adapter, body)
     return complete(adapter, adapter.rebuild(body, texts, None))
 
@@ -125,8 +136,11 @@ def stream_marker(protocol: str, review_id: str, result_path: str) -> bytes:
     marker = {"review_id": review_id, "status": "pending", "result": result_path}
     if protocol in ("openai-chat", "openai-completions"):
         # an empty ``choices`` chunk, as the usage chunk is: SDKs pass it through
-        obj: dict[str, Any] = {"object": "chat.completion.chunk" if protocol == "openai-chat"
-               else "text_completion", "choices": [], "x_governance": marker}
+        obj: dict[str, Any] = {
+            "object": "chat.completion.chunk" if protocol == "openai-chat" else "text_completion",
+            "choices": [],
+            "x_governance": marker,
+        }
         return encode_event(dumps(obj))
     if protocol == "anthropic-messages":
         # clients skip ping events; the field rides along for those that look
@@ -157,8 +171,9 @@ def tag_cut(protocol: str, data: bytes, review_id: str) -> bytes:
             continue
         if isinstance(obj, dict) and isinstance(obj.get("response"), dict):
             response = dict(obj["response"])
-            response["metadata"] = dict(response.get("metadata") or {},
-                                        governance_review_id=review_id)
+            response["metadata"] = dict(
+                response.get("metadata") or {}, governance_review_id=review_id
+            )
             obj = dict(obj, response=response)
             out.append(encode_event(dumps(obj), ev.event, ev.id))
         else:

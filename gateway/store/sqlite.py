@@ -99,9 +99,7 @@ class SQLiteStore(Store):
         await self._run(work)
 
     async def fetchall(self, sql: str, *params: Any) -> list[Row]:
-        return await self._run(
-            lambda: [dict(r) for r in self.conn.execute(sql, params).fetchall()]
-        )
+        return await self._run(lambda: [dict(r) for r in self.conn.execute(sql, params).fetchall()])
 
     async def transaction(self, statements: list[Statement]) -> list[int]:
         def work() -> list[int]:

@@ -136,16 +136,24 @@ class AnthropicStream(StreamTranslator):
 
     def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
         out = [
-            encode_event(dumps({"type": "content_block_stop", "index": int(k)}),
-                         "content_block_stop")
+            encode_event(
+                dumps({"type": "content_block_stop", "index": int(k)}), "content_block_stop"
+            )
             for k in self.open_blocks
         ]
         self.open_blocks = []
-        out.append(encode_event(dumps({
-            "type": "message_delta",
-            "delta": {"stop_reason": STOP_REASON, "stop_sequence": None},
-            "usage": {"output_tokens": 0},
-        }), "message_delta"))
+        out.append(
+            encode_event(
+                dumps(
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": STOP_REASON, "stop_sequence": None},
+                        "usage": {"output_tokens": 0},
+                    }
+                ),
+                "message_delta",
+            )
+        )
         out.append(encode_event(dumps({"type": "message_stop"}), "message_stop"))
         return b"".join(out)
 

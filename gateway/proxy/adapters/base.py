@@ -109,17 +109,23 @@ def normalize_sources(raw: Any, where: str) -> tuple[list[dict[str, Any]], list[
     errors: list[str] = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
-            items.append({"id": item, "url": item} if "://" in item else {"id": str(i), "text": item})
+            items.append(
+                {"id": item, "url": item} if "://" in item else {"id": str(i), "text": item}
+            )
         elif isinstance(item, dict):
             source = dict(item)
             if "id" not in source or source["id"] in (None, ""):
-                found = next((source[k] for k in ID_FIELDS if source.get(k) not in (None, "")), None)
+                found = next(
+                    (source[k] for k in ID_FIELDS if source.get(k) not in (None, "")), None
+                )
                 source["id"] = str(found) if found is not None else str(i)
             else:
                 source["id"] = str(source["id"])
             items.append(source)
         else:
-            errors.append(f"{where}[{i}]: expected an object or a string, got {type(item).__name__}")
+            errors.append(
+                f"{where}[{i}]: expected an object or a string, got {type(item).__name__}"
+            )
     return items, errors
 
 

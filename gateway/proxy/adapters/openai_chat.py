@@ -70,38 +70,41 @@ class ChatAdapter(Adapter):
                 found.extend(context, "message.context")
         return found
 
+    object_name = "chat.completion"
+    id_prefix = "chatcmpl-gw"
+
+    def with_text(self, choice: dict[str, Any], text: str) -> dict[str, Any]:
+        """A copy of ``choice`` whose answer text is ``text``."""
+        message = dict(choice.get("message") or {}, content=text)
+        return dict(choice, message=message)
+
+    def blocked_choice(self, index: int, message: str) -> dict[str, Any]:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": message, "refusal": None},
+            "finish_reason": "content_filter",
+            "logprobs": None,
+        }
+
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
-        out = dict(body)
         choices = []
         for pos, choice in enumerate(body.get("choices") or []):
             key = str(choice.get("index", pos))
             if key in texts:
-                choice = dict(choice)
-                message = dict(choice.get("message") or {})
-                message["content"] = texts[key]
-                choice["message"] = message
+                choice = self.with_text(choice, texts[key])
                 if finish:
                     choice["finish_reason"] = finish
             choices.append(choice)
-        out["choices"] = choices
-        return out
+        return dict(body, choices=choices)
 
     def blocked(self, info: RequestInfo, upstream: dict[str, Any] | None, message: str) -> dict:
         base = upstream or {}
         return {
-            "id": base.get("id") or gateway_id("chatcmpl-gw"),
-            "object": "chat.completion",
+            "id": base.get("id") or gateway_id(self.id_prefix),
+            "object": self.object_name,
             "created": base.get("created") or now(),
             "model": base.get("model") or info.model or "unknown",
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": message, "refusal": None},
-                    "finish_reason": "content_filter",
-                    "logprobs": None,
-                }
-                for i in range(info.n)
-            ],
+            "choices": [self.blocked_choice(i, message) for i in range(info.n)],
             "usage": base.get("usage")
             or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
@@ -173,8 +176,12 @@ class ChatStream(StreamTranslator):
         return chunk
 
     def render_text(self, key: str, text: str) -> bytes:
-        choice = {"index": int(key), "delta": {"content": text}, "finish_reason": None,
-                  "logprobs": None}
+        choice = {
+            "index": int(key),
+            "delta": {"content": text},
+            "finish_reason": None,
+            "logprobs": None,
+        }
         return encode_event(dumps(self._template_chunk([choice])))
 
     def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
@@ -209,32 +216,18 @@ class CompletionsAdapter(ChatAdapter):
             if isinstance(c, dict) and isinstance(c.get("text"), str)
         ]
 
-    def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
-        out = dict(body)
-        choices = []
-        for pos, choice in enumerate(body.get("choices") or []):
-            key = str(choice.get("index", pos))
-            if key in texts:
-                choice = dict(choice, text=texts[key])
-                if finish:
-                    choice["finish_reason"] = finish
-            choices.append(choice)
-        out["choices"] = choices
-        return out
+    object_name = "text_completion"
+    id_prefix = "cmpl-gw"
 
-    def blocked(self, info: RequestInfo, upstream: dict[str, Any] | None, message: str) -> dict:
-        base = upstream or {}
+    def with_text(self, choice: dict[str, Any], text: str) -> dict[str, Any]:
+        return dict(choice, text=text)
+
+    def blocked_choice(self, index: int, message: str) -> dict[str, Any]:
         return {
-            "id": base.get("id") or gateway_id("cmpl-gw"),
-            "object": "text_completion",
-            "created": base.get("created") or now(),
-            "model": base.get("model") or info.model or "unknown",
-            "choices": [
-                {"index": i, "text": message, "finish_reason": "content_filter", "logprobs": None}
-                for i in range(info.n)
-            ],
-            "usage": base.get("usage")
-            or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "index": index,
+            "text": message,
+            "finish_reason": "content_filter",
+            "logprobs": None,
         }
 
     def translator(self, info: RequestInfo) -> StreamTranslator:
@@ -252,8 +245,12 @@ class CompletionsStream(ChatStream):
         if choice.get("finish_reason"):
             chunk = {k: obj[k] for k in _TEMPLATE_KEYS if k in obj}
             chunk["choices"] = [
-                {"index": index, "text": "", "finish_reason": choice["finish_reason"],
-                 "logprobs": None}
+                {
+                    "index": index,
+                    "text": "",
+                    "finish_reason": choice["finish_reason"],
+                    "logprobs": None,
+                }
             ]
             items.append(End(key, chunk))
         return items
@@ -265,9 +262,13 @@ class CompletionsStream(ChatStream):
     def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
         keys = open_keys or self.seen or ["0"]
         out = [
-            encode_event(dumps(self._template_chunk(
-                [{"index": int(k), "text": "", "finish_reason": reason, "logprobs": None}]
-            )))
+            encode_event(
+                dumps(
+                    self._template_chunk(
+                        [{"index": int(k), "text": "", "finish_reason": reason, "logprobs": None}]
+                    )
+                )
+            )
             for k in keys
         ]
         out.append(b"data: [DONE]\n\n")

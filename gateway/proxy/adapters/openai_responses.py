@@ -180,8 +180,11 @@ class ResponsesStream(StreamTranslator):
                 payload = dict(payload, part=dict(payload["part"], text=released[key]))
         elif kind == "response.output_item.done" and isinstance(payload.get("item"), dict):
             index = payload.get("output_index", 0)
-            texts = {k.split(".", 1)[1]: v for k, v in released.items()
-                     if k.split(".", 1)[0] == str(index)}
+            texts = {
+                k.split(".", 1)[1]: v
+                for k, v in released.items()
+                if k.split(".", 1)[0] == str(index)
+            }
             item_copy = copy.deepcopy(payload["item"])
             for j, part in enumerate(item_copy.get("content") or []):
                 if isinstance(part, dict) and part.get("type") == "output_text" and str(j) in texts:
@@ -192,8 +195,15 @@ class ResponsesStream(StreamTranslator):
         return self._emit(payload, item.event)
 
     def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
-        response = dict(self.response or {"id": gateway_id("resp_gw"), "object": "response",
-                                          "created_at": now(), "model": self.info.model})
+        response = dict(
+            self.response
+            or {
+                "id": gateway_id("resp_gw"),
+                "object": "response",
+                "created_at": now(),
+                "model": self.info.model,
+            }
+        )
         response["status"] = "incomplete"
         response["incomplete_details"] = {"reason": reason}
         payload = {"type": "response.incomplete", "response": response, "sequence_number": 0}
