@@ -94,7 +94,7 @@ async def check(request: web.Request) -> web.Response:
     ctx = context_for(route, query=body.get("query"), sources=body.get("sources"))
     ctx.sources.extend(sources)
     ctx.source_errors.extend(errors)
-    policy_set = gw.policies.current
+    policy_set = gw.policies.serving
     guard = await evaluate(
         policy_set.for_route(route), segments, ctx, thread_runner=gw.run_blocking
     )
@@ -138,7 +138,7 @@ async def reload_policies(request: web.Request) -> web.Response:
     ok = await holder.reload()
     status = 200 if ok else 422
     return json_response(
-        {"reloaded": ok, "revision": holder.current.revision, "errors": holder.last_error}, status
+        {"reloaded": ok, "revision": holder.serving.revision, "errors": holder.last_error}, status
     )
 
 

@@ -9,8 +9,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway")
 
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args) -> object:
+def load_config(args) -> Settings:
     from gateway.config import load_settings, quickstart
 
     if getattr(args, "config", None):
@@ -153,7 +157,7 @@ async def serve(settings, *, ready: asyncio.Event | None = None, stop: asyncio.E
             "fields": {
                 "proxy": f"http://{listeners.proxy.host}:{listeners.proxy.port}",
                 "admin": f"http://{listeners.admin.host}:{listeners.admin.port}",
-                "revision": gw.policies.current.revision,
+                "revision": gw.policies.serving.revision,
                 "routes": [r.name for r in settings.routes],
             }
         },
@@ -183,7 +187,7 @@ def cmd_policy_validate(args) -> int:
 def cmd_policy_test(args) -> int:
     from gateway.policy.testing import run_tests
 
-    results = run_tests(args.paths, _policy_resources())
+    results = run_tests(args.paths)
     if not results:
         print("no *_test.yaml files found", file=sys.stderr)
         return 1
@@ -194,15 +198,6 @@ def cmd_policy_test(args) -> int:
         print(line + (f" -- {r.detail}" if r.detail else ""))
     print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['ERROR']} errors")
     return 0 if counts["FAIL"] == counts["ERROR"] == 0 else 1
-
-
-def _policy_resources() -> dict:
-    """Shared services detectors may need outside a running gateway."""
-    try:
-        from gateway.index.manager import default_resources
-    except ImportError:
-        return {}
-    return default_resources()
 
 
 def cmd_check(args) -> int:
@@ -236,7 +231,7 @@ def cmd_check(args) -> int:
     sources = None
     if args.sources:
         sources = json.loads(Path(args.sources).read_text(encoding="utf-8"))
-    policy_set = load_policies(paths, resources=_policy_resources())
+    policy_set = load_policies(paths)
     segments, found, errors, protocol = parse_input(payload, rag)
     ctx = context_for(route, query=args.query, sources=sources)
     ctx.sources.extend(found)

@@ -154,7 +154,7 @@ class Token(Strict):
     name: str
     token: str | None = None
     token_env: str | None = None
-    roles: list[Role] = Field(default_factory=lambda: ["reviewer"])
+    roles: list[Role] = Field(default=["reviewer"])
 
     @model_validator(mode="after")
     def _one_source(self) -> Token:
@@ -231,7 +231,7 @@ class ReviewSettings(Strict):
 
     # seconds to a decision before an item is overdue and escalated
     sla: dict[Literal["low", "medium", "high", "critical"], float] = Field(
-        default_factory=lambda: {
+        default={
             "low": 86400.0,
             "medium": 14400.0,
             "high": 3600.0,

@@ -87,7 +87,7 @@ async def _tour(base: str, admin_port: int) -> int:
         model="demo-model", messages=[{"role": "user", "content": "How do I grow tomatoes?"}]
     )
     answer = raw.parse()
-    _say(f"   answer: {answer.choices[0].message.content[:90]}...")
+    _say(f"   answer: {(answer.choices[0].message.content or '')[:90]}...")
     check(
         raw.headers.get("x-governance-decision") == "allow",
         f"decision {raw.headers.get('x-governance-decision')}, "
@@ -132,7 +132,7 @@ async def _tour(base: str, admin_port: int) -> int:
     answer = await client.chat.completions.create(
         model="demo-model", messages=[{"role": "user", "content": "How do I contact support?"}]
     )
-    text = answer.choices[0].message.content
+    text = answer.choices[0].message.content or ""
     _say(f"   answer: {text}")
     check("@" not in text and "[email]" in text, "address masked")
     _say()

@@ -44,10 +44,11 @@ class _LengthScan:
             # the overflow kept growing after it was found: report its full extent
             # once, at the end, so a redaction covers all of it
             if final and self._cut is not None:
-                cut, self._cut = self._cut, None
+                start, self._cut = self._cut, None
                 return [
                     Finding(
-                        cut, len(text), 1.0, "answer is over the length limit", {"limit_at": cut}
+                        start, len(text), 1.0, "answer is over the length limit",
+                        {"limit_at": start},
                     )
                 ]
             return []

@@ -81,8 +81,7 @@ class PolicyRule(RuleBase):
     threshold: Threshold | None = None
     # monitor-mode breaches are the early warning monitor mode exists for
     modes: list[Literal["enforce", "monitor"]] = Field(
-        default_factory=lambda: ["enforce", "monitor"],
-        min_length=1,  # type: ignore[arg-type]
+        default=["enforce", "monitor"], min_length=1
     )
 
     def watches_policy(self, policy_id: str) -> bool:

@@ -42,6 +42,13 @@ class PolicyHolder:
         self._on_failure = on_failure
         self._lock = asyncio.Lock()
 
+    @property
+    def serving(self) -> PolicySet:
+        """The policy set in force; there always is one once the gateway is built."""
+        if self.current is None:
+            raise RuntimeError("no policies are loaded")
+        return self.current
+
     def load_now(self) -> PolicySet:
         """First load at start: errors are fatal here, the gateway has nothing to serve."""
         self.current = load_policies(self.paths, registry=self.registry, resources=self.resources)

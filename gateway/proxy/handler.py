@@ -164,8 +164,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except Exception:
         # a bug of ours still answers in the client's format, and is logged loudly
         log.exception("internal error while handling %s %s", request.method, request.path)
-        err = GatewayError("the gateway failed to handle this request", code="internal-error")
-        return error_response(err, adapter, decision_id)
+        failure = GatewayError("the gateway failed to handle this request", code="internal-error")
+        return error_response(failure, adapter, decision_id)
 
 
 def parse_json_body(body: bytes, request: web.Request) -> dict[str, Any]:
@@ -187,7 +187,7 @@ async def passthrough(
     gw.metrics.passthrough.labels(route.name).inc()
     headers = up.upstream_headers(request.headers, route, anthropic=False)
     url = up.upstream_url(route, request.path, request.query_string)
-    resp = await up.send(gw.session, route, request.method, url, headers, body or None)
+    resp = await up.send(gw.http, route, request.method, url, headers, body or None)
     try:
         out = web.StreamResponse(status=resp.status, headers=up.response_headers(resp.headers))
         if "content-type" in resp.headers:
@@ -291,8 +291,8 @@ class Exchange:
                             "upstream %s failed (%s); falling back to %s",
                             route.name,
                             err.code,
-                            nxt.name,
-                        )  # type: ignore[union-attr]
+                            nxt.name if nxt else None,
+                        )
                         route = nxt
                         continue
                     log.warning(
@@ -349,7 +349,7 @@ class Exchange:
         deadline = loop.time() + route.timeouts.total
         self.busy.stop()
         sent = time.perf_counter()
-        resp = await up.send(self.gw.session, route, "POST", url, headers, self.body)
+        resp = await up.send(self.gw.http, route, "POST", url, headers, self.body)
         self.busy.start()
         self.attempts[-1]["status"] = resp.status
         try:
@@ -439,7 +439,8 @@ class Exchange:
         return out
 
     def blocked_response(self, guard: ResponseGuard, action: Action, upstream: dict | None):
-        stopper = guard.stopped_by or (guard.enforced_breaches() or [None])[0]
+        breaches = guard.enforced_breaches()
+        stopper = guard.stopped_by or (breaches[0] if breaches else None)
         config = stopper.config if stopper is not None else None
         message = self.client_message(config, action)
         if config is not None and config.error_response:

@@ -45,6 +45,13 @@ class Gateway:
     on_stop: list[Callable[[Gateway], Any]] = field(default_factory=list)
     _users: int = 0
 
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The upstream client session; it exists while the gateway is started."""
+        if self.session is None:
+            raise RuntimeError("the gateway is not started")
+        return self.session
+
     def run_blocking(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 

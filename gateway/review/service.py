@@ -161,8 +161,8 @@ class ReviewService:
         opts = config.review if config is not None else None
         route_name = ex.attempts[-1]["route"] if ex.attempts else ex.route.name
         route = self.gw.settings.route(route_name)
-        breached = [r for r in guard.enforced_breaches()]
-        severity = max(
+        breached = guard.enforced_breaches()
+        severity: Severity = max(
             (r.config.severity for r in breached),
             key=lambda s: s.rank,
             default=config.severity if config else Severity.MEDIUM,
