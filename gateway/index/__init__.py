@@ -1,0 +1,32 @@
+"""Copyright indexes: build, load, update and hot-swap, plus the ``index`` CLI.
+
+See ``docs/copyright.md``. The app owns an ``IndexManager``; detectors look
+indexes up through it when a response segment starts.
+"""
+
+from gateway.index.build import (
+    BuildParams,
+    UpdateReport,
+    add_documents,
+    build_index,
+    ensure_index,
+    ensure_sample,
+    remove_documents,
+)
+from gateway.index.manager import IndexManager, discover
+from gateway.index.store import CopyrightIndex, IndexError_, IndexMissing
+
+__all__ = [
+    "BuildParams",
+    "CopyrightIndex",
+    "IndexError_",
+    "IndexManager",
+    "IndexMissing",
+    "UpdateReport",
+    "add_documents",
+    "build_index",
+    "discover",
+    "ensure_index",
+    "ensure_sample",
+    "remove_documents",
+]

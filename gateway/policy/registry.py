@@ -19,7 +19,7 @@ from gateway.errors import ConfigError
 from gateway.policy.models import PolicyBase
 
 if TYPE_CHECKING:
-    from gateway.detectors.base import Detector
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class BuildContext:
 class PolicyKind:
     name: str
     config: type[PolicyBase]
-    build: Callable[[Any, BuildContext], Detector]
+    # takes the kind's own config model; typed loosely so each kind can say which
+    build: Callable[[Any, BuildContext], Any]
     summary: str = ""
 
 

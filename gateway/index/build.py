@@ -1,0 +1,581 @@
+"""Building, extending and pruning copyright indexes on disk.
+
+Every write goes to a hidden sibling directory that is renamed over the
+index only when complete, so an interrupted build leaves the previous index
+intact and the next run simply starts again (``safely restartable``). A
+reader (``IndexManager``) that looks while the two renames happen finds no
+manifest and keeps serving the index it already has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.index.corpus import CorpusReport, Document, read_corpus
+from gateway.index.store import FORMAT, MANIFEST, CopyrightIndex, IndexMissing
+from gateway.index.text import bloom_add, bloom_size, chunk_spans, ngram_hashes, winnow, words
+
+log = logging.getLogger(__name__)
+
+# past this many passages a flat (exact) FAISS search costs more than the
+# latency budget on two cores, so large corpora get an IVF index instead
+FLAT_MAX = 20_000
+
+
+@dataclass
+class BuildParams:
+    """How a corpus is cut and hashed; recorded in the manifest."""
+
+    # semantic matching compares response sentences with passages, so passages
+    # are kept near paragraph size; lexical anchors ignore passage edges
+    chunk_words: int = 50
+    chunk_overlap: int = 10
+    # anchors: winnowed hashes of ``anchor_words``-word n-grams; every copy of
+    # at least ``winnow + anchor_words - 1`` words shares one with its source
+    anchor_words: int = 4
+    winnow: int = 6
+    semantic: bool = True
+    model: str = "all-MiniLM-L6-v2"
+    faiss: str = "auto"  # auto | flat | ivf | hnsw
+    flat_max: int = FLAT_MAX
+    batch_size: int = 64
+
+    def check(self) -> None:
+        if self.chunk_words < 8:
+            raise ValueError("chunk_words must be at least 8")
+        if not 0 <= self.chunk_overlap < self.chunk_words:
+            raise ValueError("chunk_overlap must be >= 0 and smaller than chunk_words")
+        if not 2 <= self.anchor_words <= 8:
+            raise ValueError("anchor_words must be between 2 and 8")
+        if not 1 <= self.winnow <= 32:
+            raise ValueError("winnow must be between 1 and 32")
+        if self.faiss not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError("faiss must be auto, flat, ivf or hnsw")
+
+
+@dataclass
+class UpdateReport:
+    """What a build, add or remove did, including every input it refused."""
+
+    path: str
+    operation: str
+    documents: int = 0
+    passages: int = 0
+    seconds: float = 0.0
+    corpus: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    faiss: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["docs_per_second"] = round(self.documents / self.seconds, 1) if self.seconds else None
+        return out
+
+
+def _byte_offsets(text: str) -> np.ndarray | None:
+    """Byte offset of each char index (``None`` when text is ASCII: they are equal)."""
+    if text.isascii():
+        return None
+    sizes = np.fromiter((len(ch.encode("utf-8")) for ch in text), dtype=np.int64, count=len(text))
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+class _Writer:
+    """Accumulates documents into a new index directory."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        params: BuildParams,
+        base: CopyrightIndex | None,
+        embed: Callable[[list[str]], np.ndarray] | None,
+    ):
+        self.tmp = tmp
+        self.params = params
+        self.embed = embed
+        self.docs: list[dict[str, Any]] = [dict(d) for d in base.docs] if base else []
+        self.passage_parts: list[np.ndarray] = [base.passages] if base is not None else []
+        self.n_passages = len(base.passages) if base is not None else 0
+        self.hash_parts: list[np.ndarray] = [base.anchor_hash] if base is not None else []
+        self.pid_parts: list[np.ndarray] = [base.anchor_pid] if base is not None else []
+        # every n-gram (not just anchors) goes into a Bloom filter, which lets a
+        # scan skip candidates that cannot hold a long enough shared run
+        self.base_bloom = base.bloom if base is not None else None
+        self.gram_parts: list[np.ndarray] = []
+        if base is not None:
+            shutil.copyfile(base.path / "texts.bin", tmp / "texts.bin")
+        self.blob = open(tmp / "texts.bin", "ab")  # noqa: SIM115
+        self.blob_size = self.blob.tell()
+        self.pending: list[str] = []
+        self.vector_parts: list[np.ndarray] = []
+        self.new_passages = 0
+
+    def add(self, doc: Document) -> int:
+        text = doc.text
+        data = text.encode("utf-8")
+        w = words(text)
+        spans = chunk_spans(w, self.params.chunk_words, self.params.chunk_overlap)
+        if not spans:  # punctuation only: nothing a word-level match could find
+            spans_chars = [(0, len(text))]
+        else:
+            spans_chars = [(w.starts[a], w.ends[b - 1]) for a, b in spans]
+        boff = _byte_offsets(text)
+        doc_row = len(self.docs)
+        first = self.n_passages
+        rows = np.zeros((len(spans_chars), 5), dtype=np.int64)
+        for i, (c0, c1) in enumerate(spans_chars):
+            b0 = c0 if boff is None else int(boff[c0])
+            b1 = c1 if boff is None else int(boff[c1])
+            rows[i] = (doc_row, c0, c1, self.blob_size + b0, self.blob_size + b1)
+            if self.embed is not None:
+                self.pending.append(text[c0:c1])
+        # anchors over the whole document, so n-grams across passage edges count;
+        # each belongs to the passage its first word falls in
+        grams = ngram_hashes(w.hashes, self.params.anchor_words)
+        picks = winnow(grams, self.params.winnow)
+        self.gram_parts.append(grams)
+        if len(picks):
+            stride = max(1, self.params.chunk_words - self.params.chunk_overlap)
+            local = np.minimum(picks // stride, len(spans_chars) - 1)
+            self.hash_parts.append(grams[picks])
+            self.pid_parts.append((first + local).astype(np.uint32))
+        self.passage_parts.append(rows)
+        self.docs.append(
+            {
+                "id": doc.id,
+                "meta": doc.meta,
+                "byte_start": self.blob_size,
+                "byte_end": self.blob_size + len(data),
+                "chars": len(text),
+                "passage_start": first,
+                "passage_end": first + len(spans_chars),
+            }
+        )
+        self.blob.write(data)
+        self.blob_size += len(data)
+        self.n_passages += len(spans_chars)
+        self.new_passages += len(spans_chars)
+        if self.embed is not None and len(self.pending) >= 4 * self.params.batch_size:
+            self._flush()
+        return len(spans_chars)
+
+    def _flush(self) -> None:
+        if self.pending and self.embed is not None:
+            self.vector_parts.append(self.embed(self.pending))
+            self.pending = []
+
+    def finish(self) -> tuple[np.ndarray | None, int]:
+        self._flush()
+        self.blob.close()
+        passages = (
+            np.concatenate(self.passage_parts) if self.passage_parts else np.zeros((0, 5), np.int64)
+        )
+        np.save(self.tmp / "passages.npy", passages)
+        hashes = np.concatenate(self.hash_parts) if self.hash_parts else np.zeros(0, np.uint64)
+        pids = np.concatenate(self.pid_parts) if self.pid_parts else np.zeros(0, np.uint32)
+        order = np.argsort(hashes, kind="stable")
+        grams = np.concatenate(self.gram_parts) if self.gram_parts else np.zeros(0, np.uint64)
+        if self.base_bloom is not None and len(self.base_bloom):
+            # an added batch joins the existing filter; it fills up, which only
+            # costs extra candidate checks, until the next full build
+            bloom = self.base_bloom.copy()
+        else:
+            bloom = np.zeros(bloom_size(len(np.unique(grams))) // 8, np.uint8)
+        bloom_add(bloom, grams)
+        np.savez(self.tmp / "anchors.npz", hash=hashes[order], pid=pids[order], bloom=bloom)
+        with open(self.tmp / "docs.jsonl", "w", encoding="utf-8") as fh:
+            for d in self.docs:
+                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        vectors = np.concatenate(self.vector_parts) if self.vector_parts else None
+        return vectors, len(passages)
+
+    def abort(self) -> None:
+        if not self.blob.closed:
+            self.blob.close()
+
+
+def make_faiss(vectors: np.ndarray, kind: str, flat_max: int = FLAT_MAX) -> tuple[Any, dict]:
+    """A FAISS inner-product index for unit vectors, chosen by corpus size."""
+    import faiss
+
+    n, dim = vectors.shape
+    if kind == "auto":
+        kind = "flat" if n <= flat_max else "ivf"
+    info: dict[str, Any] = {"metric": "inner_product", "dim": dim}
+    index: Any
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+        info["type"] = "Flat"
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 64
+        info.update(type="HNSW32", ef_search=64)
+    else:
+        # 2048 lists keep training to seconds on one core; with nprobe 16 a
+        # query still scans under 1% of a million passages
+        nlist = max(16, min(2048, int(4 * math.sqrt(max(n, 1)))))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        rng = np.random.default_rng(0)
+        sample = vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
+        index.train(np.ascontiguousarray(sample, np.float32))
+        nprobe = 16
+        index.nprobe = nprobe
+        info.update(type=f"IVF{nlist},Flat", nlist=nlist, nprobe=nprobe)
+    if n:
+        index.add(np.ascontiguousarray(vectors, np.float32))
+    return index, info
+
+
+def _embedder(params: BuildParams) -> Callable[[list[str]], np.ndarray] | None:
+    if not params.semantic:
+        return None
+    from gateway.embedding import get_embedder
+
+    embedder = get_embedder(params.model)
+    return lambda texts: embedder.encode(texts, batch_size=params.batch_size)
+
+
+def _tmp_dir(out: Path) -> Path:
+    tmp = out.parent / f".{out.name}.partial"
+    if tmp.exists():
+        print(f"note: removing an unfinished build at {tmp}", file=sys.stderr)
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+INDEX_FILES = frozenset(
+    {MANIFEST, "docs.jsonl", "texts.bin", "passages.npy", "anchors.npz", "vectors.faiss"}
+)
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        # the directory may also hold the corpus it was built from (the
+        # shipped sample does); those files move into the new build
+        for item in out.iterdir():
+            if item.name not in INDEX_FILES and not (tmp / item.name).exists():
+                if item.is_file():
+                    os.link(item, tmp / item.name)
+                else:
+                    shutil.copytree(item, tmp / item.name)
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+def _progress(total: int | None, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="doc", desc=desc, disable=not enabled, file=sys.stderr)
+
+
+def _ingest(
+    writer: _Writer,
+    docs: Iterable[Document],
+    report: CorpusReport,
+    progress: bool,
+    desc: str,
+) -> int:
+    count = 0
+    with _progress(None, progress, desc) as bar:
+        for doc in docs:
+            writer.add(doc)
+            count += 1
+            bar.update(1)
+            if report.problems and bar.n % 50 == 0:
+                bar.set_postfix(problems=len(report.problems))
+    return count
+
+
+def build_index(
+    corpus: str | Path,
+    out: str | Path,
+    params: BuildParams | None = None,
+    *,
+    progress: bool = False,
+) -> UpdateReport:
+    """Index ``corpus`` into the directory ``out`` (replacing any index there)."""
+    params = params or BuildParams()
+    params.check()
+    out = Path(out)
+    started = time.time()
+    t0 = time.perf_counter()
+    tmp = _tmp_dir(out)
+    embed = _embedder(params)
+    report = CorpusReport()
+    writer = _Writer(tmp, params, None, embed)
+    try:
+        n_docs = _ingest(writer, read_corpus(corpus, report), report, progress, "indexing")
+        vectors, n_passages = writer.finish()
+        faiss_info = None
+        if params.semantic:
+            import faiss
+
+            if vectors is None:
+                dim = _model_dim(params.model)
+                vectors = np.zeros((0, dim), np.float32)
+            index, faiss_info = make_faiss(vectors, params.faiss, params.flat_max)
+            faiss.write_index(index, str(tmp / "vectors.faiss"))
+        seconds = time.perf_counter() - t0
+        manifest = {
+            "format": FORMAT,
+            "name": out.name,
+            "created_at": _iso(started),
+            "updated_at": _iso(time.time()),
+            "build_seconds": round(seconds, 3),
+            "model": params.model if params.semantic else None,
+            "params": asdict(params),
+            "counts": {
+                "documents": n_docs,
+                "passages": n_passages,
+                "anchors": int(sum(len(h) for h in writer.hash_parts)),
+                "vectors": 0 if vectors is None else len(vectors),
+            },
+            "corpus": {"path": str(corpus), "sha256": report.sha256, **report.summary()},
+            "faiss": faiss_info,
+            "generation": 1,
+            "updates": [],
+        }
+        _write_manifest(tmp, manifest)
+        _swap(tmp, out)
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return UpdateReport(
+        str(out),
+        "build",
+        n_docs,
+        n_passages,
+        round(seconds, 3),
+        report.summary(),
+        [str(p) for p in report.problems],
+        faiss_info["type"] if faiss_info else None,
+    )
+
+
+def _model_dim(model: str) -> int:
+    from gateway.embedding import get_embedder
+
+    return get_embedder(model).dim
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _load(out: Path) -> CopyrightIndex:
+    return CopyrightIndex(out)
+
+
+def add_documents(
+    index_dir: str | Path, corpus: str | Path, *, progress: bool = False
+) -> UpdateReport:
+    """Add the documents of ``corpus`` to an index without rebuilding it.
+
+    Ids already in the index are refused as duplicates; remove them first
+    to replace a document. A flat FAISS index stays flat: rebuild when it
+    grows past ``flat_max`` passages.
+    """
+    out = Path(index_dir)
+    base = _load(out)
+    params = BuildParams(**base.manifest["params"])
+    t0 = time.perf_counter()
+    tmp = _tmp_dir(out)
+    embed = _embedder(params) if base.has_vectors else None
+    report = CorpusReport()
+    writer = _Writer(tmp, params, base, embed)
+    try:
+        known = [d["id"] for d in base.docs]
+        n_docs = _ingest(writer, read_corpus(corpus, report, known), report, progress, "adding")
+        vectors, n_passages = writer.finish()
+        if base.has_vectors:
+            import faiss
+
+            index = faiss.read_index(str(base.path / "vectors.faiss"))
+            if vectors is not None and len(vectors):
+                index.add(np.ascontiguousarray(vectors, np.float32))
+            faiss.write_index(index, str(tmp / "vectors.faiss"))
+        manifest = _updated_manifest(base, writer, "add", n_docs, report)
+        _write_manifest(tmp, manifest)
+        base.close()
+        _swap(tmp, out)
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return UpdateReport(
+        str(out),
+        "add",
+        n_docs,
+        writer.new_passages,
+        round(time.perf_counter() - t0, 3),
+        report.summary(),
+        [str(p) for p in report.problems],
+        (manifest.get("faiss") or {}).get("type"),
+    )
+
+
+def remove_documents(index_dir: str | Path, ids: Iterable[str]) -> UpdateReport:
+    """Take documents down by id: their text is erased and they never match again.
+
+    Anchors of removed documents are dropped and their text bytes are
+    overwritten; their vectors stay in FAISS but are filtered out of every
+    search (a rebuild compacts them away).
+    """
+    out = Path(index_dir)
+    base = _load(out)
+    t0 = time.perf_counter()
+    problems: list[str] = []
+    targets: list[int] = []
+    for doc_id in ids:
+        row = base.doc_index.get(doc_id)
+        if row is None:
+            problems.append(f"{doc_id}: unknown-id: no document with this id in the index")
+        elif base.docs[row].get("removed"):
+            problems.append(f"{doc_id}: already-removed: the document was removed before")
+        else:
+            targets.append(row)
+    tmp = _tmp_dir(out)
+    try:
+        for name in ("texts.bin", "passages.npy", "vectors.faiss"):
+            if (base.path / name).exists():
+                shutil.copyfile(base.path / name, tmp / name)
+        docs = [dict(d) for d in base.docs]
+        with open(tmp / "texts.bin", "r+b") as fh:
+            for row in targets:
+                d = docs[row]
+                d["removed"] = True
+                d["removed_at"] = _iso(time.time())
+                fh.seek(d["byte_start"])
+                fh.write(b" " * (d["byte_end"] - d["byte_start"]))
+        with open(tmp / "docs.jsonl", "w", encoding="utf-8") as fh:
+            for d in docs:
+                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        gone = np.zeros(len(docs), bool)
+        gone[targets] = True
+        for row, d in enumerate(docs):
+            gone[row] |= bool(d.get("removed"))
+        if len(base.anchor_pid):
+            keep = ~gone[base.passages[base.anchor_pid.astype(np.int64), 0]]
+        else:
+            keep = np.zeros(0, bool)
+        bloom = base.bloom if base.bloom is not None else np.zeros(0, np.uint8)
+        np.savez(
+            tmp / "anchors.npz", hash=base.anchor_hash[keep], pid=base.anchor_pid[keep], bloom=bloom
+        )
+        manifest = json.loads(json.dumps(base.manifest))
+        manifest["generation"] = manifest.get("generation", 1) + 1
+        manifest["updated_at"] = _iso(time.time())
+        manifest["updates"].append(
+            {"op": "remove", "documents": len(targets), "at": _iso(time.time())}
+        )
+        counts = manifest["counts"]
+        counts["documents_removed"] = int(gone.sum())
+        counts["anchors"] = int(np.count_nonzero(keep))
+        _write_manifest(tmp, manifest)
+        base.close()
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return UpdateReport(
+        str(out), "remove", len(targets), 0, round(time.perf_counter() - t0, 3), {}, problems
+    )
+
+
+def _updated_manifest(
+    base: CopyrightIndex, writer: _Writer, op: str, n_docs: int, report: CorpusReport
+) -> dict[str, Any]:
+    manifest = json.loads(json.dumps(base.manifest))
+    manifest["generation"] = manifest.get("generation", 1) + 1
+    manifest["updated_at"] = _iso(time.time())
+    manifest["updates"].append(
+        {"op": op, "documents": n_docs, "at": _iso(time.time()), "corpus_sha256": report.sha256}
+    )
+    counts = manifest["counts"]
+    counts["documents"] = counts.get("documents", 0) + n_docs
+    counts["passages"] = writer.n_passages
+    counts["anchors"] = int(sum(len(h) for h in writer.hash_parts))
+    if base.has_vectors:
+        counts["vectors"] = writer.n_passages
+    return manifest
+
+
+def ensure_index(
+    corpus: str | Path,
+    out: str | Path,
+    params: BuildParams | None = None,
+    *,
+    progress: bool = False,
+) -> Path:
+    """Build ``out`` from ``corpus`` unless an index built from the same corpus is there.
+
+    The demo calls this on first run; later runs reuse the index (and keep
+    any documents added or removed since).
+    """
+    out = Path(out)
+    try:
+        manifest = json.loads((out / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if manifest is not None:
+        report = CorpusReport()
+        for _ in read_corpus(corpus, report):
+            pass
+        params = params or BuildParams()
+        same_corpus = manifest.get("corpus", {}).get("sha256") == report.sha256
+        has_layers = bool(manifest.get("model")) or not params.semantic
+        if same_corpus and has_layers:
+            return out
+    build_index(corpus, out, params, progress=progress)
+    return out
+
+
+__all__ = [
+    "BuildParams",
+    "IndexMissing",
+    "UpdateReport",
+    "add_documents",
+    "build_index",
+    "ensure_index",
+    "ensure_sample",
+    "make_faiss",
+    "remove_documents",
+]
+
+
+def ensure_sample(
+    indexes_dir: str | Path = "indexes",
+    name: str = "sample",
+    *,
+    semantic: bool = True,
+    progress: bool = False,
+) -> Path:
+    """Build the shipped sample index (``indexes/sample/corpus.jsonl``) if needed."""
+    out = Path(indexes_dir) / name
+    return ensure_index(
+        out / "corpus.jsonl", out, BuildParams(semantic=semantic), progress=progress
+    )
