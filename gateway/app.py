@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # (add its API and pages to the admin app), and optionally
 # ``proxy_routes(app)`` for paths clients reach on the proxy listener.
 SUBSYSTEMS: tuple[str, ...] = (
+    "gateway.index.service",
     "gateway.incidents.monitoring",
     "gateway.incidents.service",
     "gateway.review.service",

@@ -24,6 +24,18 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def _sample_quote() -> str | None:
+    """An answer that copies 40 words of the shipped public-domain sample corpus."""
+    corpus = ROOT / "indexes" / "sample" / "corpus.jsonl"
+    if not corpus.is_file():
+        return None
+    with corpus.open(encoding="utf-8") as fh:
+        doc = json.loads(fh.readline())
+    words = doc["text"].split()
+    quote = " ".join(words[60:100])
+    return f"As a president once told Congress in {doc.get('year', 'an address')}: {quote} ..."
+
+
 def run_demo(args) -> int:
     return asyncio.run(_demo(args))
 
@@ -34,7 +46,14 @@ async def _demo(args) -> int:
     from gateway.observability.logs import setup_logging
 
     setup_logging("warning")
-    upstream = web.AppRunner(DemoUpstream(args.pace_ms).app, access_log=None)
+    history = _sample_quote()
+    if history is not None:
+        _say("Preparing the sample copyright index (built once, on the first run)...")
+        from gateway.index import ensure_sample
+
+        await asyncio.to_thread(ensure_sample, ROOT / "indexes")
+    extra = {"history": history} if history else None
+    upstream = web.AppRunner(DemoUpstream(args.pace_ms, extra).app, access_log=None)
     await upstream.setup()
     await web.TCPSite(upstream, "127.0.0.1", args.upstream_port).start()
     policies = args.policies or (
@@ -153,6 +172,15 @@ async def _tour(base: str, admin_port: int) -> int:
         stop_reason == "refusal" and "sk-live" not in "".join(pieces),
         f"stop_reason {stop_reason} after {len(''.join(pieces))} characters",
     )
+    _say()
+
+    _say("6. An answer copying a State of the Union address is stopped (copyright index)")
+    answer = await client.chat.completions.create(
+        model="demo-model", messages=[{"role": "user", "content": "Quote a historic address"}]
+    )
+    choice = answer.choices[0]
+    _say(f"   answer: {choice.message.content}")
+    check(choice.finish_reason == "content_filter", f"finish_reason {choice.finish_reason}")
     _say()
 
     token_path = Path(".gateway/admin-token")

@@ -38,6 +38,7 @@ ANSWERS = {
     ),
 }
 KEYWORDS = (
+    ("history", ("history", "address", "speech")),
     ("secret", ("secret", "internal", "deploy")),
     ("story", ("story", "tale")),
     ("contact", ("contact", "email", "reach")),
@@ -45,12 +46,12 @@ KEYWORDS = (
 _TOKEN = re.compile(r"\S+\s*|\s+")
 
 
-def pick_answer(prompt: str) -> str:
+def pick_answer(prompt: str, answers: dict[str, str] = ANSWERS) -> str:
     lowered = prompt.lower()
     for name, words in KEYWORDS:
-        if any(w in lowered for w in words):
-            return ANSWERS[name]
-    return ANSWERS["clean"]
+        if name in answers and any(w in lowered for w in words):
+            return answers[name]
+    return answers["clean"]
 
 
 def _prompt(body: dict) -> str:
@@ -74,8 +75,9 @@ async def _quiet_disconnects(request: web.Request, handler):
 
 
 class DemoUpstream:
-    def __init__(self, pace_ms: float = 15.0):
+    def __init__(self, pace_ms: float = 15.0, extra_answers: dict[str, str] | None = None):
         self.pace = pace_ms / 1000
+        self.answers = {**ANSWERS, **(extra_answers or {})}
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/messages", self.messages)
@@ -96,7 +98,7 @@ class DemoUpstream:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        text = pick_answer(_prompt(body))
+        text = pick_answer(_prompt(body), self.answers)
         model = body.get("model", "demo-model")
         base = {
             "id": f"chatcmpl-demo{uuid.uuid4().hex[:12]}",
@@ -143,7 +145,7 @@ class DemoUpstream:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        text = pick_answer(_prompt(body))
+        text = pick_answer(_prompt(body), self.answers)
         msg = {
             "id": f"msg_demo{uuid.uuid4().hex[:12]}",
             "type": "message",
