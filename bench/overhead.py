@@ -35,6 +35,7 @@ import asyncio, json, sys, time
 from aiohttp import web
 
 TEXT = sys.argv[2]
+SOURCES = json.loads(sys.argv[3])
 CHUNK = 4
 
 async def chat(request):
@@ -45,14 +46,19 @@ async def chat(request):
         return web.json_response({**base, "object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": TEXT},
              "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 500, "total_tokens": 510}})
+            "usage": {"prompt_tokens": 10, "completion_tokens": 500, "total_tokens": 510},
+            **({"sources": SOURCES} if SOURCES else {})})
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
     chunk = {**base, "object": "chat.completion.chunk"}
     def ev(delta, finish=None):
         return ("data: " + json.dumps({**chunk, "choices": [{"index": 0, "delta": delta,
                 "logprobs": None, "finish_reason": finish}]}) + "\n\n").encode()
-    await resp.write(ev({"role": "assistant", "content": ""}))
+    first = ev({"role": "assistant", "content": ""})
+    if SOURCES:
+        first = ("data: " + json.dumps({**chunk, "choices": [], "sources": SOURCES})
+                 + "\n\n").encode() + first
+    await resp.write(first)
     for i in range(0, len(TEXT), CHUNK):
         await resp.write(ev({"content": TEXT[i:i + CHUNK]}))
     await resp.write(ev({}, "stop"))
@@ -73,6 +79,7 @@ PARAGRAPH = (
     "soon as it colours. "
 )
 TEXT = (PARAGRAPH * 6)[:2000]
+QUESTION = "How do I grow tomatoes?"
 
 
 def free_port() -> int:
@@ -101,7 +108,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def one_whole(session, url) -> float:
-    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "bench", "messages": [{"role": "user", "content": QUESTION}]}
     started = time.perf_counter()
     async with session.post(url, json=body) as resp:
         data = await resp.read()
@@ -113,7 +120,7 @@ async def one_whole(session, url) -> float:
 
 async def one_stream(session, url) -> tuple[float, float, float]:
     """Time to first text, time from the last text to the end, and the total."""
-    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
     started = time.perf_counter()
     first = last = None
     async with session.post(url, json=body) as resp:
@@ -193,31 +200,53 @@ async def main() -> None:
         help="policy files for the gateway (default policies/main.yaml)",
     )
     parser.add_argument("--label", default="phrases")
+    parser.add_argument(
+        "--route", default="default", help="route name (RAG policies apply to the route named rag)"
+    )
+    parser.add_argument(
+        "--sources",
+        action="store_true",
+        help="the upstream cites RAG sources (fresh, relevant ones)",
+    )
+    parser.add_argument(
+        "--incident-rules", action="store_true", help="add an incident rule for every policy"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
     args = parser.parse_args()
-    policies = args.policies or [str(ROOT / "policies" / "main.yaml")]
+    policies = [
+        str(Path(p).resolve()) for p in (args.policies or [ROOT / "policies" / "main.yaml"])
+    ]
     up_port, gw_port, admin_port = free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    if args.incident_rules:
+        rules = tmp / "incident_rules.yaml"
+        rules.write_text("policies: []\nincident_rules:\n  - {id: every-breach, source: policy}\n")
+        policies.append(str(rules))
+    sources = []
+    if args.sources:
+        sources = [
+            {
+                "id": f"kb-{i}",
+                "version": "1",
+                "updated_at": "2099-01-01T00:00:00Z",
+                "text": PARAGRAPH,
+            }
+            for i in range(3)
+        ]
+    config = {
+        "listeners": {"proxy": {"port": gw_port}, "admin": {"port": admin_port}},
+        "routes": [{"name": args.route, "upstream": f"http://127.0.0.1:{up_port}"}],
+        "policies": policies,
+        "store": {"url": f"sqlite:///{tmp / 'bench.db'}"},
+        "indexes": {"sample": str(ROOT / "indexes" / "sample")},
+    }
+    (tmp / "gateway.yaml").write_text(json.dumps(config))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port), TEXT], env=env)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--upstream",
-        f"http://127.0.0.1:{up_port}",
-        "--port",
-        str(gw_port),
-        "--admin-port",
-        str(admin_port),
-        "--store",
-        f"sqlite:///{tmp / 'bench.db'}",
-    ]
-    for p in policies:
-        cmd += ["--policies", p]
+    upstream = [sys.executable, "-c", UPSTREAM, str(up_port), TEXT, json.dumps(sources)]
+    procs = [subprocess.Popen(upstream, env=env)]
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp / "gateway.yaml")]
     procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL))
     try:
         async with aiohttp.ClientSession() as session:
@@ -240,6 +269,9 @@ async def main() -> None:
             {
                 "benchmark": "overhead",
                 "label": args.label,
+                "route": args.route,
+                "upstream_cites_sources": bool(sources),
+                "incident_rules": args.incident_rules,
                 "policies": policies,
                 "response_chars": len(TEXT),
                 "stream_chunk_chars": 4,

@@ -43,40 +43,26 @@ class SSEParser:
         self._data: list[str] = []
         self._event: str | None = None
         self._id: str | None = None
-        self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if self._pending_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        self._pending_cr = False
-        self._buffer += chunk
+        data = self._buffer + chunk
+        # a CR at the very end may be the first half of a CRLF still in flight
+        tail = b""
+        if data.endswith(b"\r"):
+            data, tail = data[:-1], b"\r"
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # one split per read, not one slice per line: reads can hold many events
+        lines = data.split(b"\n")
+        self._buffer = lines.pop() + tail
+        if len(self._buffer) > MAX_EVENT_BYTES:
+            raise UpstreamMalformed("upstream sent an SSE line over 4 MiB")
         events: list[SSEEvent] = []
-        while True:
-            cut, skip = self._line_end()
-            if cut < 0:
-                break
-            raw = self._buffer[:cut]
-            self._buffer = self._buffer[cut + skip :]
+        for raw in lines:
             event = self._line(raw)
             if event is not None:
                 events.append(event)
-        if len(self._buffer) > MAX_EVENT_BYTES:
-            raise UpstreamMalformed("upstream sent an SSE line over 4 MiB")
         return events
-
-    def _line_end(self) -> tuple[int, int]:
-        buf = self._buffer
-        lf = buf.find(b"\n")
-        cr = buf.find(b"\r")
-        if cr == -1 and lf == -1:
-            return -1, 0
-        if cr != -1 and (lf == -1 or cr < lf):
-            if cr + 1 < len(buf):
-                return cr, 2 if buf[cr + 1 : cr + 2] == b"\n" else 1
-            # a CR at the very end: its LF may come in the next chunk
-            self._pending_cr = True
-            return cr, 1
-        return lf, 1
 
     def _line(self, raw: bytes) -> SSEEvent | None:
         try:
@@ -110,6 +96,8 @@ class SSEParser:
     def close(self) -> list[SSEEvent]:
         """End of stream: a last event without its blank line still counts."""
         events = []
+        if self._buffer.endswith(b"\r"):
+            self._buffer = self._buffer[:-1]
         if self._buffer:
             tail = self._line(self._buffer)
             self._buffer = b""

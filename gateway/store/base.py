@@ -10,6 +10,8 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any
 
+import orjson
+
 Row = dict[str, Any]
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -52,7 +54,7 @@ class Store(ABC):
                 r.get("model"),
                 r.get("action") or "",
                 r.get("revision"),
-                json.dumps(r, default=str),
+                orjson.dumps(r, default=str).decode(),
             )
             for r in records
         ]
