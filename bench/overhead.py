@@ -192,6 +192,28 @@ async def measure(args, direct_url: str, gateway_url: str) -> dict:
     return {"rounds": rounds, "median_over_rounds": medians}
 
 
+async def own_time(admin_port: int, token_file: Path) -> dict:
+    """The gateway's own processing time per request, from its decision records.
+
+    It separates what the gateway computes from the cost of the extra network
+    hop, which any proxy pays.
+    """
+    headers = {"authorization": f"Bearer {token_file.read_text().strip()}"}
+    url = f"http://127.0.0.1:{admin_port}/governance/v1/decisions?limit=1000"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        records = (await resp.json())["decisions"]
+    out = {}
+    for stream in (False, True):
+        values = [r["added_latency_ms"] for r in records if r["stream"] is stream]
+        if values:
+            out["stream" if stream else "non_stream"] = {
+                "records": len(values),
+                "p50_ms": round(pct(values, 0.5), 3),
+                "p99_ms": round(pct(values, 0.99), 3),
+            }
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -256,6 +278,7 @@ async def main() -> None:
             f"http://127.0.0.1:{up_port}/v1/chat/completions",
             f"http://127.0.0.1:{gw_port}/v1/chat/completions",
         )
+        result["gateway_own_time"] = await own_time(admin_port, tmp / ".gateway" / "admin-token")
     finally:
         for proc in procs:
             proc.terminate()
