@@ -134,9 +134,6 @@ class Embedder:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.encode, texts)
 
-    def warm(self) -> None:
-        self.encode(["warm up"])
-
 
 def _quantize(model: Any) -> Any:
     """Int8 weights for every linear layer; activations stay float (dynamic quantisation)."""

@@ -80,10 +80,6 @@ class UpstreamMalformed(UpstreamError, ValueError):
     status = 502
 
 
-class DetectorTimeout(GatewayError, TimeoutError):
-    code = "detector-timeout"
-
-
 class Unauthorized(GatewayError, PermissionError):
     code = "unauthorized"
     status = 401

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -541,19 +541,6 @@ def build(config: CopyrightPolicy, ctx: BuildContext) -> CopyrightDetector:
             f"(configured: {', '.join(manager.names()) or 'none'}){hint}"
         )
     return CopyrightDetector(config, lambda: manager.get(name))
-
-
-def evidence_summary(finding: Finding) -> dict[str, Any]:
-    """The fields a reviewer needs to compare a finding with its source side by side."""
-    ev = finding.evidence
-    return {
-        "match_type": ev.get("match_type"),
-        "source_id": ev.get("source_id"),
-        "response_span": [finding.start, finding.end],
-        "source_span": ev.get("source_span"),
-        "source_text": ev.get("source_text"),
-        "score": finding.score,
-    }
 
 
 KIND = PolicyKind(

@@ -37,10 +37,6 @@ def at_least(sev: str, threshold: str) -> bool:
     return rank(sev) >= rank(threshold)
 
 
-def worse(a: str, b: str) -> str:
-    return a if rank(a) >= rank(b) else b
-
-
 def from_policy(policy_severity: str) -> str:
     return _FROM_POLICY.get(policy_severity, "SEV3")
 

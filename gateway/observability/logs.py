@@ -6,7 +6,6 @@ import contextvars
 import json
 import logging
 import sys
-import time
 
 decision_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "decision_id", default=None
@@ -62,12 +61,3 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log duplicates our decision records
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def log_fields(**fields) -> dict:
-    """``extra=`` for a log call whose fields go into the JSON line."""
-    return {"fields": fields}
-
-
-def now() -> float:
-    return time.time()

@@ -62,9 +62,6 @@ class Status(StrEnum):
     NOT_SCANNED = "not_scanned"
 
 
-PolicyId = str
-
-
 class ReviewOptions(Strict):
     """How a response held by a ``review`` action is handled (see docs/review.md)."""
 

@@ -114,7 +114,6 @@ class ChatAdapter(Adapter):
 
 
 class ChatStream(StreamTranslator):
-    text_field = "content"
     object_name = "chat.completion.chunk"
 
     def __init__(self, info: RequestInfo):
