@@ -242,6 +242,8 @@ class Exchange:
         # text is about to leave: preamble events may go ahead of it
         self.text_ready = False
         self.pending: deque[Any] = deque()
+        # what a review hold still has to read of a stream cut short
+        self.unread: tuple[Any, SSEParser, list] | None = None
         # the incident containment switch this request was answered under
         self.containment: Switch | None = None
 
@@ -478,14 +480,11 @@ class Exchange:
         self.upstream_headers = up.response_headers(resp.headers)
         done = False
         loop = asyncio.get_running_loop()
-        first_chunk_at: float | None = None
         try:
             async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                 self.busy.stop()
                 async for chunk in resp.content.iter_any():
                     self.busy.start()
-                    if first_chunk_at is None:
-                        first_chunk_at = time.perf_counter()
                     items = [item for ev in parser.feed(chunk) for item in translator.parse(ev)]
                     done = await self.on_items(coalesce(items), translator, guard, pending)
                     if guard.stopped:
@@ -639,7 +638,7 @@ class Exchange:
         config = stopper.config if stopper else None
         if action is Action.REVIEW and "review" in self.gw.services:
             out = await self.gw.services["review"].hold_stream(
-                self, guard, translator, getattr(self, "unread", None)
+                self, guard, translator, self.unread
             )
             self.finish_record(action=action.value, stream=True, cut=out is self.response)
             return out
