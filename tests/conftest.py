@@ -30,6 +30,22 @@ policies:
     action: block
 """
 
+# one breaching policy and one incident rule for it, shared by the incident tests
+LEAK_POLICY = """\
+policies:
+  - id: no-forbidden
+    kind: phrases
+    phrases: ["launch codes"]
+    action: block
+    severity: high
+"""
+
+
+def leak_policy_with_rule(extra: str = "") -> str:
+    """``LEAK_POLICY`` plus an incident rule ``leaks``; ``extra`` adds lines to the rule."""
+    return LEAK_POLICY + "incident_rules:\n  - id: leaks\n    source: policy\n" + extra
+
+
 ADMIN_TOKEN = "test-admin-token"
 REVIEWER_TOKEN = "test-reviewer-token"
 

@@ -139,7 +139,7 @@ async def test_index_swap_on_file_change_keeps_serving(make_gateway, fake, polic
     await asyncio.sleep(0.2)
     await asyncio.to_thread(
         add_documents, books, corpus(tmp_path / "more.jsonl", [("farewell", FAREWELL)]))
-    for _ in range(100):
+    for _ in range(300):
         if finishes and finishes[-1] == "content_filter":
             break
         await asyncio.sleep(0.05)

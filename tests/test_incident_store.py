@@ -5,23 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import Route
-from tests.conftest import ADMIN_TOKEN, write_policies
+from tests.conftest import ADMIN_TOKEN, leak_policy_with_rule, write_policies
 from tests.test_sinks import PD_KEY, FakeSinks
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = "/v1/chat/completions"
 
-POLICIES = """\
-policies:
-  - id: no-forbidden
-    kind: phrases
-    phrases: ["launch codes"]
-    action: block
-    severity: high
-incident_rules:
-  - id: leaks
-    source: policy
-"""
+POLICIES = leak_policy_with_rule()
 
 
 async def test_lifecycle_on_each_backend(

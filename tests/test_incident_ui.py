@@ -7,23 +7,12 @@ import re
 
 from gateway.cli import main as cli_main
 from gateway.config import Route
-from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
+from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, leak_policy_with_rule, write_policies
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = "/v1/chat/completions"
 
-POLICIES = """\
-policies:
-  - id: no-forbidden
-    kind: phrases
-    phrases: ["launch codes"]
-    action: block
-    severity: high
-incident_rules:
-  - id: leaks
-    source: policy
-    title: "<script>alert(1)</script> {policy} on {route}"
-"""
+POLICIES = leak_policy_with_rule('    title: "<script>alert(1)</script> {policy} on {route}"\n')
 
 
 async def opened(make_gateway, fake, policy_dir, routes=None):

@@ -44,7 +44,7 @@ async def test_reload_under_load(make_gateway, fake, policy_dir, caplog):
     workers = [asyncio.create_task(load()) for _ in range(4)]
     await asyncio.sleep(0.3)
     write_policies(policy_dir, GOOD)
-    for _ in range(100):
+    for _ in range(300):
         if gw.policies.current.revision != first:
             break
         await asyncio.sleep(0.05)
@@ -52,7 +52,7 @@ async def test_reload_under_load(make_gateway, fake, policy_dir, caplog):
     assert good != first
     await asyncio.sleep(0.3)
     write_policies(policy_dir, BROKEN)
-    for _ in range(100):
+    for _ in range(300):
         if gw.policies.last_error:
             break
         await asyncio.sleep(0.05)

@@ -533,7 +533,7 @@ async def test_callback_is_signed_and_retried(make_gateway, fake, aiohttp_server
         json={"version": 1},
         headers=auth(REVIEWER_TOKEN),
     )
-    for _ in range(100):
+    for _ in range(300):
         if got:
             break
         await asyncio.sleep(0.02)

@@ -312,7 +312,7 @@ import logging  # noqa: E402
 import pytest  # noqa: E402
 
 from gateway.incidents.sinks import sink_dedup_key  # noqa: E402
-from tests.conftest import ADMIN_TOKEN, write_policies  # noqa: E402
+from tests.conftest import ADMIN_TOKEN, leak_policy_with_rule, write_policies  # noqa: E402
 
 PD_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 OG_KEY = "og-api-key-secret-value"
@@ -321,19 +321,7 @@ SLACK_PATH = "/slack/services/T000/B000/SeCrEtSlackToken"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = "/v1/chat/completions"
 
-RULES = """\
-policies:
-  - id: no-forbidden
-    kind: phrases
-    phrases: ["launch codes"]
-    action: block
-    severity: high
-incident_rules:
-  - id: leaks
-    source: policy
-    escalate:
-      - {count: 1, window: 600, severity: SEV1}
-"""
+RULES = leak_policy_with_rule("    escalate:\n      - {count: 1, window: 600, severity: SEV1}\n")
 
 
 @pytest.fixture
@@ -489,7 +477,7 @@ async def test_secrets_stay_out_of_logs_and_outbox(make_gateway, fake, policy_di
     caplog.set_level(logging.DEBUG)
     proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks, n=1)
     service = gw.services["incidents"]
-    for _ in range(100):
+    for _ in range(400):
         rows = await gw.store.fetchall("SELECT attempts, payload, last_error FROM incident_outbox")
         if rows and all(r["attempts"] >= 2 for r in rows):
             break
@@ -514,7 +502,7 @@ async def test_missing_credential_waits_instead_of_sending(
 ):
     monkeypatch.delenv("TEST_PD_KEY")
     proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks, n=1)
-    for _ in range(100):
+    for _ in range(400):
         row = await gw.store.fetchone(
             "SELECT attempts, last_error FROM incident_outbox WHERE sink = 'pd'"
         )
