@@ -18,6 +18,9 @@ RUN pip install . && pip check
 COPY policies ./policies
 COPY indexes ./indexes
 COPY gateway.example.yaml ./
+# the shipped copyright policy needs the sample index: build it into the image
+RUN python -c "from gateway.index import ensure_sample; ensure_sample('/app/indexes')" \
+    && gateway policy validate policies/
 
 RUN useradd --system --uid 10001 --home /app gateway \
     && mkdir -p /app/.gateway \
