@@ -77,11 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", action="append", help="policy files (default: policies/)")
     demo.set_defaults(func=cmd_demo)
 
-    for module in ("gateway.index.cli", "gateway.incidents.cli"):
-        try:
-            __import__(module, fromlist=["register"]).register(sub)
-        except ImportError:
-            pass
+    # subsystems add their own commands: index, route, incident
+    from gateway.incidents.cli import register as register_incidents
+    from gateway.index.cli import register as register_index
+
+    register_index(sub)
+    register_incidents(sub)
     return parser
 
 
