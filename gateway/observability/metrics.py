@@ -11,6 +11,7 @@ _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[str, ...], object] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -80,3 +81,11 @@ class Metrics:
             "Decision records dropped because the queue was full",
             registry=r,
         )
+
+    def child(self, metric: str, *labels: str):
+        """The labelled child of ``metric``, cached: ``labels()`` takes a lock every call."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = getattr(self, metric).labels(*labels)
+        return found

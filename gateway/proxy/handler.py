@@ -759,15 +759,15 @@ class Exchange:
         if error is not None:
             record["error"] = {"code": error.code, "message": error.message}
         self.record = record
-        metrics = self.gw.metrics
-        metrics.requests.labels(route, action).inc()
-        metrics.added_latency.labels(route, "true" if record["stream"] else "false").observe(
+        child = self.gw.metrics.child
+        child("requests", route, action).inc()
+        child("added_latency", route, "true" if record["stream"] else "false").observe(
             self.busy.total
         )
         if self.upstream_seconds:
-            metrics.upstream_latency.labels(route).observe(self.upstream_seconds)
+            child("upstream_latency", route).observe(self.upstream_seconds)
         if guard and scanned:
             for result in guard.results:
-                metrics.policy_time.labels(result.config.id).observe(result.elapsed_ms / 1000)
-                metrics.policy_status.labels(result.config.id, result.status.value).inc()
+                child("policy_time", result.config.id).observe(result.elapsed_ms / 1000)
+                child("policy_status", result.config.id, result.status.value).inc()
         self.gw.on_decision(record)
