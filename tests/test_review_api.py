@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config import Route
 from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
+from tests.test_proxy_basic import read_sse
 
 CHAT = "/v1/chat/completions"
 CLIENT_KEY = "sk-client-one"
@@ -207,12 +208,9 @@ async def test_stream_hold_keeps_the_whole_answer(make_gateway, fake):
     fake.script.chunk = 7
     proxy, admin, gw = await start(make_gateway, fake)
     resp = await hold_one(proxy, stream=True)
-    raw = (await resp.read()).decode()
-    events = [
-        json.loads(line[6:])
-        for line in raw.splitlines()
-        if line.startswith("data: ") and line[6:] != "[DONE]"
-    ]
+    raw_bytes, parsed = await read_sse(resp)
+    raw = raw_bytes.decode()
+    events = [e for e in parsed if isinstance(e, dict)]
     finishes = [
         c["finish_reason"] for e in events for c in e.get("choices", []) if c.get("finish_reason")
     ]
@@ -246,12 +244,8 @@ async def test_stream_hold_before_any_text_says_held(make_gateway, fake):
     fake.script.text = "secret sauce first."
     proxy, _, gw = await start(make_gateway, fake)
     resp = await hold_one(proxy, stream=True)
-    raw = (await resp.read()).decode()
-    events = [
-        json.loads(line[6:])
-        for line in raw.splitlines()
-        if line.startswith("data: ") and line[6:] != "[DONE]"
-    ]
+    _, parsed = await read_sse(resp)
+    events = [e for e in parsed if isinstance(e, dict)]
     sent = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
     assert sent == "This response is held for review."
     review_id = next(e["x_governance"]["review_id"] for e in events if "x_governance" in e)

@@ -327,13 +327,19 @@ async def ui_detail(request: web.Request) -> web.Response:
     )
 
 
-async def ui_action(request: web.Request) -> web.Response:
+async def _posted_form(request: web.Request):
+    """The logged-in principal and the posted form, its CSRF token checked."""
     principal, csrf = _ui_principal(request)
     if principal is None:
         raise Unauthorized("log in first")
     form = await request.post()
     if csrf is not None and not _same(form.get("csrf"), csrf):
         raise Forbidden("the form's CSRF token does not match the session")
+    return principal, form
+
+
+async def ui_action(request: web.Request) -> web.Response:
+    principal, form = await _posted_form(request)
     service = _service(request)
     incident_id = request.match_info["id"]
     action = str(form.get("action", ""))
@@ -362,12 +368,7 @@ async def ui_action(request: web.Request) -> web.Response:
 
 
 async def ui_contain(request: web.Request) -> web.Response:
-    principal, csrf = _ui_principal(request)
-    if principal is None:
-        raise Unauthorized("log in first")
-    form = await request.post()
-    if csrf is not None and not _same(form.get("csrf"), csrf):
-        raise Forbidden("the form's CSRF token does not match the session")
+    principal, form = await _posted_form(request)
     request[PRINCIPAL] = principal
     _require(request, "lead")
     service = _service(request)
