@@ -38,6 +38,10 @@ class DecisionLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        # The background writer and readers that need their record written
+        # (GET /decisions/{id}) both call flush(); one writer at a time keeps
+        # a batch from being inserted twice.
+        self._writing = asyncio.Lock()
 
     def add(self, record: dict[str, Any]) -> None:
         if len(self._queue) >= self._max:
@@ -67,12 +71,25 @@ class DecisionLog:
                 await asyncio.sleep(backoff)
 
     async def flush(self) -> None:
-        while self._queue:
-            batch = [self._queue[i] for i in range(min(self._batch, len(self._queue)))]
-            await self.store.insert_decisions(batch)
-            for _ in batch:
-                self._queue.popleft()
-            self.metrics.decision_queue.set(len(self._queue))
+        async with self._writing:
+            while self._queue:
+                # Take the batch out before awaiting, so add() dropping the
+                # oldest record meanwhile can't shift what gets removed.
+                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+                try:
+                    await self.store.insert_decisions(batch)
+                except BaseException:
+                    self._requeue(batch)
+                    raise
+                self.metrics.decision_queue.set(len(self._queue))
+
+    def _requeue(self, batch: list[dict[str, Any]]) -> None:
+        """Put an unwritten batch back in front, still honouring the bound."""
+        self._queue.extendleft(reversed(batch))
+        while len(self._queue) > self._max:
+            self._queue.popleft()
+            self.metrics.decisions_dropped.inc()
+        self.metrics.decision_queue.set(len(self._queue))
 
     async def close(self) -> None:
         self._closing = True
