@@ -324,7 +324,13 @@ def semantic(args) -> dict:
             "faiss": index.manifest["faiss"]["type"],
         }
     }
-    default = CopyrightPolicy(id="d", kind="copyright").semantic_threshold
+    policy_defaults = CopyrightPolicy(id="d", kind="copyright")
+    default = policy_defaults.semantic_threshold
+    screen_thr = policy_defaults.semantic_screen
+    static = {
+        name: index.screen_search([p[4] for p in pairs])
+        for name, pairs in (("train", train), ("test", test))
+    }
     grid = [round(x, 2) for x in np.arange(0.5, 0.96, 0.01)]
     for variant in args.embedding.split(","):
         emb = get_embedder(index.model, variant)
@@ -339,13 +345,18 @@ def semantic(args) -> dict:
             res[name] = (labels, pair_cos, top_s[:, 0], top_r[:, 0] == own)
         per_q = 1000 * (time.perf_counter() - t) / (len(train) + len(test))
 
-        def pair(name, thr, res=res):
+        def pair(name, thr, res=res, screen=None):
             labels, cos, _, _ = res[name]
-            return _prf(labels, cos >= thr)
+            hit = cos >= thr
+            if screen is not None:
+                hit &= static[name] >= screen
+            return _prf(labels, hit)
 
-        def retrieval(name, thr, res=res):
+        def retrieval(name, thr, res=res, screen=None):
             labels, _, top, right = res[name]
             hit = top >= thr
+            if screen is not None:
+                hit &= static[name] >= screen
             tp = labels & hit & right
             fp = hit & ~(labels & right)
             fn = labels & ~tp
@@ -373,8 +384,26 @@ def semantic(args) -> dict:
             },
             "batched_ms_per_query_sentence": round(per_q, 2),
         }
+        # the static screen in front of the model (the detector's default path)
+        plain = retrieval("test", default)
+        screened = retrieval("test", default, screen=screen_thr)
+        out[variant]["with_screen"] = {
+            "screen_threshold": screen_thr,
+            "pair_test_at_default": pair("test", default, screen=screen_thr),
+            "retrieval_test_at_default": screened,
+            "recall_points_lost": round(100 * (plain["recall"] - screened["recall"]), 2),
+            "test_queries_sent_to_model_pct": pct(
+                int((static["test"] >= screen_thr).sum()), len(test)
+            ),
+        }
         # the detector gives the same scores (one window per sentence)
-        det = detector(index, match=["semantic"], semantic_threshold=0.01, embedding=variant)
+        det = detector(
+            index,
+            match=["semantic"],
+            semantic_threshold=0.01,
+            semantic_screen=None,
+            embedding=variant,
+        )
         agree = total = 0
         labels, cos, top, _ = res["test"]
         for i, p in enumerate(test[:200]):
@@ -414,6 +443,7 @@ def main() -> None:
                 "near_min_words",
                 "near_ratio",
                 "semantic_threshold",
+                "semantic_screen",
                 "max_postings",
             )
         },

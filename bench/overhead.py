@@ -34,12 +34,19 @@ UPSTREAM = r"""
 import asyncio, json, sys, time
 from aiohttp import web
 
-TEXT = sys.argv[2]
+# one answer, or a JSON file of answers served in turn (so no cache sees a repeat)
+TEXTS = json.load(open(sys.argv[2][1:])) if sys.argv[2].startswith("@") else [sys.argv[2]]
+SERVED = [0]
+
+def next_text():
+    SERVED[0] += 1
+    return TEXTS[SERVED[0] % len(TEXTS)]
 SOURCES = json.loads(sys.argv[3])
 CHUNK = 4
 
 async def chat(request):
     body = await request.json()
+    TEXT = next_text()
     base = {"id": "chatcmpl-bench", "created": int(time.time()), "model": "bench",
             "system_fingerprint": "fp_bench"}
     if not body.get("stream"):
@@ -80,6 +87,24 @@ PARAGRAPH = (
 )
 TEXT = (PARAGRAPH * 6)[:2000]
 QUESTION = "How do I grow tomatoes?"
+
+
+def varied_answers(n: int) -> list[str]:
+    """``n`` different ~2,000-character answers of real news sentences (MSRP)."""
+    import random
+
+    path = ROOT.parent / "shared" / "data" / "paraphrase" / "msr_paraphrase_test.txt"
+    with open(path, encoding="utf-8-sig") as fh:
+        rows = [line.rstrip("\n").split("\t") for line in fh][1:]
+    sentences = [r[3] for r in rows if len(r) == 5] + [r[4] for r in rows if len(r) == 5]
+    rng = random.Random(11)
+    out = []
+    for _ in range(n):
+        parts: list[str] = []
+        while sum(len(p) + 1 for p in parts) < 2000:
+            parts.append(rng.choice(sentences))
+        out.append(" ".join(parts)[:2100])
+    return out
 
 
 def free_port() -> int:
@@ -233,6 +258,11 @@ async def main() -> None:
     parser.add_argument(
         "--incident-rules", action="store_true", help="add an incident rule for every policy"
     )
+    parser.add_argument(
+        "--varied",
+        action="store_true",
+        help="every answer differs (MSRP news sentences): no embedding cache hits",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
@@ -266,7 +296,11 @@ async def main() -> None:
     }
     (tmp / "gateway.yaml").write_text(json.dumps(config))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    upstream = [sys.executable, "-c", UPSTREAM, str(up_port), TEXT, json.dumps(sources)]
+    answer = TEXT
+    if args.varied:
+        answer = "@" + str(tmp / "answers.json")
+        (tmp / "answers.json").write_text(json.dumps(varied_answers(4 * args.requests)))
+    upstream = [sys.executable, "-c", UPSTREAM, str(up_port), answer, json.dumps(sources)]
     procs = [subprocess.Popen(upstream, env=env)]
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp / "gateway.yaml")]
     procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL))
@@ -297,6 +331,7 @@ async def main() -> None:
                 "incident_rules": args.incident_rules,
                 "policies": policies,
                 "response_chars": len(TEXT),
+                "varied_answers": args.varied,
                 "stream_chunk_chars": 4,
                 "concurrency": 1,
                 "rounds": args.rounds,

@@ -427,3 +427,98 @@ def test_semantic_stream_holds_each_sentence_until_judged(semantic_index):
     assert len(events) == 1
     finding, released = events[0]
     assert released <= finding.start
+
+
+class CountingEmbedder:
+    """The real model, counting the windows that reach it."""
+
+    def __init__(self, model: str):
+        from gateway.embedding import get_embedder
+
+        self.embedder = get_embedder(model)
+        self.windows: list[str] = []
+
+    def __call__(self, texts: list[str]):
+        self.windows.extend(texts)
+        return self.embedder.encode(texts)
+
+
+@pytest.mark.slow
+def test_screen_sends_only_candidate_windows_to_the_model(semantic_index):
+    assert semantic_index.manifest["screen"]["vocabulary"] > 10000
+    counting = CountingEmbedder(semantic_index.model)
+    det = CopyrightDetector(
+        CopyrightPolicy(id="cr", kind="copyright", match=["semantic"]),
+        lambda: semantic_index,
+        counting,
+    )
+    paraphrase = (
+        "Looking ahead to the days we want to make safe, we hope for a world built on four "
+        "basic human freedoms, the first being freedom of speech and expression everywhere."
+    )
+    unrelated = [
+        "Bake the bread at two hundred degrees for forty minutes, then let it cool down.",
+        "The quarterly report shows that the new database cluster reduced query latency.",
+        "Our hiking trail follows the river for six miles before climbing to the ridge.",
+    ]
+    text = " ".join([unrelated[0], paraphrase, *unrelated[1:]])
+    found = scan_whole(det, text)
+    assert [f.evidence["source_id"] for f in found] == ["fdr-freedoms"]
+    assert found[0].evidence["screen_score"] >= det.config.semantic_screen
+    assert counting.windows == [paraphrase]
+
+    unscreened = CountingEmbedder(semantic_index.model)
+    det_all = CopyrightDetector(
+        CopyrightPolicy(id="cr", kind="copyright", match=["semantic"], semantic_screen=None),
+        lambda: semantic_index,
+        unscreened,
+    )
+    again = scan_whole(det_all, text)
+    assert [(f.start, f.end) for f in again] == [(f.start, f.end) for f in found]
+    assert again[0].evidence["screen_score"] is None
+    assert len(unscreened.windows) == 4
+
+
+@pytest.mark.slow
+def test_screen_follows_added_and_removed_documents(semantic_index, tmp_path):
+    from gateway.index import add_documents, remove_documents
+
+    out = tmp_path / "idx"
+    shutil.copytree(semantic_index.path, out)
+    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"id": "more", "text": rows[5]["text"][:600]}) + "\n")
+    add_documents(out, extra)
+    grown = CopyrightIndex(out)
+    assert grown.screen_vectors.ntotal == grown.vectors.ntotal == len(grown)
+    first, _ = grown.doc_passages(grown.doc_index["more"])
+    own = grown.passage_text(first)
+    assert grown.screen_search([own])[0] > 0.99  # the added passage is in the screen
+    remove_documents(out, ["more"])
+    shrunk = CopyrightIndex(out)
+    assert shrunk.screen_search([own])[0] < 0.99  # and gone from it after a takedown
+    det = detector(shrunk, match=["semantic"], semantic_threshold=0.95)
+    assert scan_whole(det, own) == []
+
+
+def test_policy_model_checks_the_screen_threshold():
+    assert CopyrightPolicy(id="c", kind="copyright", semantic_screen=None).semantic_screen is None
+    with pytest.raises(ValidationError, match="semantic_screen"):
+        CopyrightPolicy(id="c", kind="copyright", semantic_screen=1.5)
+
+
+@pytest.mark.slow
+def test_index_without_a_screen_sends_every_window(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    text = SAMPLE.read_text(encoding="utf-8").splitlines()[0]
+    corpus.write_text(json.dumps({"id": "w", "text": json.loads(text)["text"][:500]}) + "\n")
+    build_index(corpus, tmp_path / "idx", BuildParams(chunk_words=30, screen=False))
+    index = CopyrightIndex(tmp_path / "idx")
+    assert index.manifest["screen"] is None and index.screen is None
+    assert not (tmp_path / "idx" / "screen.npz").exists()
+    counting = CountingEmbedder(index.model)
+    det = CopyrightDetector(
+        CopyrightPolicy(id="cr", kind="copyright", match=["semantic"]), lambda: index, counting
+    )
+    scan_whole(det, "Bake the bread at two hundred degrees for forty minutes, then let it cool.")
+    assert len(counting.windows) == 1

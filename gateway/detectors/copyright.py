@@ -75,6 +75,10 @@ class CopyrightPolicy(PolicyBase):
     semantic_min_words: int = Field(default=8, ge=3, le=200)
     # embedding variant for response windows (see gateway.embedding)
     embedding: Literal["fp32", "int8"] = "fp32"
+    # static-embedding first stage (gateway.index.screen): only windows whose
+    # static cosine with some passage reaches this go through the model; null
+    # sends every window. Used when the index was built with a screen.
+    semantic_screen: float | None = Field(default=0.45, gt=-1.0, lt=1.0)
     # ignore any match shorter than this many characters of the response
     min_span_chars: int = Field(default=0, ge=0)
     # sources that may be quoted at any length: ids, or licences such as
@@ -366,10 +370,22 @@ class CopyScan:
         if not windows:
             return []
         idx = self.index
-        vecs = self.det.embed([text[s:e] for s, e in windows], idx.model or "all-MiniLM-L6-v2")
+        texts = [text[s:e] for s, e in windows]
+        screened: list[float | None] = [None] * len(windows)
+        if self.cfg.semantic_screen is not None and idx.screen is not None:
+            static = idx.screen_search(texts)
+            keep = np.nonzero(static >= self.cfg.semantic_screen)[0]
+            windows = [windows[i] for i in keep]
+            texts = [texts[i] for i in keep]
+            screened = [round(float(static[i]), 4) for i in keep]
+            if not windows:
+                return []
+        vecs = self.det.embed(texts, idx.model or "all-MiniLM-L6-v2")
         scores, rows = idx.search(vecs, 1)
         out: list[Finding] = []
-        for (s, e), score, row in zip(windows, scores[:, 0], rows[:, 0], strict=True):
+        for (s, e), score, row, static_score in zip(
+            windows, scores[:, 0], rows[:, 0], screened, strict=True
+        ):
             if row < 0 or score < self.cfg.semantic_threshold:
                 continue
             src_text, doc, base = idx.region(int(row), int(row))
@@ -380,6 +396,7 @@ class CopyScan:
                 source_span=[base, base + len(src_text)],
                 source_text=src_text,
                 passage=int(row),
+                screen_score=static_score,
                 index=idx.name,
                 index_generation=idx.manifest.get("generation"),
             )

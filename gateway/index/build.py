@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gateway.index.corpus import CorpusReport, Document, read_corpus
+from gateway.index.screen import SCREEN_FILE, SCREEN_VECTORS, StaticScreen, distil_table
 from gateway.index.store import FORMAT, MANIFEST, CopyrightIndex, IndexMissing
 from gateway.index.text import bloom_add, bloom_size, chunk_spans, ngram_hashes, winnow, words
 
@@ -48,6 +49,8 @@ class BuildParams:
     winnow: int = 6
     semantic: bool = True
     model: str = "all-MiniLM-L6-v2"
+    # a static-embedding first stage, so most windows skip the model (screen.py)
+    screen: bool = True
     faiss: str = "auto"  # auto | flat | ivf | hnsw
     flat_max: int = FLAT_MAX
     batch_size: int = 64
@@ -260,7 +263,16 @@ def _tmp_dir(out: Path) -> Path:
 
 
 INDEX_FILES = frozenset(
-    {MANIFEST, "docs.jsonl", "texts.bin", "passages.npy", "anchors.npz", "vectors.faiss"}
+    {
+        MANIFEST,
+        "docs.jsonl",
+        "texts.bin",
+        "passages.npy",
+        "anchors.npz",
+        "vectors.faiss",
+        SCREEN_FILE,
+        SCREEN_VECTORS,
+    }
 )
 
 
@@ -338,6 +350,7 @@ def build_index(
                 vectors = np.zeros((0, dim), np.float32)
             index, faiss_info = make_faiss(vectors, params.faiss, params.flat_max)
             faiss.write_index(index, str(tmp / "vectors.faiss"))
+        screen_info = _build_screen(tmp, params) if params.semantic and params.screen else None
         seconds = time.perf_counter() - t0
         manifest = {
             "format": FORMAT,
@@ -355,6 +368,7 @@ def build_index(
             },
             "corpus": {"path": str(corpus), "sha256": report.sha256, **report.summary()},
             "faiss": faiss_info,
+            "screen": screen_info,
             "generation": 1,
             "updates": [],
         }
@@ -374,6 +388,56 @@ def build_index(
         [str(p) for p in report.problems],
         faiss_info["type"] if faiss_info else None,
     )
+
+
+def _passage_texts(directory: Path, first: int = 0) -> list[str]:
+    """Text of the passages from row ``first`` on, read back from a written directory."""
+    rows = np.load(directory / "passages.npy")[first:]
+    data = (directory / "texts.bin").read_bytes()
+    return [data[int(r[3]) : int(r[4])].decode("utf-8") for r in rows]
+
+
+# a model's token table is the same for every corpus: distil it once per process
+_DISTILLED: dict[str, np.ndarray] = {}
+
+
+def _build_screen(tmp: Path, params: BuildParams) -> dict[str, Any]:
+    """Distil and fit the static screen to the passages just written, and index them."""
+    import faiss
+
+    from gateway.embedding import get_embedder
+
+    t0 = time.perf_counter()
+    model = get_embedder(params.model)._load()
+    table = _DISTILLED.get(params.model)
+    if table is None:
+        table = _DISTILLED[params.model] = distil_table(model)
+    screen, vectors = StaticScreen.fit(model, _passage_texts(tmp), table)
+    screen.save(tmp)
+    index, info = make_faiss(vectors, params.faiss, params.flat_max)
+    faiss.write_index(index, str(tmp / SCREEN_VECTORS))
+    return {
+        "components_removed": len(screen.components),
+        "vocabulary": len(screen.table),
+        "faiss": info,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _extend_screen(base: CopyrightIndex, tmp: Path, first: int) -> None:
+    """Add passages from row ``first`` to a copy of the base index's screen.
+
+    The weights and removed directions stay as fitted at build time; a rebuild
+    refits them when the corpus has changed a lot.
+    """
+    import faiss
+
+    shutil.copyfile(base.path / SCREEN_FILE, tmp / SCREEN_FILE)
+    index = faiss.read_index(str(base.path / SCREEN_VECTORS))
+    texts = _passage_texts(tmp, first)
+    if texts and base.screen is not None:
+        index.add(np.ascontiguousarray(base.screen.encode(texts), np.float32))
+    faiss.write_index(index, str(tmp / SCREEN_VECTORS))
 
 
 def _model_dim(model: str) -> int:
@@ -418,6 +482,8 @@ def add_documents(
             if vectors is not None and len(vectors):
                 index.add(np.ascontiguousarray(vectors, np.float32))
             faiss.write_index(index, str(tmp / "vectors.faiss"))
+        if base.screen is not None:
+            _extend_screen(base, tmp, len(base.passages))
         manifest = _updated_manifest(base, writer, "add", n_docs, report)
         _write_manifest(tmp, manifest)
         base.close()
@@ -460,7 +526,7 @@ def remove_documents(index_dir: str | Path, ids: Iterable[str]) -> UpdateReport:
             targets.append(row)
     tmp = _tmp_dir(out)
     try:
-        for name in ("texts.bin", "passages.npy", "vectors.faiss"):
+        for name in ("texts.bin", "passages.npy", "vectors.faiss", SCREEN_FILE, SCREEN_VECTORS):
             if (base.path / name).exists():
                 shutil.copyfile(base.path / name, tmp / name)
         docs = [dict(d) for d in base.docs]
@@ -547,7 +613,9 @@ def ensure_index(
             pass
         params = params or BuildParams()
         same_corpus = manifest.get("corpus", {}).get("sha256") == report.sha256
-        has_layers = bool(manifest.get("model")) or not params.semantic
+        has_layers = not params.semantic or (
+            bool(manifest.get("model")) and (bool(manifest.get("screen")) or not params.screen)
+        )
         if same_corpus and has_layers:
             return out
     build_index(corpus, out, params, progress=progress)

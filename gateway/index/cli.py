@@ -32,6 +32,11 @@ def register(subparsers: Any) -> None:
     b.add_argument("--winnow", type=int, default=defaults.winnow)
     b.add_argument("--model", default=defaults.model, help="sentence-transformers model")
     b.add_argument("--no-semantic", action="store_true", help="lexical layer only (no embeddings)")
+    b.add_argument(
+        "--no-screen",
+        action="store_true",
+        help="no static-embedding screen: every window goes through the model",
+    )
     b.add_argument("--faiss", choices=["auto", "flat", "ivf", "hnsw"], default="auto")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_build)
@@ -95,6 +100,7 @@ def _build(args: argparse.Namespace) -> int:
         winnow=args.winnow,
         model=args.model,
         semantic=not args.no_semantic,
+        screen=not args.no_screen,
         faiss=args.faiss,
     )
     try:

@@ -9,6 +9,8 @@ On disk an index is one directory::
     anchors.npz     sorted winnowed word n-gram hashes and their passage rows,
                     plus a Bloom filter of every word n-gram
     vectors.faiss   passage embeddings (absent for a lexical-only index)
+    screen.npz      the static-embedding screen distilled from the model (screen.py)
+    screen.faiss    passage vectors in the screen's space, same rows as vectors.faiss
 
 A loaded ``CopyrightIndex`` is never changed in place: updates write a new
 directory and the ``IndexManager`` swaps the whole object, so a scan that
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.index.screen import SCREEN_FILE, SCREEN_VECTORS, StaticScreen
 from gateway.index.text import tokens
 
 MANIFEST = "manifest.json"
@@ -83,20 +86,31 @@ class CopyrightIndex:
             size = os.fstat(fh.fileno()).st_size
             self.blob: Any = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._token_cache: dict[tuple[int, int], list[str]] = {}
-        self.vectors = None
-        if (self.path / "vectors.faiss").exists():
-            import faiss
+        self.vectors = self._read_faiss("vectors.faiss", self.manifest.get("faiss"))
+        self.screen: StaticScreen | None = None
+        self.screen_vectors = None
+        screen_info = self.manifest.get("screen")
+        if screen_info and self.vectors is not None and (self.path / SCREEN_FILE).exists():
+            from gateway.embedding import resolve_model
 
-            # one compute thread per call: the gateway runs scans concurrently
-            # on two cores, and OpenMP fan-out would only oversubscribe them
-            faiss.omp_set_num_threads(1)
-            self.vectors = faiss.read_index(str(self.path / "vectors.faiss"))
-            nprobe = self.manifest.get("faiss", {}).get("nprobe")
-            if nprobe and hasattr(self.vectors, "nprobe"):
-                self.vectors.nprobe = nprobe
-            ef = self.manifest.get("faiss", {}).get("ef_search")
-            if ef and hasattr(self.vectors, "hnsw"):
-                self.vectors.hnsw.efSearch = ef
+            self.screen = StaticScreen.load(self.path, resolve_model(self.model or ""))
+            self.screen_vectors = self._read_faiss(SCREEN_VECTORS, screen_info.get("faiss"))
+
+    def _read_faiss(self, name: str, info: dict[str, Any] | None) -> Any:
+        if not (self.path / name).exists():
+            return None
+        import faiss
+
+        # one compute thread per call: the gateway runs scans concurrently
+        # on two cores, and OpenMP fan-out would only oversubscribe them
+        faiss.omp_set_num_threads(1)
+        index = faiss.read_index(str(self.path / name))
+        info = info or {}
+        if info.get("nprobe") and hasattr(index, "nprobe"):
+            index.nprobe = info["nprobe"]
+        if info.get("ef_search") and hasattr(index, "hnsw"):
+            index.hnsw.efSearch = info["ef_search"]
+        return index
 
     # -- identity ---------------------------------------------------------
     @property
@@ -180,12 +194,24 @@ class CopyrightIndex:
         """Top ``k`` live passages per query vector: (cosine scores, passage rows)."""
         if self.vectors is None:
             raise IndexError_(f"{self.path}: built without vectors; semantic matching needs them")
-        if self.vectors.ntotal == 0:
+        return self._search(self.vectors, vectors, k)
+
+    def screen_search(self, texts: list[str]) -> np.ndarray:
+        """Each text's best static cosine with a live passage (-1 when there is none)."""
+        if self.screen is None or self.screen_vectors is None:
+            raise IndexError_(f"{self.path}: built without a screen")
+        scores, _ = self._search(self.screen_vectors, self.screen.encode(texts), 1)
+        if scores.shape[1] == 0:
+            return np.full(len(texts), -1.0, np.float32)
+        return scores[:, 0]
+
+    def _search(self, index: Any, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if index.ntotal == 0:
             n = len(vectors)
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
         # ask for extra rows so removed passages do not crowd out live ones
         extra = k + min(int(self.removed.sum()), 4 * k)
-        scores, rows = self.vectors.search(np.ascontiguousarray(vectors, np.float32), extra)
+        scores, rows = index.search(np.ascontiguousarray(vectors, np.float32), extra)
         out_s = np.full((len(vectors), k), -1.0, np.float32)
         out_r = np.full((len(vectors), k), -1, np.int64)
         for i in range(len(vectors)):
@@ -204,12 +230,17 @@ class CopyrightIndex:
         vec_bytes = 0
         if self.vectors is not None:
             vec_bytes = int(self.vectors.ntotal) * int(self.vectors.d) * 4
+        screen_bytes = 0
+        if self.screen_vectors is not None and self.screen is not None:
+            screen_bytes = int(self.screen_vectors.ntotal) * int(self.screen_vectors.d) * 4
+            screen_bytes += self.screen.nbytes
         return {
             "passages_bytes": int(self.passages.nbytes),
             "anchors_bytes": int(self.anchor_hash.nbytes + self.anchor_pid.nbytes),
             "bloom_bytes": int(self.bloom.nbytes) if self.bloom is not None else 0,
             "texts_bytes_mapped": len(self.blob),
             "vectors_bytes": vec_bytes,
+            "screen_bytes": screen_bytes,
         }
 
     def counts(self) -> dict[str, int]:
