@@ -261,7 +261,10 @@ async def main() -> None:
     parser.add_argument(
         "--varied",
         action="store_true",
-        help="every answer differs (MSRP news sentences): no embedding cache hits",
+        help=(
+            "every answer differs (MSRP news sentences): no embedding cache hits; "
+            "news answers are ungrounded in the bench's RAG sources, so not for RAG policies"
+        ),
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200)
