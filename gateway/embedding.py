@@ -90,6 +90,11 @@ class Embedder:
         return self._model
 
     @property
+    def model(self) -> Any:
+        """The loaded sentence-transformers model (loads it on first use)."""
+        return self._load()
+
+    @property
     def dim(self) -> int:
         model = self._load()
         getter = getattr(model, "get_embedding_dimension", None)

@@ -25,7 +25,14 @@ import numpy as np
 
 from gateway.index.corpus import CorpusReport, Document, read_corpus
 from gateway.index.screen import SCREEN_FILE, SCREEN_VECTORS, StaticScreen, distil_table
-from gateway.index.store import FORMAT, MANIFEST, CopyrightIndex, IndexMissing
+from gateway.index.store import (
+    FORMAT,
+    MANIFEST,
+    P_BYTE0,
+    P_BYTE1,
+    CopyrightIndex,
+    IndexMissing,
+)
 from gateway.index.text import bloom_add, bloom_size, chunk_spans, ngram_hashes, winnow, words
 
 log = logging.getLogger(__name__)
@@ -394,7 +401,7 @@ def _passage_texts(directory: Path, first: int = 0) -> list[str]:
     """Text of the passages from row ``first`` on, read back from a written directory."""
     rows = np.load(directory / "passages.npy")[first:]
     data = (directory / "texts.bin").read_bytes()
-    return [data[int(r[3]) : int(r[4])].decode("utf-8") for r in rows]
+    return [data[int(r[P_BYTE0]) : int(r[P_BYTE1])].decode("utf-8") for r in rows]
 
 
 # a model's token table is the same for every corpus: distil it once per process
@@ -408,7 +415,7 @@ def _build_screen(tmp: Path, params: BuildParams) -> dict[str, Any]:
     from gateway.embedding import get_embedder
 
     t0 = time.perf_counter()
-    model = get_embedder(params.model)._load()
+    model = get_embedder(params.model).model
     table = _DISTILLED.get(params.model)
     if table is None:
         table = _DISTILLED[params.model] = distil_table(model)
