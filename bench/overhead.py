@@ -34,19 +34,19 @@ UPSTREAM = r"""
 import asyncio, json, sys, time
 from aiohttp import web
 
-# one answer, or a JSON file of answers served in turn (so no cache sees a repeat)
-TEXTS = json.load(open(sys.argv[2][1:])) if sys.argv[2].startswith("@") else [sys.argv[2]]
+# answers ({"text", "sources"}) served in turn, so with many no cache sees a repeat
+ANSWERS = json.load(open(sys.argv[2]))
 SERVED = [0]
-
-def next_text():
-    SERVED[0] += 1
-    return TEXTS[SERVED[0] % len(TEXTS)]
-SOURCES = json.loads(sys.argv[3])
 CHUNK = 4
+
+def next_answer():
+    SERVED[0] += 1
+    answer = ANSWERS[SERVED[0] % len(ANSWERS)]
+    return answer["text"], answer["sources"]
 
 async def chat(request):
     body = await request.json()
-    TEXT = next_text()
+    TEXT, SOURCES = next_answer()
     base = {"id": "chatcmpl-bench", "created": int(time.time()), "model": "bench",
             "system_fingerprint": "fp_bench"}
     if not body.get("stream"):
@@ -87,6 +87,51 @@ PARAGRAPH = (
 )
 TEXT = (PARAGRAPH * 6)[:2000]
 QUESTION = "How do I grow tomatoes?"
+
+
+# a grounded RAG answer whose every sentence differs from request to request
+GARDEN = [
+    "Tomatoes grow best in full sun with at least {} hours of light a day and soil above {} "
+    "degrees.",
+    "Water them deeply {} times a week with about {} litres per plant, and mulch {} "
+    "centimetres deep to keep the soil moist.",
+    "Stake the plants when they are {} centimetres tall so the stems do not snap once the "
+    "fruit sets.",
+    "Pinch out the side shoots on cordon varieties every {} days and stop the plant after {} "
+    "trusses.",
+    "Feed with a high potash fertiliser every {} days once the first truss has set.",
+    "Pick the fruit as soon as it colours, about {} days after the flowers open.",
+]
+
+
+def garden_text(rng, chars: int) -> str:
+    parts: list[str] = []
+    while sum(len(p) + 1 for p in parts) < chars:
+        template = GARDEN[len(parts) % len(GARDEN)]
+        parts.append(template.format(*(rng.randint(2, 99) for _ in range(template.count("{}")))))
+    return " ".join(parts)
+
+
+def grounded_answers(n: int) -> list[dict]:
+    """``n`` different ~2,000-character answers, each with its own three cited sources."""
+    import random
+
+    rng = random.Random(5)
+    return [
+        {
+            "text": garden_text(rng, 2000)[:2100],
+            "sources": [
+                {
+                    "id": f"kb-{i}",
+                    "version": "1",
+                    "updated_at": "2099-01-01T00:00:00Z",
+                    "text": garden_text(rng, 400),
+                }
+                for i in range(3)
+            ],
+        }
+        for _ in range(n)
+    ]
 
 
 def varied_answers(n: int) -> list[str]:
@@ -132,8 +177,18 @@ def pct(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def one_whole(session, url) -> float:
-    body = {"model": "bench", "messages": [{"role": "user", "content": QUESTION}]}
+def questions(varied: bool):
+    """The client's questions: one, or (varied) a different one almost every time."""
+    import random
+
+    rng = random.Random(9)
+    while True:
+        litres = rng.randint(2, 999)
+        yield f"How do I grow tomatoes in a {litres}-litre pot?" if varied else QUESTION
+
+
+async def one_whole(session, url, question: str) -> float:
+    body = {"model": "bench", "messages": [{"role": "user", "content": question}]}
     started = time.perf_counter()
     async with session.post(url, json=body) as resp:
         data = await resp.read()
@@ -143,9 +198,9 @@ async def one_whole(session, url) -> float:
     return elapsed
 
 
-async def one_stream(session, url) -> tuple[float, float, float]:
+async def one_stream(session, url, question: str) -> tuple[float, float, float]:
     """Time to first text, time from the last text to the end, and the total."""
-    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
+    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": question}]}
     started = time.perf_counter()
     first = last = None
     async with session.post(url, json=body) as resp:
@@ -179,23 +234,24 @@ def summarise(direct: list[float], gateway: list[float]) -> dict:
 
 async def measure(args, direct_url: str, gateway_url: str) -> dict:
     rounds = []
+    ask = questions(args.varied)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(args.warmup):
-            await one_whole(session, gateway_url)
-            await one_stream(session, gateway_url)
+            await one_whole(session, gateway_url, next(ask))
+            await one_stream(session, gateway_url, next(ask))
         for _ in range(args.rounds):
             whole_d, whole_g = [], []
             ttft_d, ttft_g, tail_d, tail_g, total_d, total_g = [], [], [], [], [], []
             for _ in range(args.requests):
-                whole_d.append(await one_whole(session, direct_url))
-                whole_g.append(await one_whole(session, gateway_url))
+                whole_d.append(await one_whole(session, direct_url, next(ask)))
+                whole_g.append(await one_whole(session, gateway_url, next(ask)))
             for _ in range(max(args.requests // 3, 10)):
-                f, t, a = await one_stream(session, direct_url)
+                f, t, a = await one_stream(session, direct_url, next(ask))
                 ttft_d.append(f)
                 tail_d.append(t)
                 total_d.append(a)
-                f, t, a = await one_stream(session, gateway_url)
+                f, t, a = await one_stream(session, gateway_url, next(ask))
                 ttft_g.append(f)
                 tail_g.append(t)
                 total_g.append(a)
@@ -262,8 +318,8 @@ async def main() -> None:
         "--varied",
         action="store_true",
         help=(
-            "every answer differs (MSRP news sentences): no embedding cache hits; "
-            "news answers are ungrounded in the bench's RAG sources, so not for RAG policies"
+            "every answer (and question) differs, so no cache sees a repeat: MSRP news "
+            "sentences, or with --sources a grounded answer with its own sources"
         ),
     )
     parser.add_argument("--rounds", type=int, default=5)
@@ -299,11 +355,15 @@ async def main() -> None:
     }
     (tmp / "gateway.yaml").write_text(json.dumps(config))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    answer = TEXT
-    if args.varied:
-        answer = "@" + str(tmp / "answers.json")
-        (tmp / "answers.json").write_text(json.dumps(varied_answers(4 * args.requests)))
-    upstream = [sys.executable, "-c", UPSTREAM, str(up_port), answer, json.dumps(sources)]
+    answers = [{"text": TEXT, "sources": sources}]
+    # one answer per request of the whole run, so none is served twice
+    served = 2 * args.warmup + args.rounds * 2 * (args.requests + max(args.requests // 3, 10))
+    if args.varied and args.sources:
+        answers = grounded_answers(served)
+    elif args.varied:
+        answers = [{"text": t, "sources": []} for t in varied_answers(served)]
+    (tmp / "answers.json").write_text(json.dumps(answers))
+    upstream = [sys.executable, "-c", UPSTREAM, str(up_port), str(tmp / "answers.json")]
     procs = [subprocess.Popen(upstream, env=env)]
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp / "gateway.yaml")]
     procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL))

@@ -159,8 +159,12 @@ def sotu_passages(data: Path, limit: int = 400, seed: int = 2) -> list[tuple[str
 def relevance(embedder, passages, threshold: float) -> dict:
     from sklearn.metrics import roc_auc_score
 
+    det = build_quality(
+        RetrievalQualityPolicy(id="r", kind="retrieval_quality", checks=["relevance"]),
+        BuildContext(resources={"embedder": embedder}),
+    )
     rng = random.Random(3)
-    sims, labels = [], []
+    sims, labels, lexical = [], [], []
     for speech, sents in passages:
         query = sents[0]
         own = " ".join(sents[1:])
@@ -169,6 +173,7 @@ def relevance(embedder, passages, threshold: float) -> dict:
         v = embedder.encode([query, own, foreign])
         sims += [float(v[0] @ v[1]), float(v[0] @ v[2])]
         labels += [1, 0]
+        lexical += [det._lexically_relevant(query, own), det._lexically_relevant(query, foreign)]
     sims_a = np.array(sims)
     labels_a = np.array(labels)
     return {
@@ -181,6 +186,13 @@ def relevance(embedder, passages, threshold: float) -> dict:
         "irrelevant_flagged_below_threshold": round(
             float(np.mean(sims_a[labels_a == 0] < threshold)), 4
         ),
+        # the lexical shortcut clears a chunk without an embedding; on a foreign
+        # passage that would hide an irrelevant retrieval
+        "lexical_shortcut": {
+            "share": det.config.lexical_relevance,
+            "own_passage_cleared": round(float(np.mean(np.array(lexical)[labels_a == 1])), 4),
+            "foreign_passage_cleared": round(float(np.mean(np.array(lexical)[labels_a == 0])), 4),
+        },
     }
 
 
@@ -265,7 +277,7 @@ def build_policies(variant: str = "fp32") -> list[tuple[str, object]]:
         [ROOT / "policies" / "bias.yaml", ROOT / "policies" / "retrieval.yaml"]
     )
     out = []
-    for compiled in policy_set.for_route("default"):
+    for compiled in policy_set.for_route("rag"):
         config = compiled.config
         detector = compiled.detector
         if variant != "fp32" and "variant" in type(config).model_fields:

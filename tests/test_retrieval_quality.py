@@ -78,6 +78,35 @@ def test_relevance_table(query, chunks, mode, k, breach, chunk):
         assert ev["check"] == "relevance" and set(ev["similarity"]) == {s["id"] for s in sources}
 
 
+def test_a_chunk_plainly_about_the_query_needs_no_embedding():
+    query = "how long do I hold the reset button on the router"
+    embedder = WordEmbedder()
+    det = detector(embedder, checks=["relevance"], relevance_threshold=0.3)
+    assert run(det, "Answer.", query=query, sources=[{"id": "a", "text": ROUTER}]) == []
+    assert embedder.calls == []
+    # an unrelated chunk shares no words: the model decides, and it breaches
+    found = run(det, "Answer.", query=query, sources=[{"id": "m", "text": MIXER}])
+    assert found and embedder.calls == [[query, MIXER]]
+
+
+def test_lexical_relevance_needs_enough_chunks_and_can_be_turned_off():
+    query = "how long do I hold the reset button on the router"
+    two = [{"id": "a", "text": ROUTER}, {"id": "m", "text": MIXER}]
+    embedder = WordEmbedder()
+    det = detector(embedder, checks=["relevance"], relevance_mode="top_k", top_k=2)
+    assert run(det, "Answer.", query=query, sources=two)  # only one chunk is about it
+    assert len(embedder.calls) == 1
+    off = WordEmbedder()
+    det = detector(off, checks=["relevance"], relevance_threshold=0.3, lexical_relevance=1.01)
+    assert run(det, "Answer.", query=query, sources=[{"id": "a", "text": ROUTER}]) == []
+    assert off.calls == [[query, ROUTER]]
+    # one shared word is not enough, however short the query
+    short = WordEmbedder()
+    det = detector(short, checks=["relevance"], relevance_threshold=0.3)
+    run(det, "Answer.", query="router colours?", sources=[{"id": "a", "text": ROUTER}])
+    assert len(short.calls) == 1
+
+
 def test_relevance_reads_other_text_fields():
     det = detector(checks=["relevance"], relevance_threshold=0.3)
     q = "how long do I hold the reset button on the router"
