@@ -125,7 +125,8 @@ def grounded_answers(n: int) -> list[dict]:
                     "id": f"kb-{i}",
                     "version": "1",
                     "updated_at": "2099-01-01T00:00:00Z",
-                    "text": garden_text(rng, 400),
+                    # every template once: each answer sentence has its source
+                    "text": garden_text(rng, 580),
                 }
                 for i in range(3)
             ],
