@@ -202,3 +202,9 @@ def test_quotes_are_found_after_unicode_folding():
     text = "Owners" + "\u200b" * 12 + " wrote “all immigrants are lazy” on a board."
     assert not scan_whole(detector(), text)
     assert scan_whole(detector(allow_quotes=False), text)
+
+
+@pytest.mark.parametrize("field", ["allow_patterns", "extra_allow_patterns"])
+def test_allow_patterns_must_compile(field):
+    with pytest.raises(ValidationError, match=r"pattern '\(' does not compile"):
+        BiasPolicy(id="b", kind="bias", **{field: ["("]})

@@ -246,3 +246,8 @@ def test_parse_timestamp_forms():
     assert parse_timestamp("2026-06-01") == NOW
     assert parse_timestamp(dt.date(2026, 6, 1)) == NOW
     assert parse_timestamp(NOW * 1000) == NOW
+
+
+def test_fact_patterns_must_compile():
+    with pytest.raises(ValidationError, match=r"pattern '\[a' does not compile"):
+        StaleRetrievalPolicy(id="s", kind="stale_retrieval", fact_patterns=["[a"])

@@ -42,7 +42,7 @@ from rapidfuzz import fuzz, process
 from gateway.detectors.base import Finding, ScanContext
 from gateway.detectors.textnorm import fold
 from gateway.errors import ConfigError
-from gateway.policy.models import PolicyBase
+from gateway.policy.models import PolicyBase, check_patterns
 from gateway.policy.registry import BuildContext, PolicyKind
 
 HERE = Path(__file__).parent
@@ -121,12 +121,7 @@ class BiasPolicy(PolicyBase):
     @field_validator("allow_patterns", "extra_allow_patterns")
     @classmethod
     def _compiles(cls, value: list[str] | None) -> list[str] | None:
-        for pattern in value or []:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
-        return value
+        return check_patterns(value)
 
     @field_validator("signals")
     @classmethod

@@ -45,7 +45,7 @@ from pydantic import Field, field_validator
 
 from gateway.detectors.base import Finding, ScanContext
 from gateway.errors import ConfigError, GatewayError
-from gateway.policy.models import PolicyBase
+from gateway.policy.models import PolicyBase, check_patterns
 from gateway.policy.registry import BuildContext, PolicyKind
 
 log = logging.getLogger(__name__)
@@ -149,12 +149,7 @@ class StaleRetrievalPolicy(PolicyBase):
     @field_validator("fact_patterns")
     @classmethod
     def _compiles(cls, value: list[str] | None) -> list[str] | None:
-        for pattern in value or []:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
-        return value
+        return check_patterns(value)
 
 
 # --- the source registry -------------------------------------------------------

@@ -8,6 +8,7 @@ the YAML.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Literal
 
@@ -101,3 +102,13 @@ class PolicyBase(Strict):
 
     def applies_to(self, route: str) -> bool:
         return "*" in self.routes or route in self.routes
+
+
+def check_patterns(value: list[str] | None) -> list[str] | None:
+    """Validator body for pattern lists: each regular expression must compile."""
+    for pattern in value or []:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+    return value
