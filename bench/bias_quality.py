@@ -259,12 +259,18 @@ def stereoset_text(item: dict, key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bias policy quality")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "bias")
+    parser.add_argument("--variant", default="fp32", help="the policy's variant: fp32 or int8")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
-    detector = build(BiasPolicy(id="bias", kind="bias"), BuildContext())
+    ctx = BuildContext()
+    detector = build(BiasPolicy(id="bias", kind="bias", variant=args.variant), ctx)
+    # the same classifier on every sentence, not only those naming a group
+    everywhere = build(
+        BiasPolicy(id="bias-all", kind="bias", classify="all", variant=args.variant), ctx
+    )
     clf = detector._classifier
     threshold = detector.config.threshold
     started = time.perf_counter()
@@ -273,20 +279,34 @@ def main(argv: list[str] | None = None) -> int:
     held = [it for it in items if split_of("stereoset:" + it["target"].lower()) == "eval"]
     pos_text = [stereoset_text(it, "stereotype") for it in held]
     neg_text = [stereoset_text(it, "unrelated") for it in held]
-    pos_det = np.array([detector.score(t) for t in pos_text])
-    neg_det = np.array([detector.score(t) for t in neg_text])
     pos_clf = clf.logits(pos_text)
     neg_clf = clf.logits(neg_text)
+    pos_det = np.array([detector.score(t) for t in pos_text])
+    neg_det = np.array([detector.score(t) for t in neg_text])
+    pos_all = np.array([everywhere.score(t) for t in pos_text])
+    neg_all = np.array([everywhere.score(t) for t in neg_text])
 
     per_type = {}
     for bias_type in sorted({it["bias_type"] for it in held}):
         idx = [i for i, it in enumerate(held) if it["bias_type"] == bias_type]
-        per_type[bias_type] = prf(
-            int(np.sum(pos_det[idx] >= threshold)),
-            len(idx),
-            int(np.sum(neg_det[idx] >= threshold)),
-            len(idx),
-        )
+        per_type[bias_type] = {
+            "auc_classifier": round(auc(pos_clf[idx], neg_clf[idx]), 4),
+            "auc_detector": round(auc(pos_det[idx], neg_det[idx]), 4),
+            "auc_detector_classify_all": round(auc(pos_all[idx], neg_all[idx]), 4),
+            "detector_at_threshold": prf(
+                int(np.sum(pos_det[idx] >= threshold)),
+                len(idx),
+                int(np.sum(neg_det[idx] >= threshold)),
+                len(idx),
+            ),
+            "detector_classify_all_at_threshold": prf(
+                int(np.sum(pos_all[idx] >= threshold)),
+                len(idx),
+                int(np.sum(neg_all[idx] >= threshold)),
+                len(idx),
+            ),
+        }
+    protected = [i for i, it in enumerate(held) if it["bias_type"] != "profession"]
 
     crows = []
     with open(args.data / "crows_pairs.csv", newline="", encoding="utf-8") as fh:
@@ -330,14 +350,21 @@ def main(argv: list[str] | None = None) -> int:
         "classifier": {
             k: clf.meta[k] for k in ("model", "trained_at", "seed", "training_examples")
         },
+        "variant": args.variant,
         "default_threshold": threshold,
         "stereoset": {
             "split": "evaluation half by target (sha256('stereoset:'+target)[0] odd); "
             "the classifier trained on the other half",
             "items": len(held),
+            "auc_stereotype_vs_unrelated_classifier": round(auc(pos_clf, neg_clf), 4),
+            # the default policy classifies only sentences that name a group
+            # (or point back at one); the rest score 0
             "auc_stereotype_vs_unrelated_detector": round(auc(pos_det, neg_det), 4),
-            "auc_stereotype_vs_unrelated_classifier_only": round(auc(pos_clf, neg_clf), 4),
-            "per_bias_type_at_threshold": per_type,
+            "auc_detector_protected_types_only": round(
+                auc(pos_det[protected], neg_det[protected]), 4
+            ),
+            "auc_stereotype_vs_unrelated_detector_classify_all": round(auc(pos_all, neg_all), 4),
+            "per_bias_type": per_type,
         },
         "crows_pairs": {
             "split": "evaluation half by row (sha256('crows:'+sentence)[0] odd); "

@@ -49,6 +49,11 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown embedding variant {variant!r} (known: {', '.join(VARIANTS)})")
+
+
 class Embedder:
     """Unit-normalised float32 sentence embeddings, with a small LRU cache."""
 
@@ -60,10 +65,7 @@ class Embedder:
         cache_size: int = 8192,
         variant: str = "fp32",
     ):
-        if variant not in VARIANTS:
-            raise ValueError(
-                f"unknown embedding variant {variant!r} (known: {', '.join(VARIANTS)})"
-            )
+        check_variant(variant)
         self.model_name = model
         self.variant = variant
         self._threads = threads

@@ -1,28 +1,40 @@
 """Train the stereotype classifier shipped as gateway/detectors/data/bias_classifier.npz.
 
-A logistic model on frozen all-MiniLM-L6-v2 sentence embeddings. Frozen
-embeddings keep the artefact tiny (one 384-float weight vector) and let the
-detector reuse the embedding service every semantic policy already loads.
+all-MiniLM-L6-v2 is fine-tuned with low-rank adapters (rank 8 on every
+linear layer of its encoder) together with a logistic head on its pooled
+sentence vector. Only the adapters and the head are saved, a few hundred
+kilobytes; gateway/detectors/stereotype.py merges them into the packaged
+model at load time. A frozen encoder with a logistic head was tried first:
+it ranked StereoSet stereotypes above unrelated sentences with an AUC of
+0.76, because a frozen sentence vector says what a sentence is about, not
+whether it ascribes a trait to people; adapting the encoder fixes that.
 
-Training data, all read offline from ../shared/data/bias:
+Training data, all read offline from ../shared/data:
 
-* HateCheck (CC BY 4.0), every case: hateful cases are positives; its
-  non-hateful cases (neutral and positive mentions of groups, counter-speech,
-  quotes, abuse aimed at objects) are the negatives that keep plain mentions
-  of a group from scoring.
-* StereoSet (CC BY-SA 4.0), only the targets whose hash puts them in the
-  training half: stereotype sentences against unrelated sentences, plus a
-  pairwise term that ranks each stereotype above its anti-stereotype.
-* CrowS-Pairs (CC BY-SA 4.0), only rows whose hash puts them in the training
-  half: a pairwise term that ranks the more-stereotyping sentence higher.
+* HateCheck (bias/, CC BY 4.0), every case: hateful cases are positives;
+  its non-hateful cases (neutral and positive mentions of groups,
+  counter-speech, quotes, abuse aimed at objects) are the negatives that
+  keep plain mentions of a group from scoring.
+* StereoSet (bias/, CC BY-SA 4.0), only the targets whose hash puts them in
+  the training half: stereotype sentences against unrelated sentences, plus
+  a pairwise term that ranks each stereotype above its anti-stereotype.
+* CrowS-Pairs (bias/, CC BY-SA 4.0), only rows whose hash puts them in the
+  training half: a pairwise term that ranks the more-stereotyping sentence
+  higher.
+* Sentences from State of the Union addresses since 1960 (corpus/, public
+  domain): ordinary statements about policy, people and events, so that a
+  sentence is not a stereotype merely for being about people.
 * Sentences generated here from templates: implicit stereotypes (so recall
   does not hinge on explicit slurs or "all X are Y") and neutral mentions of
   every protected group (so precision does not hinge on a dataset's style).
 
 bench/bias_quality.py evaluates on the other halves only, with its own
-neutral templates, so no evaluation sentence is ever seen in training.
+neutral templates and implicit statements, so no evaluation sentence is
+ever seen in training.
 
-Usage: python scripts/train_bias_classifier.py [--data ../shared/data/bias]
+Takes about 25 minutes on two CPU cores.
+
+Usage: python scripts/train_bias_classifier.py [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -30,9 +42,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import gzip
 import hashlib
 import json
+import math
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -287,179 +302,233 @@ def crows_pairs(data: Path, split: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def train(x, y, w, pairs_a, pairs_b, *, l2: float, pair_weight: float, epochs: int):
+def ordinary_sentences(corpus: Path, count: int, rng: random.Random) -> list[str]:
+    """Up to ``count`` sentences of 6-35 words from addresses given since 1960 (15,816 in all)."""
+    pool: list[str] = []
+    with gzip.open(corpus / "sotu.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            speech = json.loads(line)
+            if speech["year"] < 1960:
+                continue
+            for sentence in re.split(r"(?<=[.!?])\s+", speech["text"]):
+                if 6 <= len(sentence.split()) <= 35:
+                    pool.append(sentence)
+    return rng.sample(pool, min(count, len(pool)))
+
+
+class _Adapted:
+    """A frozen linear layer plus a trainable low-rank update, ``W + scale * B @ A``."""
+
+    def __init__(self, layer, rank: int, scale: float):
+        import torch
+
+        self.layer = layer
+        self.scale = scale
+        # A starts random and B at zero, so training starts from the base model
+        self.a = torch.nn.Parameter(torch.randn(rank, layer.in_features) / layer.in_features**0.5)
+        self.b = torch.nn.Parameter(torch.zeros(layer.out_features, rank))
+        self._base_forward = layer.forward
+        layer.forward = self.forward
+
+    def forward(self, x):
+        return self._base_forward(x) + (x @ self.a.T @ self.b.T) * self.scale
+
+
+def fine_tune(examples, pairs, args, log) -> tuple[dict[str, _Adapted], np.ndarray, float]:
+    """Adapters and head trained on weighted labels plus pairwise rankings."""
     import torch
+    from sentence_transformers import SentenceTransformer
+
+    from gateway.detectors.stereotype import MAX_TOKENS, adapted_layers
+    from gateway.embedding import resolve_model
 
     torch.manual_seed(SEED)
-    torch.set_num_threads(1)
-    xt = torch.tensor(x)
-    yt = torch.tensor(y, dtype=torch.float32)
-    wt = torch.tensor(w, dtype=torch.float32)
-    pa = torch.tensor(pairs_a)
-    pb = torch.tensor(pairs_b)
-    weight = torch.zeros(x.shape[1], requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=epochs, line_search_fn="strong_wolfe")
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.set_num_threads(args.threads)
+    model = SentenceTransformer(resolve_model(args.model), device="cpu")
+    encoder = model[0].auto_model
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    adapters = {
+        name: _Adapted(layer, args.rank, 2.0) for name, layer in adapted_layers(encoder).items()
+    }
+    head = torch.nn.Linear(encoder.config.hidden_size, 1)
+    tokenizer = model.tokenizer
 
-    def closure():
-        opt.zero_grad()
-        logits = xt @ weight + bias
-        loss = (bce(logits, yt, reduction="none") * wt).sum() / wt.sum()
-        if len(pa):
-            margin = (pa - pb) @ weight
-            loss = loss + pair_weight * torch.nn.functional.softplus(-margin).mean()
-        loss = loss + l2 * (weight * weight).sum()
-        loss.backward()
-        return loss
+    def logits(texts: list[str]):
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return head(torch.nn.functional.normalize(pooled, dim=-1)).squeeze(-1)
 
-    opt.step(closure)
-    return weight.detach().numpy().astype(np.float32), float(bias.detach().numpy()[0])
+    texts = [t for t, _, _ in examples]
+    labels = torch.tensor([y for _, y, _ in examples], dtype=torch.float32)
+    weights = torch.tensor([w for _, _, w in examples], dtype=torch.float32)
+    params = [p for a in adapters.values() for p in (a.a, a.b)]
+    opt = torch.optim.AdamW(
+        [{"params": params, "lr": args.lr}, {"params": head.parameters(), "lr": args.head_lr}],
+        weight_decay=0.01,
+    )
+    total = math.ceil(len(texts) / args.batch) * args.epochs
+    # short warm-up, then linear decay to zero
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, step / 50) * max(0.0, 1 - step / total)
+    )
+    rng = random.Random(SEED)
+    encoder.train()
+    step = 0
+    for epoch in range(args.epochs):
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        pair_order = list(range(len(pairs)))
+        rng.shuffle(pair_order)
+        for start in range(0, len(order), args.batch):
+            idx = order[start : start + args.batch]
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits([texts[i] for i in idx]), labels[idx], reduction="none"
+            )
+            loss = (bce * weights[idx]).sum() / weights[idx].sum()
+            chosen = [
+                pairs[pair_order[(step * args.pair_batch + k) % len(pairs)]]
+                for k in range(args.pair_batch)
+            ]
+            margin = logits([m for m, _ in chosen]) - logits([less for _, less in chosen])
+            loss = loss + args.pair_weight * torch.nn.functional.softplus(-margin).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 50 == 0:
+                log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total} loss {loss.item():.4f}")
+    return adapters, head.weight.detach().numpy()[0], float(head.bias.detach().numpy()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "bias")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--l2", type=float, default=1e-5)
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--head-lr", type=float, default=5e-3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--pair-batch", type=int, default=12)
     parser.add_argument("--pair-weight", type=float, default=0.5)
-    # StereoSet's sentences are longer and subtler than HateCheck's short
-    # templates; without extra weight the model learns mostly "hateful"
-    parser.add_argument("--stereoset-weight", type=float, default=3.0)
     # the generated sentences are few but are the only ones that state
-    # stereotypes the way an assistant would; weighting them up buys recall on
-    # implicit statements and precision on plain mentions
-    parser.add_argument("--generated-weight", type=float, default=10.0)
-    # train for the embedding variant the policy will use (its `variant:`)
-    parser.add_argument("--variant", default="fp32")
-    parser.add_argument(
-        "--cache", type=Path, default=None, help="reuse embeddings across runs (an .npz path)"
-    )
+    # stereotypes the way an assistant would
+    parser.add_argument("--generated-weight", type=float, default=2.0)
+    parser.add_argument("--ordinary", type=int, default=2000, help="ordinary sentences (negatives)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    bias_data = args.data / "bias"
 
-    import torch
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
-    torch.set_num_threads(1)
-    from gateway.embedding import get_embedder
-
-    embedder = CachedEncoder(get_embedder("all-MiniLM-L6-v2", args.variant), args.cache)
-
-    texts: list[str] = []
-    labels: list[int] = []
-    weights: list[float] = []
+    examples: list[tuple[str, int, float]] = []
     sources: dict[str, int] = {}
 
-    def add(ts, ls, weight, name):
-        texts.extend(ts)
-        labels.extend(ls)
-        weights.extend([weight] * len(ts))
-        sources[name] = sources.get(name, 0) + len(ts)
+    def add(texts, labels, weight, name):
+        examples.extend((t, y, weight) for t, y in zip(texts, labels, strict=True))
+        sources[name] = sources.get(name, 0) + len(texts)
 
-    add(*load_hatecheck(args.data), 1.0, "hatecheck")
+    add(*load_hatecheck(bias_data), 1.0, "hatecheck")
     add(*generated(), args.generated_weight, "generated_templates")
-    stereo = load_stereoset(args.data)
-    sw = args.stereoset_weight
+    stereo = load_stereoset(bias_data)
     add(
         [stereoset_text(it, "stereotype") for it in stereo],
         [1] * len(stereo),
-        sw,
+        1.0,
         "stereoset_train_half_stereotype",
     )
     add(
         [stereoset_text(it, "unrelated") for it in stereo],
         [0] * len(stereo),
-        sw,
+        1.0,
         "stereoset_train_half_unrelated",
     )
-    crows = crows_pairs(args.data, "train")
-
-    pair_more = [stereoset_text(it, "stereotype") for it in stereo] + [m for m, _, _ in crows]
-    pair_less = [stereoset_text(it, "anti-stereotype") for it in stereo] + [
-        ls for _, ls, _ in crows
-    ]
+    ordinary = ordinary_sentences(args.data / "corpus", args.ordinary, random.Random(SEED))
+    add(ordinary, [0] * len(ordinary), 1.0, "sotu_since_1960_ordinary")
+    crows = crows_pairs(bias_data, "train")
+    pairs = [
+        (stereoset_text(it, "stereotype"), stereoset_text(it, "anti-stereotype")) for it in stereo
+    ] + [(more, less) for more, less, _ in crows]
     sources["stereoset_train_half_pairs"] = len(stereo)
     sources["crows_pairs_train_half_pairs"] = len(crows)
+    log(f"{len(examples)} labelled sentences, {len(pairs)} ranked pairs")
 
-    x = embedder.encode(texts)
-    pa = embedder.encode(pair_more)
-    pb = embedder.encode(pair_less)
-    y = np.array(labels, dtype=np.float32)
-    w = np.array(weights, dtype=np.float32)
-    coef, intercept = train(x, y, w, pa, pb, l2=args.l2, pair_weight=args.pair_weight, epochs=500)
-
-    # quick held-out check on the evaluation halves (the benchmark is the
-    # authority; these numbers are recorded so the artefact says how it did)
-    metrics = evaluate(embedder, coef, intercept, args.data)
+    adapters, coef, intercept = fine_tune(examples, pairs, args, log)
     meta = {
-        "model": "logistic regression on all-MiniLM-L6-v2 sentence embeddings",
-        "embedding_model": "all-MiniLM-L6-v2",
-        "embedding_variant": args.variant,
+        "model": f"{args.model} fine-tuned with rank-{args.rank} adapters, logistic head",
+        "embedding_model": args.model,
         "seed": SEED,
         "trained_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "l2": args.l2,
-        "pair_weight": args.pair_weight,
-        "stereoset_weight": args.stereoset_weight,
-        "generated_weight": args.generated_weight,
+        "hyperparameters": {
+            k: getattr(args, k)
+            for k in (
+                "rank",
+                "epochs",
+                "lr",
+                "head_lr",
+                "batch",
+                "pair_batch",
+                "pair_weight",
+                "generated_weight",
+                "ordinary",
+            )
+        },
         "training_examples": sources,
         "licences": {
             "hatecheck": "CC BY 4.0",
             "stereoset": "CC BY-SA 4.0 (training half by target)",
             "crows_pairs": "CC BY-SA 4.0 (training half by sentence hash)",
+            "sotu": "US public domain",
             "generated_templates": "project's own",
         },
         "split_rule": "sha256(key)[0] % 2 == 0 is training; keys 'stereoset:<target>' "
         "and 'crows:<masked sentence>'",
-        "eval_metrics": metrics,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        args.out,
-        coef=coef,
-        intercept=np.array([intercept], dtype=np.float32),
-        meta=np.array(json.dumps(meta)),
-    )
-    embedder.save()
+    arrays = {
+        f"adapter/{name}/{part}": getattr(a, part).detach().numpy().astype(np.float16)
+        for name, a in adapters.items()
+        for part in ("a", "b")
+    }
+    arrays["scale"] = np.array([next(iter(adapters.values())).scale], dtype=np.float32)
+    arrays["coef"] = coef.astype(np.float32)
+    arrays["intercept"] = np.array([intercept], dtype=np.float32)
+    save(args.out, arrays, meta)
+
+    # a quick held-out check of the saved artefact (the benchmark is the
+    # authority; the figures are kept in the artefact)
+    meta["eval_metrics"] = evaluate(args.out, args.model, bias_data)
+    save(args.out, arrays, meta)
     print(json.dumps(meta, indent=2))
     return 0
 
 
-class CachedEncoder:
-    """Embeddings kept on disk between runs while tuning; optional."""
-
-    def __init__(self, embedder, path: Path | None):
-        self._embedder = embedder
-        self._path = path
-        self._vectors: dict[str, np.ndarray] = {}
-        if path is not None and path.exists():
-            with np.load(path) as data:
-                self._vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        missing = sorted({t for t in texts if t not in self._vectors})
-        if missing:
-            for t, v in zip(missing, self._embedder.encode(missing), strict=True):
-                self._vectors[t] = v
-        return np.vstack([self._vectors[t] for t in texts])
-
-    def save(self) -> None:
-        if self._path is None:
-            return
-        keys = list(self._vectors)
-        vectors = np.vstack([self._vectors[k] for k in keys])
-        np.savez(self._path, keys=np.array(keys), vectors=vectors)
+def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def evaluate(embedder, coef, intercept, data: Path) -> dict:
+def evaluate(path: Path, model: str, data: Path) -> dict:
     from sklearn.metrics import roc_auc_score
 
+    from gateway.detectors.stereotype import StereotypeClassifier
+
+    clf = StereotypeClassifier(path, model)
     items = [json.loads(line) for line in open(data / "stereoset.jsonl", encoding="utf-8")]
     held = [it for it in items if split_of("stereoset:" + it["target"].lower()) == "eval"]
-    pos = embedder.encode([stereoset_text(it, "stereotype") for it in held]) @ coef + intercept
-    neg = embedder.encode([stereoset_text(it, "unrelated") for it in held]) @ coef + intercept
+    pos = clf.logits([stereoset_text(it, "stereotype") for it in held])
+    neg = clf.logits([stereoset_text(it, "unrelated") for it in held])
     auc = roc_auc_score([1] * len(pos) + [0] * len(neg), np.concatenate([pos, neg]))
     crows = crows_pairs(data, "eval")
-    more = embedder.encode([m for m, _, _ in crows]) @ coef
-    less = embedder.encode([ls for _, ls, _ in crows]) @ coef
+    more = clf.logits([m for m, _, _ in crows])
+    less = clf.logits([ls for _, ls, _ in crows])
     return {
         "stereoset_eval_half_auc": round(float(auc), 4),
         "stereoset_eval_items": len(held),

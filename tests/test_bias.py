@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from gateway.detectors.base import ScanContext
-from gateway.detectors.bias import BiasPolicy, build, split_sentences
+from gateway.detectors.bias import (
+    ALL_SIGNALS,
+    DEFAULT_CLASSIFIER,
+    BiasPolicy,
+    build,
+    load_lexicon,
+    split_sentences,
+)
+from gateway.detectors.stereotype import StereotypeClassifier
 from gateway.errors import ConfigError
 from gateway.policy.registry import BuildContext, default_registry
 
@@ -139,6 +150,37 @@ def test_extra_lexicon_and_slur_files(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("text", "group"),
+    [
+        ("People from Cameroon are always late.", "nationality/african"),
+        ("Bangladesh people are loud.", "nationality/asian_national"),
+        ("The men of Sri  Lanka never listen.", "nationality/asian_national"),
+        ("Sales in China rose by four percent.", None),
+        ("Norway has a lot of fjords.", None),
+    ],
+)
+def test_place_names_count_only_as_people(text, group):
+    groups, _ = detector().mentions(text)
+    assert (group in groups) if group else not groups
+
+
+def test_extra_lexicon_places(tmp_path):
+    (tmp_path / "region.yaml").write_text(
+        "attribute: region\ngroups:\n  north: [northerner, northerners]\n"
+        "places:\n  north: [the north country]\n",
+        encoding="utf-8",
+    )
+    det = detector(tmp_path, lexicons=["region.yaml"], groups=["region"])
+    assert det.mentions("Folks from the North  Country are all lazy.")[0] == ["region/north"]
+    assert det.mentions("The north country had snow.")[0] == []
+    (tmp_path / "bad.yaml").write_text(
+        "attribute: region\ngroups: {}\nplaces: [oslo]\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match=r"bad.yaml: `places:` must map"):
+        detector(tmp_path, lexicons=["bad.yaml"])
+
+
+@pytest.mark.parametrize(
     ("params", "error"),
     [
         ({"groups": ["astrology"]}, ConfigError),
@@ -208,3 +250,98 @@ def test_quotes_are_found_after_unicode_folding():
 def test_allow_patterns_must_compile(field):
     with pytest.raises(ValidationError, match=r"pattern '\(' does not compile"):
         BiasPolicy(id="b", kind="bias", **{field: ["("]})
+
+
+# --- the classifier artefact --------------------------------------------------
+
+
+def _artefact(path, adapters, scale=2.0, dim=384):
+    """A classifier artefact with the given ``{layer: (a, b)}`` adapters."""
+    arrays = {}
+    for name, (a, b) in adapters.items():
+        arrays[f"adapter/{name}/a"] = a.astype(np.float16)
+        arrays[f"adapter/{name}/b"] = b.astype(np.float16)
+    np.savez(
+        path,
+        scale=np.array([scale], dtype=np.float32),
+        coef=np.linspace(-1, 1, dim).astype(np.float32),
+        intercept=np.array([0.25], dtype=np.float32),
+        meta=np.array(json.dumps({"model": "test"})),
+        **arrays,
+    )
+    return path
+
+
+def test_artefact_errors_name_the_file(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not numpy")
+    with pytest.raises(ConfigError, match=r"junk\.npz: not a bias classifier artefact"):
+        StereotypeClassifier(junk)
+    empty = _artefact(tmp_path / "empty.npz", {})
+    with pytest.raises(ConfigError, match="holds no adapters"):
+        StereotypeClassifier(empty)
+    with pytest.raises(ConfigError, match="unknown embedding variant 'fp8'"):
+        StereotypeClassifier(DEFAULT_CLASSIFIER, variant="fp8")
+
+
+def test_policy_with_a_broken_artefact_fails_to_build(tmp_path):
+    (tmp_path / "clf.npz").write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a bias classifier artefact"):
+        detector(tmp_path, signals=ALL_SIGNALS, classifier="clf.npz")
+
+
+LAYER = "encoder.layer.2.attention.self.query"
+
+
+@pytest.mark.slow
+def test_adapters_are_merged_into_a_private_copy_of_the_model(tmp_path):
+    import torch
+
+    from gateway.embedding import get_embedder
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 384)).astype(np.float32)
+    b = rng.normal(size=(384, 4)).astype(np.float32)
+    clf = StereotypeClassifier(_artefact(tmp_path / "one.npz", {LAYER: (a, b)}, scale=0.5))
+    merged = dict(clf._load()[0].auto_model.named_modules())[LAYER].weight
+    base_model = get_embedder().model
+    base = dict(base_model[0].auto_model.named_modules())[LAYER].weight
+    expected = base + 0.5 * torch.from_numpy(
+        b.astype(np.float16).astype(np.float32) @ a.astype(np.float16).astype(np.float32)
+    )
+    assert torch.allclose(merged, expected, atol=1e-4)
+    # the shared embedder's model is untouched
+    assert not torch.allclose(merged, base)
+    # scores are the head applied to the merged model's unit vectors
+    text = "The committee meets on Tuesdays."
+    vector = clf._load().encode([text], normalize_embeddings=True)[0]
+    assert clf.logits([text])[0] == pytest.approx(float(vector @ clf.coef) + 0.25, abs=1e-4)
+    assert 0.0 < clf.scores([text])[0] < 1.0
+
+
+@pytest.mark.slow
+def test_adapters_that_do_not_fit_the_model_are_refused(tmp_path):
+    wrong_shape = _artefact(
+        tmp_path / "shape.npz", {LAYER: (np.zeros((4, 100)), np.zeros((384, 4)))}
+    )
+    with pytest.raises(ConfigError, match=r"adapter .*query is 384x100"):
+        StereotypeClassifier(wrong_shape).scores(["Some text."])
+    no_layer = _artefact(
+        tmp_path / "layer.npz",
+        {"encoder.layer.9.output.dense": (np.zeros((4, 1536)), np.zeros((384, 4)))},
+    )
+    with pytest.raises(ConfigError, match="encoder.layer.9.output.dense"):
+        StereotypeClassifier(no_layer).scores(["Some text."])
+
+
+def test_every_shipped_term_and_place_is_found_in_a_sentence():
+    # the detector skips its long alternations for sentences without a key
+    # word of some term; no shipped term may be lost to that shortcut
+    det = detector()
+    lexicon = load_lexicon()
+    for term, group in lexicon.terms.items():
+        for text in (f"Yesterday I met {term} at the market.", f"Some {term}s arrived."):
+            assert group in det.mentions(text)[0], text
+    for place, group in lexicon.places.items():
+        text = f"The people from {place.title()} were at the market."
+        assert group in det.mentions(text)[0], text

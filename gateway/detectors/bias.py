@@ -10,9 +10,9 @@ costs one pass. Per sentence it combines four signals:
   punctuation obfuscation. Unambiguous slurs breach on their own.
 * ``generalisation``: "all/most X", "X are naturally/always …", "typical X".
   It raises the classifier score by ``generalisation_boost``.
-* ``classifier``: a logistic model on MiniLM sentence embeddings, trained by
-  ``scripts/train_bias_classifier.py``, that scores stereotyping statements,
-  including implicit ones no pattern names.
+* ``classifier``: MiniLM fine-tuned to score stereotyping statements,
+  including implicit ones no pattern names (``gateway.detectors.stereotype``,
+  trained by ``scripts/train_bias_classifier.py``).
 
 Dehumanising words ("vermin", "parasites") next to a group mention score at
 least ``dehumanising_score``. Quoted speech and sentences matching an
@@ -21,17 +21,11 @@ allowlist pattern (educational or historical discussion) are not reported.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 # the ``regex`` engine runs these alternations of group terms several times faster
 import regex as re
@@ -40,6 +34,7 @@ from pydantic import Field, field_validator
 from rapidfuzz import fuzz, process
 
 from gateway.detectors.base import Finding, ScanContext
+from gateway.detectors.stereotype import StereotypeClassifier
 from gateway.detectors.textnorm import fold
 from gateway.errors import ConfigError
 from gateway.policy.models import PolicyBase, check_patterns
@@ -97,9 +92,11 @@ class BiasPolicy(PolicyBase):
     replace_lexicons: bool = False
     # classifier artefact; None is the shipped one
     classifier: str | None = None
+    # the base model the artefact's adapters were trained on (a name or a
+    # local directory)
     model: str = "all-MiniLM-L6-v2"
-    # an embedding variant gateway.embedding offers ("fp32", "int8": linear
-    # layers quantised, faster, vectors close to fp32); checked at build time
+    # "fp32", or "int8": linear layers quantised after the adapters are
+    # merged, faster, scores close to fp32; checked at build time
     variant: str = "fp32"
     # "mentions" runs the classifier only on sentences naming a group (and
     # the sentence after one, see context_sentences); "all" on every sentence
@@ -138,6 +135,8 @@ class BiasPolicy(PolicyBase):
 class Lexicon:
     # term (folded) -> "attribute/group"
     terms: dict[str, str]
+    # place name (folded) -> "attribute/group"; counts only beside a people noun
+    places: dict[str, str]
     # slur (plain spelling) -> "attribute/group"
     slurs: dict[str, str]
     ambiguous: frozenset[str]
@@ -156,17 +155,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _group_file(path: Path, into: dict[str, str]) -> None:
+def _group_file(path: Path, terms: dict[str, str], places: dict[str, str]) -> None:
     data = _read_yaml(path)
     attribute = data.get("attribute")
-    groups = data.get("groups")
-    if not isinstance(attribute, str) or not isinstance(groups, dict):
+    if not isinstance(attribute, str) or not isinstance(data.get("groups"), dict):
         raise ConfigError(f"{path}: a group lexicon needs `attribute:` and a `groups:` mapping")
-    for group, terms in groups.items():
-        if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
-            raise ConfigError(f"{path}: groups.{group} must be a list of non-empty strings")
-        for term in terms:
-            into[fold(term.strip())[0]] = f"{attribute}/{group}"
+    for section, into in (("groups", terms), ("places", places)):
+        entries = data.get(section) or {}
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path}: `{section}:` must map each group to a list of terms")
+        for group, words in entries.items():
+            if not isinstance(words, list) or not all(
+                isinstance(t, str) and t.strip() for t in words
+            ):
+                raise ConfigError(f"{path}: {section}.{group} must be a list of non-empty strings")
+            for word in words:
+                into[fold(word.strip())[0]] = f"{attribute}/{group}"
 
 
 def _slur_file(path: Path, slurs: dict[str, str], ambiguous: set[str], dehum: set[str]) -> None:
@@ -185,19 +189,20 @@ def load_lexicon(
 ) -> Lexicon:
     """The shipped lexicons plus any extra files (later files win on conflicts)."""
     terms: dict[str, str] = {}
+    places: dict[str, str] = {}
     if not replace:
         for path in sorted(LEXICON_DIR.glob("*.yaml")):
             if path.name != "slurs.yaml":
-                _group_file(path, terms)
+                _group_file(path, terms, places)
     for path in extra_groups:
-        _group_file(path, terms)
+        _group_file(path, terms, places)
     slurs: dict[str, str] = {}
     ambiguous: set[str] = set()
     dehum: set[str] = set()
     _slur_file(LEXICON_DIR / "slurs.yaml", slurs, ambiguous, dehum)
     for path in extra_slurs:
         _slur_file(path, slurs, ambiguous, dehum)
-    return Lexicon(terms, slurs, frozenset(ambiguous), frozenset(dehum))
+    return Lexicon(terms, places, slurs, frozenset(ambiguous), frozenset(dehum))
 
 
 # --- obfuscation-tolerant tokens ------------------------------------------------
@@ -255,51 +260,6 @@ def _candidates(sentence: str) -> tuple[tuple[str, int, int], ...]:
     pairs = [(a[0] + b[0], a[1], b[2]) for a, b in zip(out, out[1:], strict=False) if a[0] and b[0]]
     # cached: the mention and slur checks both ask for each sentence's words
     return tuple(out + pairs)
-
-
-# --- classifier -----------------------------------------------------------------
-
-
-class StereotypeClassifier:
-    """Logistic scores on sentence embeddings; results cached by sentence hash."""
-
-    def __init__(self, path: Path, embedder: Any, cache_size: int = 4096):
-        try:
-            with np.load(path) as data:
-                self.coef = data["coef"].astype(np.float32)
-                self.intercept = float(data["intercept"][0])
-                self.meta = json.loads(str(data["meta"]))
-        except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: not a bias classifier artefact: {exc}") from None
-        self._embedder = embedder
-        self._cache: OrderedDict[bytes, float] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    def logits(self, texts: list[str]) -> np.ndarray:
-        """Raw scores (no cache), for benchmarks that rank sentences."""
-        return self._embedder.encode(texts) @ self.coef + self.intercept
-
-    def scores(self, texts: list[str]) -> list[float]:
-        keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
-        out: list[float | None] = []
-        with self._lock:
-            for key in keys:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                out.append(hit)
-        missing = [i for i, v in enumerate(out) if v is None]
-        if missing:
-            logits = self.logits([texts[i] for i in missing])
-            probs = 1.0 / (1.0 + np.exp(-logits))
-            with self._lock:
-                for i, p in zip(missing, probs, strict=True):
-                    out[i] = float(p)
-                    self._cache[keys[i]] = float(p)
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return out  # type: ignore[return-value]
 
 
 # --- sentences --------------------------------------------------------------------
@@ -386,6 +346,13 @@ class BiasDetector:
         watched = set(config.groups)
         terms = {t: g for t, g in lexicon.terms.items() if g.split("/")[0] in watched}
         self._terms = terms
+        self._places = {p: g for p, g in lexicon.places.items() if g.split("/")[0] in watched}
+        self._place_re = _place_pattern(self._places) if self._places else None
+        # one word of every term and place (the longest, usually the rarest):
+        # a sentence with none of them cannot match, so most sentences skip
+        # the long alternations
+        self._term_heads = frozenset(_key_word(t) for t in terms)
+        self._place_heads = frozenset(_key_word(p) for p in self._places)
         self._slurs = {s: g for s, g in lexicon.slurs.items() if g.split("/")[0] in watched}
         self._slur_names = list(self._slurs)
         self._slur_memo: dict[str, tuple[str, float] | None] = {}
@@ -555,13 +522,27 @@ class BiasDetector:
         )
 
     def mentions(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
-        if self._group_re is None:
+        if self._group_re is None and self._place_re is None:
             return [], []
         folded, origin = fold(text)
         groups, spans = [], []
-        for m in self._group_re.finditer(folded):
-            groups.append(self._group_of(m.group()))
-            spans.append((m.start(), m.end()))
+        words = set(_WORDS.findall(folded))
+        # singular forms too: the patterns accept a plural -s/-es after a term
+        words.update([w[:-1] for w in words if w.endswith("s")])
+        words.update([w[:-2] for w in words if w.endswith("es")])
+        if self._group_re is not None and not words.isdisjoint(self._term_heads):
+            for m in self._group_re.finditer(folded):
+                groups.append(self._group_of(m.group()))
+                spans.append((m.start(), m.end()))
+        if (
+            self._place_re is not None
+            and not words.isdisjoint(self._place_heads)
+            and not words.isdisjoint(_PEOPLE_WORDS)
+        ):
+            for m in self._place_re.finditer(folded):
+                place = " ".join((m.group("before") or m.group("after")).split())
+                groups.append(self._places[place])
+                spans.append((m.start(), m.end()))
         if not groups:
             # "w o m e n", "mus1ims": look again with obfuscation undone
             for word, _s, _e in _candidates(text):
@@ -618,6 +599,30 @@ class BiasDetector:
         return best
 
 
+# words for people that turn a place name into a mention of its people
+_PEOPLE_WORDS = frozenset(
+    "people persons men women folk folks citizens residents natives locals immigrants "
+    "migrants kids children families workers girls boys guys population".split()
+)
+_PEOPLE = rf"(?:{'|'.join(sorted(_PEOPLE_WORDS, key=len, reverse=True))})"
+_WORDS = re.compile(r"\w+")
+
+
+def _key_word(term: str) -> str:
+    return max(_WORDS.findall(term), key=len)
+
+
+def _place_pattern(places: dict[str, str]) -> re.Pattern[str]:
+    """ "people from X", "men of X", "X people": a place name used for its people."""
+    alternation = "|".join(
+        re.escape(p).replace(r"\ ", r"\s+") for p in sorted(places, key=len, reverse=True)
+    )
+    return re.compile(
+        rf"(?<![\w-])(?:{_PEOPLE}\s+(?:from|of|in)\s+(?:the\s+)?(?P<before>{alternation})"
+        rf"|(?P<after>{alternation})\s+{_PEOPLE})(?![\w-])"
+    )
+
+
 def _quoted_ranges(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _QUOTED.finditer(text)]
 
@@ -657,15 +662,6 @@ class _BiasScan:
         return min(self._cursor, len(text))
 
 
-def _fits(embedder: Any, model: str, variant: str) -> bool:
-    """Whether a shared embedder is the one this policy asks for."""
-    return (
-        embedder is not None
-        and getattr(embedder, "model_name", model) == model
-        and getattr(embedder, "variant", variant) == variant
-    )
-
-
 def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
     lexicon = load_lexicon(
         [ctx.base_dir / p for p in config.lexicons],
@@ -685,12 +681,7 @@ def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
         key = f"bias_classifier:{path}:{config.model}:{config.variant}"
         classifier = ctx.resources.get(key)
         if classifier is None:
-            embedder = ctx.resources.get("embedder")
-            if not _fits(embedder, config.model, config.variant):
-                from gateway.embedding import get_embedder
-
-                embedder = get_embedder(config.model, config.variant)
-            classifier = StereotypeClassifier(path, embedder)
+            classifier = StereotypeClassifier(path, config.model, config.variant)
             ctx.resources[key] = classifier
     return BiasDetector(config, lexicon, classifier)
 

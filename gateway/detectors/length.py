@@ -47,7 +47,10 @@ class _LengthScan:
                 start, self._cut = self._cut, None
                 return [
                     Finding(
-                        start, len(text), 1.0, "answer is over the length limit",
+                        start,
+                        len(text),
+                        1.0,
+                        "answer is over the length limit",
                         {"limit_at": start},
                     )
                 ]

@@ -175,7 +175,6 @@ class RetrievalQualityDetector:
             )
         ]
 
-
     def _lexically_relevant(self, query: str, chunk: str) -> bool:
         words = _content_words(query) - _QUESTION_STOP
         shared = len(words & _content_words(chunk))

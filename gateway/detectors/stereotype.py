@@ -1,0 +1,161 @@
+"""The stereotype classifier behind the ``bias`` policy's ``classifier`` signal.
+
+all-MiniLM-L6-v2 fine-tuned with low-rank adapters (LoRA) on every linear
+layer of its six encoder blocks, and a logistic head on the mean-pooled,
+unit-length sentence vector. ``scripts/train_bias_classifier.py`` trains it.
+
+Only the adapters and the head are shipped (a few hundred kilobytes), not a
+second copy of the model: at load time each adapted weight becomes
+``W + scale * B @ A`` in a private copy of the packaged base model, so a
+score costs one ordinary MiniLM pass and nothing more.
+
+Artefact layout (``.npz``): ``adapter/<module path>/a`` (rank x in) and
+``adapter/<module path>/b`` (out x rank) as float16, ``scale``, ``coef``,
+``intercept`` and a ``meta`` JSON string recording how it was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import ConfigError
+
+# the linear layers of a BERT encoder block that get an adapter
+ADAPTED = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+# sentences are scored alone; longer input is cut, as in training
+MAX_TOKENS = 128
+
+
+def adapted_layers(encoder: Any) -> dict[str, Any]:
+    """``{module path: torch.nn.Linear}`` for every layer that takes an adapter."""
+    import torch
+
+    return {
+        name: module
+        for name, module in encoder.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and name.startswith("encoder.")
+        and name.endswith(ADAPTED)
+    }
+
+
+class StereotypeClassifier:
+    """Probabilities that sentences state a stereotype; cached by sentence hash."""
+
+    def __init__(
+        self, path: Path, model: str = "all-MiniLM-L6-v2", variant: str = "fp32", cache_size=4096
+    ):
+        from gateway.embedding import check_variant
+
+        try:
+            check_variant(variant)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.path = path
+        self.model_name = model
+        self.variant = variant
+        try:
+            with np.load(path) as data:
+                self.meta = json.loads(str(data["meta"]))
+                self.coef = data["coef"].astype(np.float32)
+                self.intercept = float(data["intercept"][0])
+                self._scale = float(data["scale"][0])
+                self._adapters = {
+                    key[len("adapter/") : -2]: None for key in data.files if key.endswith("/a")
+                }
+                for name in self._adapters:
+                    self._adapters[name] = (
+                        data[f"adapter/{name}/a"].astype(np.float32),
+                        data[f"adapter/{name}/b"].astype(np.float32),
+                    )
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ConfigError(f"{path}: not a bias classifier artefact: {exc}") from None
+        if not self._adapters:
+            raise ConfigError(f"{path}: not a bias classifier artefact: it holds no adapters")
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._load_lock:
+            if self._model is None:
+                self._model = self._merged_model()
+        return self._model
+
+    def _merged_model(self) -> Any:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from gateway.embedding import _quantize, resolve_model
+
+        model = SentenceTransformer(resolve_model(self.model_name), device="cpu")
+        model.max_seq_length = MAX_TOKENS
+        layers = adapted_layers(model[0].auto_model)
+        missing = sorted(set(self._adapters) - set(layers))
+        if missing:
+            raise ConfigError(
+                f"{self.path}: adapters name layers that {self.model_name!r} does not have: "
+                f"{', '.join(missing[:3])}"
+            )
+        with torch.no_grad():
+            for name, (a, b) in self._adapters.items():
+                weight = layers[name].weight
+                if weight.shape != (b.shape[0], a.shape[1]):
+                    raise ConfigError(
+                        f"{self.path}: adapter {name} is {b.shape[0]}x{a.shape[1]}, "
+                        f"the model's layer is {tuple(weight.shape)}"
+                    )
+                weight += self._scale * torch.from_numpy(b @ a)
+        model.eval()
+        return _quantize(model) if self.variant == "int8" else model
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """Raw scores (no cache), for benchmarks that rank sentences."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        vectors = self._load().encode(
+            texts,
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return vectors.astype(np.float32) @ self.coef + self.intercept
+
+    def scores(self, texts: list[str]) -> list[float]:
+        keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
+        out: list[float | None] = []
+        with self._lock:
+            for key in keys:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                out.append(hit)
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            logits = self.logits([texts[i] for i in missing])
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            with self._lock:
+                for i, p in zip(missing, probs, strict=True):
+                    out[i] = float(p)
+                    self._cache[keys[i]] = float(p)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out  # type: ignore[return-value]
