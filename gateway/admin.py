@@ -67,6 +67,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks["upstream_client"] = (
         "ok" if gw.session is not None and not gw.session.closed else "closed"
     )
+    checks["models"] = "ok" if gw.warming == 0 else "loading"
     ready = all(v == "ok" for v in checks.values())
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 

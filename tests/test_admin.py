@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN
 from tests.test_proxy_basic import CHAT, chat_body
 
@@ -12,10 +16,56 @@ REVIEWER = {"authorization": f"Bearer {REVIEWER_TOKEN}"}
 async def test_health_and_ready(make_gateway, fake):
     _, admin, gw = await make_gateway(upstream=fake)
     assert (await (await admin.get("/healthz")).json()) == {"status": "ok"}
-    ready = await admin.get("/readyz")
-    body = await ready.json()
-    assert ready.status == 200 and body["ready"] is True
-    assert body["checks"] == {"policies": "ok", "store": "ok", "upstream_client": "ok"}
+    body = await ready_body(admin)
+    assert body["ready"] is True
+    assert body["checks"] == {
+        "policies": "ok",
+        "store": "ok",
+        "upstream_client": "ok",
+        "models": "ok",
+    }
+
+
+async def ready_body(admin, seconds: float = 60.0) -> dict:
+    """/readyz once it says ready (models load in the background), else its last answer."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        resp = await admin.get("/readyz")
+        body = await resp.json()
+        assert resp.status == (200 if body["ready"] else 503)
+        if body["ready"] or asyncio.get_running_loop().time() > deadline:
+            return body
+        assert body["checks"]["models"] == "loading"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_models_load_before_ready_not_on_the_first_request(make_gateway, fake, policy_dir):
+    (policy_dir / "bias.yaml").write_text(
+        "policies:\n  - id: bias\n    kind: bias\n    action: block\n", encoding="utf-8"
+    )
+    _, admin, gw = await make_gateway(upstream=fake)
+    body = await ready_body(admin)
+    assert body["ready"] is True and body["checks"]["models"] == "ok"
+    detector = gw.policies.current.get("bias").detector
+    # loaded by the warm-up: no request has reached the gateway yet
+    assert detector._classifier._model is not None
+
+
+async def test_a_model_that_fails_to_load_does_not_block_readiness(
+    make_gateway, fake, policy_dir, tmp_path, caplog
+):
+    # a directory that is not a model: the policy builds, the load fails
+    (tmp_path / "not-a-model").mkdir()
+    (policy_dir / "bias.yaml").write_text(
+        "policies:\n  - id: bias\n    kind: bias\n    action: block\n"
+        f"    model: {tmp_path / 'not-a-model'}\n",
+        encoding="utf-8",
+    )
+    _, admin, gw = await make_gateway(upstream=fake)
+    body = await ready_body(admin)
+    assert body["ready"] is True
+    assert "could not load the model of policy bias" in caplog.text
 
 
 async def test_governance_endpoints_need_a_token(make_gateway, fake):

@@ -345,3 +345,12 @@ def test_every_shipped_term_and_place_is_found_in_a_sentence():
     for place, group in lexicon.places.items():
         text = f"The people from {place.title()} were at the market."
         assert group in det.mentions(text)[0], text
+
+
+def test_allow_patterns_with_their_own_flags_still_apply_alone():
+    det = detector(extra_allow_patterns=["(?x) in \\s+ my \\s+ novel"])
+    assert not scan_whole(det, "In my novel, all Muslims are dangerous.")
+    # its verbose flag does not leak into the shipped ones ("it is … that"
+    # has a literal space that verbose mode would ignore)
+    assert not scan_whole(det, "It is false that all Muslims are dangerous.")
+    assert scan_whole(det, "All Muslims are dangerous.")

@@ -81,6 +81,11 @@ class Detector(Protocol):
 
     def start(self, ctx: ScanContext) -> Scan: ...
 
+    # Optional: ``warm()`` loads what the detector would otherwise load on
+    # first use (a model). The gateway calls it in a worker thread at start
+    # and after each reload, and /readyz reports "loading" until it returns,
+    # so the first request does not pay for the load.
+
 
 # A stream arrives a few characters at a time; scanning after every chunk
 # would rescan the overlap hundreds of times per answer. Waiting for this

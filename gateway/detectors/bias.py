@@ -407,10 +407,20 @@ class BiasDetector:
             else None
         )
         allow = DEFAULT_ALLOW_PATTERNS if config.allow_patterns is None else config.allow_patterns
-        self._allow = [re.compile(p, re.IGNORECASE) for p in [*allow, *config.extra_allow_patterns]]
+        # one alternation, so a sentence is searched once, not once per
+        # pattern (the ``regex`` engine keeps a pattern's inline flags, such
+        # as (?x), to its own branch)
+        patterns = [*allow, *config.extra_allow_patterns]
+        self._allow = (
+            re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+        )
 
     def start(self, ctx: ScanContext) -> _BiasScan:
         return _BiasScan(self)
+
+    def warm(self) -> None:
+        if self._classifier is not None:
+            self._classifier.logits(["The team met on Monday."])
 
     # each sentence is judged on its own, plus the previous one when that
     # carries the group the sentence refers to
@@ -452,7 +462,7 @@ class BiasDetector:
 
     def _signals_of(self, sent: _Sentence, previous: _Sentence | None) -> _Candidate | None:
         cfg = self.config
-        if any(p.search(sent.text) for p in self._allow):
+        if self._allow is not None and self._allow.search(sent.text):
             return None
         folded = fold(sent.text)[0]
         # mention and pattern spans are offsets into the folded text, slur
@@ -545,10 +555,10 @@ class BiasDetector:
                 spans.append((m.start(), m.end()))
         if not groups:
             # "w o m e n", "mus1ims": look again with obfuscation undone
+            terms = self._terms
             for word, _s, _e in _candidates(text):
-                g = self._terms.get(word) or self._terms.get(word.rstrip("s"))
-                if g and len(word) > 3:
-                    groups.append(g)
+                if len(word) > 3 and (word in terms or word.rstrip("s") in terms):
+                    groups.append(terms.get(word) or terms[word.rstrip("s")])
                     spans.append((0, 0))
         return groups, spans
 
@@ -588,10 +598,10 @@ class BiasDetector:
             return None
         best = None
         for word, s, e in _candidates(sentence):
-            if len(word) < 3 or _inside((s, e), quoted):
+            if len(word) < 3:
                 continue
             hit = self._slur_word(word)
-            if hit is None:
+            if hit is None or (quoted and _inside((s, e), quoted)):
                 continue
             term, similarity = hit
             if best is None or similarity > best[2]:

@@ -129,6 +129,10 @@ class CopyrightDetector:
     def start(self, ctx: ScanContext) -> CopyScan:
         return CopyScan(self, self._get_index())
 
+    def warm(self) -> None:
+        if self.semantic:
+            self.embed(["The team met on Monday."], self._get_index().model or "all-MiniLM-L6-v2")
+
     def embed(self, texts: list[str], model: str) -> np.ndarray:
         if self._embed is not None:
             return self._embed(texts)

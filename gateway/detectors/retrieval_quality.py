@@ -130,6 +130,9 @@ class RetrievalQualityDetector:
         self.embedder = embedder
         self.hold_back = None if config.wait_for_sources else 0
 
+    def warm(self) -> None:
+        self.embedder.encode(["The team met on Monday."])
+
     def start(self, ctx: ScanContext) -> _QualityScan:
         return _QualityScan(self, ctx)
 

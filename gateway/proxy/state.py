@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class Gateway:
     on_start: list[Callable[[Gateway], Any]] = field(default_factory=list)
     on_stop: list[Callable[[Gateway], Any]] = field(default_factory=list)
     _users: int = 0
+    # model loads in progress (see ``warm``); /readyz is "loading" meanwhile
+    warming: int = 0
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -80,6 +83,46 @@ class Gateway:
         )
         for hook in self.on_start:
             await hook(self)
+        self.policies.swap_listeners.append(self._warm_soon)
+        if self.policies.current is not None:
+            self._warm_soon(self.policies.current)
+
+    def _warm_soon(self, policy_set) -> None:
+        """Load the policies' models in the background (a swap listener)."""
+        self.warming += 1
+        task = asyncio.get_running_loop().create_task(self._warm(policy_set), name="warm-models")
+        self.background.append(task)
+        task.add_done_callback(
+            lambda t: self.background.remove(t) if t in self.background else None
+        )
+
+    async def _warm(self, policy_set) -> None:
+        started = time.perf_counter()
+        warmed = []
+        try:
+            for compiled in policy_set.policies:
+                warm = getattr(compiled.detector, "warm", None)
+                if warm is None:
+                    continue
+                try:
+                    await self.run_blocking(warm)
+                    warmed.append(compiled.config.id)
+                except Exception:
+                    # the detector loads on first use instead, and reports
+                    # its error then, through the policy's on_error
+                    log.exception("could not load the model of policy %s", compiled.config.id)
+        finally:
+            self.warming -= 1
+        if warmed:
+            log.info(
+                "policy models loaded",
+                extra={
+                    "fields": {
+                        "policies": warmed,
+                        "seconds": round(time.perf_counter() - started, 2),
+                    }
+                },
+            )
 
     async def release(self) -> None:
         self._users -= 1
@@ -90,7 +133,9 @@ class Gateway:
                 await hook(self)
             except Exception:
                 log.exception("shutdown hook failed")
-        for task in self.background:
+        if self._warm_soon in self.policies.swap_listeners:
+            self.policies.swap_listeners.remove(self._warm_soon)
+        for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         self.background.clear()
