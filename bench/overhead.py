@@ -164,7 +164,7 @@ async def wait_up(session: aiohttp.ClientSession, url: str, timeout: float = 120
     while time.time() < deadline:
         try:
             async with session.get(url) as resp:
-                if resp.status < 500:
+                if resp.status == 200:
                     return
         except aiohttp.ClientError:
             pass
@@ -370,7 +370,8 @@ async def main() -> None:
     procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL))
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_up(session, f"http://127.0.0.1:{admin_port}/healthz")
+            # ready, not just up: the policies' models load in the background
+            await wait_up(session, f"http://127.0.0.1:{admin_port}/readyz")
         result = await measure(
             args,
             f"http://127.0.0.1:{up_port}/v1/chat/completions",

@@ -462,8 +462,6 @@ class BiasDetector:
 
     def _signals_of(self, sent: _Sentence, previous: _Sentence | None) -> _Candidate | None:
         cfg = self.config
-        if self._allow is not None and self._allow.search(sent.text):
-            return None
         folded = fold(sent.text)[0]
         # mention and pattern spans are offsets into the folded text, slur
         # spans into the original; folding can shift offsets, so keep both
@@ -502,14 +500,21 @@ class BiasDetector:
             groups = list(previous.groups)
             text = f"{previous.text} {sent.text}"
             signals["context"] = "previous sentence"
+        # the allowlist is searched last: most sentences have nothing to
+        # judge and never need it
         if self._classifier is not None and (groups or cfg.classify == "all"):
+            if self._allowed(sent.text):
+                return None
             return _Candidate(sent, signals, groups, floor, boost, text, 0.0)
-        if floor == 0.0 and "generalisation" not in signals:
+        if (floor == 0.0 and "generalisation" not in signals) or self._allowed(sent.text):
             return None
         # without the classifier a generalisation about a group is judged
         # on the pattern alone
         base = 0.5 if "generalisation" in signals else 0.0
         return _Candidate(sent, signals, groups, floor, boost, None, max(floor, base + boost))
+
+    def _allowed(self, sentence: str) -> bool:
+        return self._allow is not None and self._allow.search(sentence) is not None
 
     def _finding(
         self, sent: _Sentence, signals: dict[str, Any], groups: list[str], score: float

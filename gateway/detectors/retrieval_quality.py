@@ -102,7 +102,7 @@ def source_text(src: dict[str, Any]) -> str:
 
 
 def _content_words(text: str) -> set[str]:
-    return {w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOP}
+    return set(_WORD.findall(text.lower())) - _STOP
 
 
 def _passages(text: str, size: int) -> list[str]:
