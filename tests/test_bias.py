@@ -354,3 +354,44 @@ def test_allow_patterns_with_their_own_flags_still_apply_alone():
     # has a literal space that verbose mode would ignore)
     assert not scan_whole(det, "It is false that all Muslims are dangerous.")
     assert scan_whole(det, "All Muslims are dangerous.")
+
+
+@pytest.mark.slow
+def test_the_training_script_writes_what_the_gateway_loads(tmp_path):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_bias_classifier.py"
+    spec = importlib.util.spec_from_file_location("train_bias_classifier", script)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+
+    texts, labels = train.generated()
+    positives = [t for t, y in zip(texts, labels, strict=True) if y == 1][:24]
+    negatives = [t for t, y in zip(texts, labels, strict=True) if y == 0][:24]
+    examples = [(t, 1, 1.0) for t in positives] + [(t, 0, 1.0) for t in negatives]
+    pairs = list(zip(positives[:4], negatives[:4], strict=True))
+    args = argparse.Namespace(
+        model="all-MiniLM-L6-v2",
+        rank=2,
+        epochs=3,
+        lr=5e-3,
+        head_lr=5e-2,
+        batch=8,
+        pair_batch=2,
+        pair_weight=0.5,
+        threads=1,
+    )
+    adapters, coef, intercept = train.fine_tune(examples, pairs, args, lambda _: None)
+    path = tmp_path / "clf.npz"
+    train.save(path, train.artefact_arrays(adapters, coef, intercept), {"model": "test"})
+
+    clf = StereotypeClassifier(path)
+    # every linear layer of the six encoder blocks has a trained adapter
+    assert len(clf._adapters) == 36
+    assert all(np.abs(b).max() > 0 for _, b in clf._adapters.values())
+    # and the gateway's merged model has started to learn the labels (a few
+    # steps, all inside the learning-rate warm-up)
+    scores = np.array(clf.scores(positives + negatives))
+    assert scores[:24].mean() > scores[24:].mean() + 0.05
