@@ -112,27 +112,40 @@ def garden_text(rng, chars: int) -> str:
     return " ".join(parts)
 
 
-def grounded_answers(n: int) -> list[dict]:
-    """``n`` different ~2,000-character answers, each with its own three cited sources."""
+# neutral sentences that name a protected group, so the bias classifier runs
+GROUP_SENTENCE = "{} in our allotment society planted {} tomato plants in {} beds this year."
+GROUPS = ["Retired women", "Immigrants", "Teenagers", "Muslim families", "Disabled members"]
+
+
+def grounded_answers(n: int, group_sentences: int = 0) -> list[dict]:
+    """``n`` different ~2,000-character answers, each with its own three cited sources.
+
+    With ``group_sentences``, that many sentences of each answer name a
+    protected group (neutrally); the first source holds them too.
+    """
     import random
 
     rng = random.Random(5)
-    return [
-        {
-            "text": garden_text(rng, 2000)[:2100],
-            "sources": [
-                {
-                    "id": f"kb-{i}",
-                    "version": "1",
-                    "updated_at": "2099-01-01T00:00:00Z",
-                    # every template once: each answer sentence has its source
-                    "text": garden_text(rng, 580),
-                }
-                for i in range(3)
-            ],
-        }
-        for _ in range(n)
-    ]
+    out = []
+    for _ in range(n):
+        named = [
+            GROUP_SENTENCE.format(rng.choice(GROUPS), rng.randint(2, 999), rng.randint(2, 99))
+            for _ in range(group_sentences)
+        ]
+        body = garden_text(rng, 2000 - sum(len(g) + 1 for g in named))
+        sources = [
+            {
+                "id": f"kb-{i}",
+                "version": "1",
+                "updated_at": "2099-01-01T00:00:00Z",
+                # every template once: each answer sentence has its source
+                "text": garden_text(rng, 580),
+            }
+            for i in range(3)
+        ]
+        sources[0]["text"] = " ".join([*named, sources[0]["text"]])
+        out.append({"text": " ".join([*named, body])[:2100], "sources": sources})
+    return out
 
 
 def varied_answers(n: int) -> list[str]:
@@ -323,6 +336,12 @@ async def main() -> None:
             "sentences, or with --sources a grounded answer with its own sources"
         ),
     )
+    parser.add_argument(
+        "--group-sentences",
+        type=int,
+        default=0,
+        help="with --varied --sources: sentences per answer that name a protected group",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
@@ -360,7 +379,7 @@ async def main() -> None:
     # one answer per request of the whole run, so none is served twice
     served = 2 * args.warmup + args.rounds * 2 * (args.requests + max(args.requests // 3, 10))
     if args.varied and args.sources:
-        answers = grounded_answers(served)
+        answers = grounded_answers(served, args.group_sentences)
     elif args.varied:
         answers = [{"text": t, "sources": []} for t in varied_answers(served)]
     (tmp / "answers.json").write_text(json.dumps(answers))
@@ -397,6 +416,7 @@ async def main() -> None:
                 "policies": policies,
                 "response_chars": len(TEXT),
                 "varied_answers": args.varied,
+                "group_sentences_per_answer": args.group_sentences,
                 "stream_chunk_chars": 4,
                 "concurrency": 1,
                 "rounds": args.rounds,

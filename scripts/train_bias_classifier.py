@@ -390,12 +390,13 @@ def fine_tune(examples, pairs, args, log) -> tuple[dict[str, _Adapted], np.ndarr
                 logits([texts[i] for i in idx]), labels[idx], reduction="none"
             )
             loss = (bce * weights[idx]).sum() / weights[idx].sum()
-            chosen = [
-                pairs[pair_order[(step * args.pair_batch + k) % len(pairs)]]
-                for k in range(args.pair_batch)
-            ]
-            margin = logits([m for m, _ in chosen]) - logits([less for _, less in chosen])
-            loss = loss + args.pair_weight * torch.nn.functional.softplus(-margin).mean()
+            if pairs:
+                chosen = [
+                    pairs[pair_order[(step * args.pair_batch + k) % len(pairs)]]
+                    for k in range(args.pair_batch)
+                ]
+                margin = logits([m for m, _ in chosen]) - logits([less for _, less in chosen])
+                loss = loss + args.pair_weight * torch.nn.functional.softplus(-margin).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

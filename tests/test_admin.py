@@ -158,3 +158,14 @@ async def test_generated_token_when_none_configured(aiohttp_client, tmp_path, po
     assert len(token) >= 32
     resp = await admin.get("/governance/v1/policies", headers={"authorization": f"Bearer {token}"})
     assert resp.status == 200
+
+
+async def test_a_reload_does_not_take_the_gateway_out_of_rotation(make_gateway, fake):
+    _, admin, gw = await make_gateway(upstream=fake)
+    assert (await ready_body(admin))["ready"] is True
+    assert await gw.policies.reload()
+    # models of the new policy set load in the background without holding
+    # readiness back: the process keeps serving through a reload
+    assert gw.warming == 0
+    resp = await admin.get("/readyz")
+    assert resp.status == 200

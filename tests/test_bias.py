@@ -319,19 +319,80 @@ def test_adapters_are_merged_into_a_private_copy_of_the_model(tmp_path):
     assert 0.0 < clf.scores([text])[0] < 1.0
 
 
-@pytest.mark.slow
-def test_adapters_that_do_not_fit_the_model_are_refused(tmp_path):
-    wrong_shape = _artefact(
-        tmp_path / "shape.npz", {LAYER: (np.zeros((4, 100)), np.zeros((384, 4)))}
+@pytest.mark.parametrize(
+    ("adapters", "error"),
+    [
+        ({LAYER: (np.zeros((4, 100)), np.zeros((384, 4)))}, r"adapter .*query is 384x100"),
+        ({LAYER: (np.zeros((4, 384)), np.zeros((384, 2)))}, "A must be rank x in"),
+        (
+            {"encoder.layer.9.output.dense": (np.zeros((4, 1536)), np.zeros((384, 4)))},
+            "does not have: encoder.layer.9.output.dense",
+        ),
+    ],
+)
+def test_adapters_that_do_not_fit_the_model_are_refused_when_built(tmp_path, adapters, error):
+    # checked against the model's config.json: no model is loaded
+    with pytest.raises(ConfigError, match=error):
+        StereotypeClassifier(_artefact(tmp_path / "bad.npz", adapters))
+
+
+def test_other_malformed_artefacts_are_refused(tmp_path):
+    good = {LAYER: (np.zeros((4, 384)), np.zeros((384, 4)))}
+    with pytest.raises(ConfigError, match="the head has 10 weights"):
+        StereotypeClassifier(_artefact(tmp_path / "head.npz", good, dim=10))
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ConfigError, match="not a bias classifier artefact"):
+        StereotypeClassifier(tmp_path / "plain.npy")
+    scalar = _artefact(tmp_path / "scalar.npz", good)
+    with np.load(scalar) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["scale"] = np.float32(2.0)
+    np.savez(scalar, **arrays)
+    with pytest.raises(ConfigError, match="not a bias classifier artefact"):
+        StereotypeClassifier(scalar)
+
+
+def test_a_failed_model_load_is_remembered(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    clf = StereotypeClassifier(DEFAULT_CLASSIFIER, model=str(tmp_path / "not-a-model"))
+    with pytest.raises(ConfigError, match="cannot load the model") as first:
+        clf.scores(["Some text."])
+    with pytest.raises(ConfigError) as second:
+        clf.scores(["Other text."])
+    assert second.value is first.value
+
+
+def test_a_retrained_artefact_is_a_new_classifier_on_rebuild(tmp_path):
+    import shutil
+
+    shutil.copy(DEFAULT_CLASSIFIER, tmp_path / "clf.npz")
+    ctx = BuildContext(base_dir=tmp_path)
+    config = BiasPolicy(id="b", kind="bias", classifier="clf.npz")
+    first = build(config, ctx)._classifier
+    assert build(config, ctx)._classifier is first
+    with np.load(tmp_path / "clf.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["intercept"] = arrays["intercept"] + 1.0
+    np.savez(tmp_path / "clf.npz", **arrays)
+    second = build(config, ctx)._classifier
+    assert second is not first and second.intercept == pytest.approx(first.intercept + 1.0)
+
+
+def test_symbol_only_lexicon_terms_are_refused(tmp_path):
+    (tmp_path / "odd.yaml").write_text(
+        "attribute: odd\ngroups:\n  plus: ['+++']\n", encoding="utf-8"
     )
-    with pytest.raises(ConfigError, match=r"adapter .*query is 384x100"):
-        StereotypeClassifier(wrong_shape).scores(["Some text."])
-    no_layer = _artefact(
-        tmp_path / "layer.npz",
-        {"encoder.layer.9.output.dense": (np.zeros((4, 1536)), np.zeros((384, 4)))},
+    with pytest.raises(ConfigError, match=r"odd.yaml: groups.plus: '\+\+\+' has no letters"):
+        detector(tmp_path, lexicons=["odd.yaml"])
+
+
+def test_place_names_with_odd_spacing_in_a_lexicon(tmp_path):
+    (tmp_path / "region.yaml").write_text(
+        "attribute: region\ngroups: {}\nplaces:\n  north: ['north  country']\n",
+        encoding="utf-8",
     )
-    with pytest.raises(ConfigError, match="encoder.layer.9.output.dense"):
-        StereotypeClassifier(no_layer).scores(["Some text."])
+    det = detector(tmp_path, lexicons=["region.yaml"], groups=["region"])
+    assert det.mentions("People from the North Country are loud.")[0] == ["region/north"]
 
 
 def test_every_shipped_term_and_place_is_found_in_a_sentence():

@@ -170,7 +170,13 @@ def _group_file(path: Path, terms: dict[str, str], places: dict[str, str]) -> No
             ):
                 raise ConfigError(f"{path}: {section}.{group} must be a list of non-empty strings")
             for word in words:
-                into[fold(word.strip())[0]] = f"{attribute}/{group}"
+                # one space between words, as matched text is normalised
+                key = " ".join(fold(word)[0].split())
+                if not _WORDS.search(key):
+                    raise ConfigError(
+                        f"{path}: {section}.{group}: {word!r} has no letters or digits"
+                    )
+                into[key] = f"{attribute}/{group}"
 
 
 def _slur_file(path: Path, slurs: dict[str, str], ambiguous: set[str], dehum: set[str]) -> None:
@@ -407,13 +413,16 @@ class BiasDetector:
             else None
         )
         allow = DEFAULT_ALLOW_PATTERNS if config.allow_patterns is None else config.allow_patterns
-        # one alternation, so a sentence is searched once, not once per
-        # pattern (the ``regex`` engine keeps a pattern's inline flags, such
-        # as (?x), to its own branch)
-        patterns = [*allow, *config.extra_allow_patterns]
-        self._allow = (
-            re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
-        )
+        # compiled one by one: joined into one alternation, a verbose-mode
+        # comment or a numbered backreference would change the others
+        self._allow = []
+        for pattern in [*allow, *config.extra_allow_patterns]:
+            try:
+                self._allow.append(re.compile(pattern, re.IGNORECASE))
+            except re.error as exc:
+                raise ConfigError(
+                    f"bias policy {config.id!r}: allow pattern {pattern!r} does not compile: {exc}"
+                ) from None
 
     def start(self, ctx: ScanContext) -> _BiasScan:
         return _BiasScan(self)
@@ -514,7 +523,7 @@ class BiasDetector:
         return _Candidate(sent, signals, groups, floor, boost, None, max(floor, base + boost))
 
     def _allowed(self, sentence: str) -> bool:
-        return self._allow is not None and self._allow.search(sentence) is not None
+        return any(p.search(sentence) for p in self._allow)
 
     def _finding(
         self, sent: _Sentence, signals: dict[str, Any], groups: list[str], score: float
@@ -683,7 +692,7 @@ def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
         [ctx.base_dir / p for p in config.slur_lists],
         replace=config.replace_lexicons,
     )
-    known = {g.split("/")[0] for g in lexicon.terms.values()}
+    known = {g.split("/")[0] for g in [*lexicon.terms.values(), *lexicon.places.values()]}
     unknown = [g for g in config.groups if g not in known]
     if unknown:
         raise ConfigError(
@@ -693,7 +702,15 @@ def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
     classifier = None
     if "classifier" in config.signals:
         path = ctx.base_dir / config.classifier if config.classifier else DEFAULT_CLASSIFIER
-        key = f"bias_classifier:{path}:{config.model}:{config.variant}"
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the bias classifier: {exc.strerror}") from None
+        # a retrained artefact at the same path is a new classifier on reload
+        key = (
+            f"bias_classifier:{path}:{stat.st_mtime_ns}:{stat.st_size}:"
+            f"{config.model}:{config.variant}"
+        )
         classifier = ctx.resources.get(key)
         if classifier is None:
             classifier = StereotypeClassifier(path, config.model, config.variant)

@@ -83,20 +83,94 @@ class StereotypeClassifier:
                         data[f"adapter/{name}/a"].astype(np.float32),
                         data[f"adapter/{name}/b"].astype(np.float32),
                     )
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        except (
+            OSError,
+            KeyError,
+            ValueError,
+            IndexError,
+            TypeError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
             raise ConfigError(f"{path}: not a bias classifier artefact: {exc}") from None
         if not self._adapters:
             raise ConfigError(f"{path}: not a bias classifier artefact: it holds no adapters")
+        self._check_shapes()
         self._model: Any = None
+        # a load that failed is not retried on every call; a reload with a
+        # fixed artefact builds a new classifier
+        self._load_error: ConfigError | None = None
         self._load_lock = threading.Lock()
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    def _check_shapes(self) -> None:
+        """Check the artefact against itself and, for a local model, its config.json.
+
+        The model's weights are loaded only on first use; its config is a few
+        hundred bytes, so a wrong artefact fails when the policy is built.
+        """
+        if self.coef.ndim != 1:
+            raise ConfigError(f"{self.path}: coef must be a vector, not {self.coef.shape}")
+        for name, (a, b) in self._adapters.items():
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise ConfigError(
+                    f"{self.path}: adapter {name} has A {a.shape} and B {b.shape}; "
+                    "A must be rank x in and B out x rank"
+                )
+        from gateway.embedding import resolve_model
+
+        config_file = Path(resolve_model(self.model_name)) / "config.json"
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+            blocks = int(config["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # a hub model or another architecture: checked at load time
+        if self.coef.shape[0] != hidden:
+            raise ConfigError(
+                f"{self.path}: the head has {self.coef.shape[0]} weights; "
+                f"{self.model_name!r} gives {hidden}-dimensional vectors"
+            )
+        shapes = {
+            "attention.self.query": (hidden, hidden),
+            "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden),
+            "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (inner, hidden),
+            "output.dense": (hidden, inner),
+        }
+        expected = {
+            f"encoder.layer.{i}.{suffix}": shape
+            for i in range(blocks)
+            for suffix, shape in shapes.items()
+        }
+        for name, (a, b) in self._adapters.items():
+            if name not in expected:
+                raise ConfigError(
+                    f"{self.path}: adapters name layers that {self.model_name!r} "
+                    f"does not have: {name}"
+                )
+            if (b.shape[0], a.shape[1]) != expected[name]:
+                raise ConfigError(
+                    f"{self.path}: adapter {name} is {b.shape[0]}x{a.shape[1]}, "
+                    f"the model's layer is {expected[name][0]}x{expected[name][1]}"
+                )
+
     def _load(self) -> Any:
         with self._load_lock:
+            if self._load_error is not None:
+                raise self._load_error
             if self._model is None:
-                self._model = self._merged_model()
+                try:
+                    self._model = self._merged_model()
+                except ConfigError as exc:
+                    self._load_error = exc
+                    raise
+                except Exception as exc:
+                    self._load_error = ConfigError(f"{self.path}: cannot load the model: {exc}")
+                    raise self._load_error from exc
         return self._model
 
     def _merged_model(self) -> Any:
@@ -105,6 +179,8 @@ class StereotypeClassifier:
 
         from gateway.embedding import _quantize, resolve_model
 
+        # one core per scan, like the shared embedder: scans run side by side
+        torch.set_num_threads(1)
         model = SentenceTransformer(resolve_model(self.model_name), device="cpu")
         model.max_seq_length = MAX_TOKENS
         layers = adapted_layers(model[0].auto_model)

@@ -85,18 +85,26 @@ class Gateway:
             await hook(self)
         self.policies.swap_listeners.append(self._warm_soon)
         if self.policies.current is not None:
-            self._warm_soon(self.policies.current)
+            self._warm_soon(self.policies.current, gate_readiness=True)
 
-    def _warm_soon(self, policy_set) -> None:
-        """Load the policies' models in the background (a swap listener)."""
-        self.warming += 1
-        task = asyncio.get_running_loop().create_task(self._warm(policy_set), name="warm-models")
+    def _warm_soon(self, policy_set, gate_readiness: bool = False) -> None:
+        """Load the policies' models in the background (also a swap listener).
+
+        Only the first load holds readiness back: after a reload the process
+        keeps serving, and a model new to it loads on its first use if the
+        background load has not finished.
+        """
+        if gate_readiness:
+            self.warming += 1
+        task = asyncio.get_running_loop().create_task(
+            self._warm(policy_set, gate_readiness), name="warm-models"
+        )
         self.background.append(task)
         task.add_done_callback(
             lambda t: self.background.remove(t) if t in self.background else None
         )
 
-    async def _warm(self, policy_set) -> None:
+    async def _warm(self, policy_set, gate_readiness: bool) -> None:
         started = time.perf_counter()
         warmed = []
         try:
@@ -105,14 +113,16 @@ class Gateway:
                 if warm is None:
                     continue
                 try:
-                    await self.run_blocking(warm)
+                    # the default executor: loads must not wait behind scans
+                    await asyncio.get_running_loop().run_in_executor(None, warm)
                     warmed.append(compiled.config.id)
                 except Exception:
                     # the detector loads on first use instead, and reports
                     # its error then, through the policy's on_error
                     log.exception("could not load the model of policy %s", compiled.config.id)
         finally:
-            self.warming -= 1
+            if gate_readiness:
+                self.warming -= 1
         if warmed:
             log.info(
                 "policy models loaded",
