@@ -456,3 +456,21 @@ def test_the_training_script_writes_what_the_gateway_loads(tmp_path):
     # steps, all inside the learning-rate warm-up)
     scores = np.array(clf.scores(positives + negatives))
     assert scores[:24].mean() > scores[24:].mean() + 0.05
+
+
+@pytest.mark.parametrize(("classify", "merged"), [("all", True), ("mentions", False)])
+def test_pronoun_led_sentences_are_read_with_the_one_before(classify, merged):
+    from gateway.detectors.bias import BiasDetector, _Sentence
+
+    config = BiasPolicy(id="b", kind="bias", classify=classify)
+    # only whether a classifier is present matters here; it is not called
+    det = BiasDetector(config, load_lexicon(), classifier=object())
+    first = _Sentence(0, 26, "The chess player was new.", [], [])
+    second = _Sentence(27, 50, "He was lazy and dumb.", [], [])
+    cand = det._signals_of(second, first)
+    if merged:
+        assert cand.classify_text == "The chess player was new. He was lazy and dumb."
+        assert cand.signals["context"] == "previous sentence"
+    else:
+        # the default gate: neither sentence names a group, nothing to judge
+        assert cand is None

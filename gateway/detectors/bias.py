@@ -505,7 +505,11 @@ class BiasDetector:
                     boost = cfg.generalisation_boost
                     break
         text = sent.text
-        if not groups and previous is not None and previous.groups and _REFERS_BACK.match(folded):
+        # with classify: all, a pronoun-led sentence is read with the one
+        # before it even when that names no group term ("The chess player
+        # was new. He was shy.")
+        refers_back = previous is not None and (previous.groups or cfg.classify == "all")
+        if not groups and refers_back and _REFERS_BACK.match(folded):
             groups = list(previous.groups)
             text = f"{previous.text} {sent.text}"
             signals["context"] = "previous sentence"
