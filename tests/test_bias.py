@@ -302,8 +302,10 @@ def test_adapters_are_merged_into_a_private_copy_of_the_model(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4, 384)).astype(np.float32)
     b = rng.normal(size=(384, 4)).astype(np.float32)
-    clf = StereotypeClassifier(_artefact(tmp_path / "one.npz", {LAYER: (a, b)}, scale=0.5))
-    merged = dict(clf._load()[0].auto_model.named_modules())[LAYER].weight
+    artefact = _artefact(tmp_path / "one.npz", {LAYER: (a, b)}, scale=0.5)
+    clf = StereotypeClassifier(artefact, runtime="torch")
+    model = clf._load().model
+    merged = dict(model[0].auto_model.named_modules())[LAYER].weight
     base_model = get_embedder().model
     base = dict(base_model[0].auto_model.named_modules())[LAYER].weight
     expected = base + 0.5 * torch.from_numpy(
@@ -314,9 +316,36 @@ def test_adapters_are_merged_into_a_private_copy_of_the_model(tmp_path):
     assert not torch.allclose(merged, base)
     # scores are the head applied to the merged model's unit vectors
     text = "The committee meets on Tuesdays."
-    vector = clf._load().encode([text], normalize_embeddings=True)[0]
+    vector = model.encode([text], normalize_embeddings=True)[0]
     assert clf.logits([text])[0] == pytest.approx(float(vector @ clf.coef) + 0.25, abs=1e-4)
     assert 0.0 < clf.scores([text])[0] < 1.0
+    # the ONNX export of the same merged model scores the same
+    onnx = StereotypeClassifier(artefact, runtime="onnx")
+    assert onnx.logits([text])[0] == pytest.approx(clf.logits([text])[0], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_and_torch_runtimes_agree_on_the_shipped_classifier():
+    texts = [
+        "Women are too emotional to lead a company.",
+        "The museum opens at nine on Sundays.",
+        "Old people can't learn anything new, and a second sentence makes this longer.",
+    ]
+    torch_scores = StereotypeClassifier(DEFAULT_CLASSIFIER, runtime="torch").logits(texts)
+    onnx_scores = StereotypeClassifier(DEFAULT_CLASSIFIER, runtime="onnx").logits(texts)
+    # one batch with padding: the exported graph honours the attention mask
+    assert np.allclose(onnx_scores, torch_scores, atol=1e-3)
+    # int8 weights move the scores a little, not the verdicts
+    int8 = StereotypeClassifier(DEFAULT_CLASSIFIER, variant="int8", runtime="onnx").logits(texts)
+    assert np.array_equal(int8 > 0, torch_scores > 0)
+    assert not np.allclose(int8, torch_scores, atol=1e-4)
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(ConfigError, match="unknown runtime 'tpu'"):
+        StereotypeClassifier(DEFAULT_CLASSIFIER, runtime="tpu")
+    with pytest.raises(ValidationError, match="runtime"):
+        BiasPolicy(id="b", kind="bias", runtime="tpu")
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,9 @@ class BiasPolicy(PolicyBase):
     # "fp32", or "int8": linear layers quantised after the adapters are
     # merged, faster, scores close to fp32; checked at build time
     variant: str = "fp32"
+    # "onnx" runs the merged model with onnxruntime (faster, same scores);
+    # "torch" with PyTorch
+    runtime: Literal["onnx", "torch"] = "onnx"
     # "mentions" runs the classifier only on sentences naming a group (and
     # the sentence after one, see context_sentences); "all" on every sentence
     classify: Literal["mentions", "all"] = "mentions"
@@ -713,11 +716,11 @@ def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
         # a retrained artefact at the same path is a new classifier on reload
         key = (
             f"bias_classifier:{path}:{stat.st_mtime_ns}:{stat.st_size}:"
-            f"{config.model}:{config.variant}"
+            f"{config.model}:{config.variant}:{config.runtime}"
         )
         classifier = ctx.resources.get(key)
         if classifier is None:
-            classifier = StereotypeClassifier(path, config.model, config.variant)
+            classifier = StereotypeClassifier(path, config.model, config.variant, config.runtime)
             ctx.resources[key] = classifier
     return BiasDetector(config, lexicon, classifier)
 

@@ -7,7 +7,10 @@ unit-length sentence vector. ``scripts/train_bias_classifier.py`` trains it.
 Only the adapters and the head are shipped (a few hundred kilobytes), not a
 second copy of the model: at load time each adapted weight becomes
 ``W + scale * B @ A`` in a private copy of the packaged base model, so a
-score costs one ordinary MiniLM pass and nothing more.
+score costs one ordinary MiniLM pass and nothing more. By default that model
+is then exported to an ONNX graph and run by onnxruntime, which scores a
+sentence 2-3 times faster than eager PyTorch on CPU with the same output
+(``runtime: torch`` keeps PyTorch).
 
 Artefact layout (``.npz``): ``adapter/<module path>/a`` (rank x in) and
 ``adapter/<module path>/b`` (out x rank) as float16, ``scale``, ``coef``,
@@ -39,6 +42,9 @@ ADAPTED = (
 )
 # sentences are scored alone; longer input is cut, as in training
 MAX_TOKENS = 128
+RUNTIMES = ("onnx", "torch")
+# sentences per model call: bounds memory when a benchmark scores thousands
+BATCH = 64
 
 
 def adapted_layers(encoder: Any) -> dict[str, Any]:
@@ -58,7 +64,12 @@ class StereotypeClassifier:
     """Probabilities that sentences state a stereotype; cached by sentence hash."""
 
     def __init__(
-        self, path: Path, model: str = "all-MiniLM-L6-v2", variant: str = "fp32", cache_size=4096
+        self,
+        path: Path,
+        model: str = "all-MiniLM-L6-v2",
+        variant: str = "fp32",
+        runtime: str = "onnx",
+        cache_size: int = 4096,
     ):
         from gateway.embedding import check_variant
 
@@ -66,6 +77,9 @@ class StereotypeClassifier:
             check_variant(variant)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+        self.runtime = runtime
         self.path = path
         self.model_name = model
         self.variant = variant
@@ -200,18 +214,17 @@ class StereotypeClassifier:
                     )
                 weight += self._scale * torch.from_numpy(b @ a)
         model.eval()
-        return _quantize(model) if self.variant == "int8" else model
+        if self.runtime == "onnx":
+            return _OnnxEncoder(model, quantize=self.variant == "int8")
+        return _TorchEncoder(_quantize(model) if self.variant == "int8" else model)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Raw scores (no cache), for benchmarks that rank sentences."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        vectors = self._load().encode(
-            texts,
-            batch_size=64,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        encoder = self._load()
+        vectors = np.vstack(
+            [encoder.encode(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
         )
         return vectors.astype(np.float32) @ self.coef + self.intercept
 
@@ -235,3 +248,97 @@ class StereotypeClassifier:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return out  # type: ignore[return-value]
+
+
+class _TorchEncoder:
+    """Unit-length mean-pooled vectors from the sentence-transformers model."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts,
+            batch_size=BATCH,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+
+class _OnnxEncoder:
+    """The same vectors from the model exported to ONNX and run by onnxruntime."""
+
+    def __init__(self, model: Any, quantize: bool = False):
+        import io
+        import warnings
+
+        import onnxruntime
+        import torch
+
+        self.tokenizer = model.tokenizer
+        sample = self.tokenizer(["a sample sentence"], return_tensors="pt")
+        self.inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+        graph = io.BytesIO()
+        with warnings.catch_warnings():
+            # tracing warnings about shapes: the axes below are declared dynamic
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _pooled(model[0].auto_model, self.inputs),
+                tuple(sample[n] for n in self.inputs),
+                graph,
+                input_names=self.inputs,
+                output_names=["vector"],
+                dynamic_axes={n: {0: "batch", 1: "tokens"} for n in self.inputs},
+                opset_version=17,
+                dynamo=False,
+            )
+        data = graph.getvalue()
+        if quantize:
+            data = _quantized(data)
+        options = onnxruntime.SessionOptions()
+        # one core per scan, like the PyTorch path
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            data, options, providers=["CPUExecutionProvider"]
+        )
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np"
+        )
+        feed = {n: batch[n].astype(np.int64) for n in self.inputs}
+        return self.session.run(None, feed)[0]
+
+
+def _pooled(encoder: Any, inputs: list[str]) -> Any:
+    """A module from token ids to the unit-length mean of the encoder's token vectors."""
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, *tensors):
+            named = dict(zip(inputs, tensors, strict=True))
+            hidden = self.encoder(**named).last_hidden_state
+            mask = named["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return torch.nn.functional.normalize(mean, dim=-1)
+
+    return Pooled().eval()
+
+
+def _quantized(graph: bytes) -> bytes:
+    """Int8 weights for the graph's matrix products (onnxruntime dynamic quantisation)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(graph)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        return target.read_bytes()
