@@ -73,6 +73,9 @@ class Embedder:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._model: Any = None
+        # the fp32 model's vectors come from its ONNX export when it has the
+        # plain transformer + mean-pooling shape (gateway.onnx_encoder)
+        self._onnx: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
 
     def _load(self) -> Any:
@@ -87,7 +90,14 @@ class Embedder:
                 torch.set_num_threads(self._threads)
                 model = SentenceTransformer(path, device="cpu")
                 if self.variant == "int8":
+                    # int8 stays in PyTorch: indexes built with its vectors
+                    # must be queried with the same quantisation
                     model = _quantize(model)
+                else:
+                    from gateway.onnx_encoder import OnnxEncoder, exportable
+
+                    if exportable(model):
+                        self._onnx = OnnxEncoder(model, model.max_seq_length, self._threads)
                 self._model = model
         return self._model
 
@@ -121,13 +131,22 @@ class Embedder:
                 out.append(hit)
         if missing:
             model = self._load()
-            vectors = model.encode(
-                [texts[i] for i in missing],
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            ).astype(np.float32, copy=False)
+            todo = [texts[i] for i in missing]
+            if self._onnx is not None:
+                vectors = np.vstack(
+                    [
+                        self._onnx.encode(todo[k : k + batch_size])
+                        for k in range(0, len(todo), batch_size)
+                    ]
+                ).astype(np.float32, copy=False)
+            else:
+                vectors = model.encode(
+                    todo,
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                ).astype(np.float32, copy=False)
             with self._lock:
                 for row, i in enumerate(missing):
                     out[i] = vectors[row]

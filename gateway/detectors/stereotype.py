@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import ConfigError
+from gateway.onnx_encoder import OnnxEncoder
 
 # the linear layers of a BERT encoder block that get an adapter
 ADAPTED = (
@@ -215,7 +216,7 @@ class StereotypeClassifier:
                 weight += self._scale * torch.from_numpy(b @ a)
         model.eval()
         if self.runtime == "onnx":
-            return _OnnxEncoder(model, quantize=self.variant == "int8")
+            return OnnxEncoder(model, MAX_TOKENS, quantize=self.variant == "int8")
         return _TorchEncoder(_quantize(model) if self.variant == "int8" else model)
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -264,81 +265,3 @@ class _TorchEncoder:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-
-
-class _OnnxEncoder:
-    """The same vectors from the model exported to ONNX and run by onnxruntime."""
-
-    def __init__(self, model: Any, quantize: bool = False):
-        import io
-        import warnings
-
-        import onnxruntime
-        import torch
-
-        self.tokenizer = model.tokenizer
-        sample = self.tokenizer(["a sample sentence"], return_tensors="pt")
-        self.inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-        graph = io.BytesIO()
-        with warnings.catch_warnings():
-            # tracing warnings about shapes: the axes below are declared dynamic
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _pooled(model[0].auto_model, self.inputs),
-                tuple(sample[n] for n in self.inputs),
-                graph,
-                input_names=self.inputs,
-                output_names=["vector"],
-                dynamic_axes={n: {0: "batch", 1: "tokens"} for n in self.inputs},
-                opset_version=17,
-                dynamo=False,
-            )
-        data = graph.getvalue()
-        if quantize:
-            data = _quantized(data)
-        options = onnxruntime.SessionOptions()
-        # one core per scan, like the PyTorch path
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            data, options, providers=["CPUExecutionProvider"]
-        )
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np"
-        )
-        feed = {n: batch[n].astype(np.int64) for n in self.inputs}
-        return self.session.run(None, feed)[0]
-
-
-def _pooled(encoder: Any, inputs: list[str]) -> Any:
-    """A module from token ids to the unit-length mean of the encoder's token vectors."""
-    import torch
-
-    class Pooled(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, *tensors):
-            named = dict(zip(inputs, tensors, strict=True))
-            hidden = self.encoder(**named).last_hidden_state
-            mask = named["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            return torch.nn.functional.normalize(mean, dim=-1)
-
-    return Pooled().eval()
-
-
-def _quantized(graph: bytes) -> bytes:
-    """Int8 weights for the graph's matrix products (onnxruntime dynamic quantisation)."""
-    import tempfile
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        source.write_bytes(graph)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
-        return target.read_bytes()
