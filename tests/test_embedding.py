@@ -45,3 +45,18 @@ def test_int8_and_other_model_shapes_stay_on_pytorch(tmp_path):
     assert embedder._onnx is None
     reference = embedder.model.encode(TEXTS[:1], normalize_embeddings=True)
     assert np.abs(vectors - reference).max() < 1e-6
+
+
+@pytest.mark.slow
+def test_onnx_vectors_from_several_threads_at_once():
+    # scans run on two worker threads; the session and the tokenizer (always
+    # called with the same truncation and padding) are shared between them
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder = Embedder(cache_size=0)
+    embedder.encode(TEXTS[:1])
+    batches = [[f"Sentence {i} about the bus routes.", "word " * (50 + i)] for i in range(40)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(embedder._onnx.encode, batches))
+    for batch, vectors in zip(batches, results, strict=True):
+        assert np.allclose(vectors, embedder._onnx.encode(batch), atol=1e-6)
