@@ -133,12 +133,7 @@ class Embedder:
             model = self._load()
             todo = [texts[i] for i in missing]
             if self._onnx is not None:
-                vectors = np.vstack(
-                    [
-                        self._onnx.encode(todo[k : k + batch_size])
-                        for k in range(0, len(todo), batch_size)
-                    ]
-                ).astype(np.float32, copy=False)
+                vectors = self._onnx.encode(todo, batch_size)
             else:
                 vectors = model.encode(
                     todo,

@@ -65,7 +65,13 @@ class OnnxEncoder:
             data, options, providers=["CPUExecutionProvider"]
         )
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Float32 unit vectors, ``batch_size`` texts per model call (bounds memory)."""
+        return np.vstack(
+            [self._run(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        ).astype(np.float32, copy=False)
+
+    def _run(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np"
         )

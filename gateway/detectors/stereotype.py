@@ -44,8 +44,6 @@ ADAPTED = (
 # sentences are scored alone; longer input is cut, as in training
 MAX_TOKENS = 128
 RUNTIMES = ("onnx", "torch")
-# sentences per model call: bounds memory when a benchmark scores thousands
-BATCH = 64
 
 
 def adapted_layers(encoder: Any) -> dict[str, Any]:
@@ -223,10 +221,7 @@ class StereotypeClassifier:
         """Raw scores (no cache), for benchmarks that rank sentences."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        encoder = self._load()
-        vectors = np.vstack(
-            [encoder.encode(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
-        )
+        vectors = self._load().encode(texts)
         return vectors.astype(np.float32) @ self.coef + self.intercept
 
     def scores(self, texts: list[str]) -> list[float]:
@@ -260,7 +255,7 @@ class _TorchEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
             texts,
-            batch_size=BATCH,
+            batch_size=64,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
