@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.contract.kind import BuildContext  # noqa: E402
 from gateway.detectors.bias import BiasPolicy, build  # noqa: E402
-from gateway.policy.registry import BuildContext  # noqa: E402
 
 
 def split_of(key: str) -> str:

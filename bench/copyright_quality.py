@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.detectors.base import ScanContext  # noqa: E402
+from gateway.contract.detector import ScanContext  # noqa: E402
 from gateway.detectors.copyright import CopyrightDetector, CopyrightPolicy  # noqa: E402
 from gateway.index import BuildParams, CopyrightIndex, build_index  # noqa: E402
 from gateway.index.text import ngram_hashes, words  # noqa: E402

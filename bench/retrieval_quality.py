@@ -35,12 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.detectors.base import ScanContext  # noqa: E402
+from gateway.contract.detector import ScanContext  # noqa: E402
+from gateway.contract.kind import BuildContext, Resources  # noqa: E402
 from gateway.detectors.retrieval_quality import RetrievalQualityPolicy  # noqa: E402
 from gateway.detectors.retrieval_quality import build as build_quality  # noqa: E402
 from gateway.detectors.stale_retrieval import StaleRetrievalPolicy  # noqa: E402
 from gateway.detectors.stale_retrieval import build as build_stale  # noqa: E402
-from gateway.policy.registry import BuildContext  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp()
 DAY = 86400.0
@@ -118,7 +118,7 @@ def staleness(seed: int = 1, responses: int = 2000) -> dict:
                 registry="registry.yaml",
                 unknown_documents="breach",
             ),
-            BuildContext(base_dir=Path(tmp), resources={"clock": lambda: NOW}),
+            BuildContext(base_dir=Path(tmp), resources=Resources(clock=lambda: NOW)),
         )
         found = {k: 0 for k in expected}
         started = time.perf_counter()
@@ -161,7 +161,7 @@ def relevance(embedder, passages, threshold: float) -> dict:
 
     det = build_quality(
         RetrievalQualityPolicy(id="r", kind="retrieval_quality", checks=["relevance"]),
-        BuildContext(resources={"embedder": embedder}),
+        BuildContext(resources=Resources(embedder=embedder)),
     )
     rng = random.Random(3)
     sims, labels, lexical = [], [], []
@@ -209,7 +209,7 @@ def groundedness(embedder, passages, data: Path) -> dict:
                 min_sentence_chars=1,
                 **params,
             ),
-            BuildContext(resources={"embedder": embedder}),
+            BuildContext(resources=Resources(embedder=embedder)),
         )
 
     modes = {
@@ -270,8 +270,8 @@ def build_policies(variant: str = "fp32") -> list[tuple[str, object]]:
     ``variant`` swaps the embedding variant of the embedding-based policies
     (``fp32`` or ``int8``), everything else as shipped.
     """
+    from gateway.policy.kinds import default_registry
     from gateway.policy.loader import load_policies
-    from gateway.policy.registry import default_registry
 
     policy_set = load_policies(
         [ROOT / "policies" / "bias.yaml", ROOT / "policies" / "retrieval.yaml"]

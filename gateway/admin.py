@@ -1,42 +1,25 @@
-"""The admin listener: health, metrics and the governance API.
+"""The admin listener: health, metrics, the core governance API, and the UIs' shell.
 
 Everything under ``/governance/`` needs a bearer token; health and metrics
-are open, as scrapers and orchestrators expect.
+are open, as scrapers and orchestrators expect. Subsystems add their own API
+paths and pages through their ``admin_routes`` hook.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.auth import PRINCIPAL, TOKENS, TokenBook
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.policy.check import context_for, decision_json, evaluate, parse_input
-from gateway.proxy.adapters.base import openai_error
+from gateway.policy.check import context_for, decision_json, evaluate
+from gateway.proxy.adapters import parse_answer
 from gateway.proxy.state import GATEWAY, Gateway
+from gateway.web.api import error_json, json_body, json_response
+from gateway.web.auth import PRINCIPAL, TOKENS, TokenBook
+from gateway.web.pages import Pages, install_pages
+from gateway.web.sessions import SESSIONS, SessionBook
 
 routes = web.RouteTableDef()
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object (empty when there is no body), or a clear 400."""
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json(loads=orjson.loads)
-    except ValueError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object")
-    return body
 
 
 @web.middleware
@@ -46,7 +29,7 @@ async def errors_and_auth(request: web.Request, handler):
             request[PRINCIPAL] = request.app[TOKENS].require(request, "reviewer")
         return await handler(request)
     except GatewayError as err:
-        return json_response(openai_error(err), err.status)
+        return error_json(err)
 
 
 @routes.get("/healthz")
@@ -91,10 +74,10 @@ async def check(request: web.Request) -> web.Response:
     route = body.get("route") or gw.settings.routes[0].name
     if route not in {r.name for r in gw.settings.routes}:
         raise NotFound(f"no route named {route!r}")
-    segments, sources, errors, protocol = parse_input(payload, gw.rag_adapters.get(route))
+    segments, found, protocol = parse_answer(payload, gw.adapters, route)
     ctx = context_for(route, query=body.get("query"), sources=body.get("sources"))
-    ctx.sources.extend(sources)
-    ctx.source_errors.extend(errors)
+    ctx.sources.extend(found.items)
+    ctx.source_errors.extend(found.errors)
     policy_set = gw.policies.serving
     guard = await evaluate(
         policy_set.for_route(route), segments, ctx, thread_runner=gw.run_blocking
@@ -175,11 +158,11 @@ def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Applic
     app = web.Application(middlewares=[errors_and_auth])
     app[GATEWAY] = gw
     app[TOKENS] = tokens or TokenBook(gw.settings)
+    app[SESSIONS] = SessionBook(gw.settings.review.session_ttl)
+    install_pages(app, Pages(secure_cookie=gw.settings.review.secure_cookie))
     app.add_routes(routes)
-    from gateway.app import SUBSYSTEMS
-
-    for name in SUBSYSTEMS:
-        importlib.import_module(name).admin_routes(app)
+    for sub in gw.subsystems:
+        sub.admin_routes(app)
 
     async def lifecycle(app: web.Application):
         await gw.acquire()

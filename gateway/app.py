@@ -1,71 +1,69 @@
-"""Build the gateway: shared state, the proxy app and the admin app."""
+"""Build the gateway: shared state, its subsystems, the proxy app and the admin app."""
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from gateway.admin import create_admin_app
 from gateway.config import Settings
+from gateway.contract.kind import Resources
+from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
 from gateway.observability.metrics import Metrics
-from gateway.policy.reload import PolicyHolder
-from gateway.proxy.adapters import RagJsonAdapter
-from gateway.proxy.handler import handle
+from gateway.plugins import SUBSYSTEMS, load_group
+from gateway.policy.reload import PolicyHolder, PolicyReloadFailed, PolicySwap
+from gateway.proxy.adapters import Adapters
+from gateway.proxy.hookspecs import Subsystem
+from gateway.proxy.listener import handle
 from gateway.proxy.state import GATEWAY, Gateway
+from gateway.records.decision import DecisionRecord
 from gateway.store.base import open_store
 
 log = logging.getLogger(__name__)
 
-# Subsystems that plug into the gateway. Each module exposes
-# ``install(gw: Gateway) -> None`` (register services, decision listeners and
-# start/stop hooks on ``gw``) and ``admin_routes(app: web.Application) -> None``
-# (add its API and pages to the admin app), and optionally
-# ``proxy_routes(app)`` for paths clients reach on the proxy listener.
-SUBSYSTEMS: tuple[str, ...] = (
-    "gateway.index.service",
-    "gateway.incidents.monitoring",
-    "gateway.incidents.service",
-    "gateway.review.service",
-)
+
+def installed_subsystems() -> list[type[Subsystem]]:
+    """Every subsystem in the ``gateway.subsystems`` entry-point group."""
+    return [cls for _, cls in load_group(SUBSYSTEMS)]
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(
+    settings: Settings, subsystems: Sequence[type[Subsystem]] | None = None
+) -> Gateway:
     """Load policies and build every long-lived object; raise ``ConfigError`` early."""
     metrics = Metrics()
-    resources: dict = {}
-
-    def swapped(policy_set) -> None:
-        metrics.policy_revision.clear()
-        metrics.policy_revision.labels(policy_set.revision).set(1)
-        metrics.reloads.labels("ok").inc()
-
-    holder = PolicyHolder(
-        settings.policies,
-        resources=resources,
-        on_swap=swapped,
-        on_failure=lambda errors: metrics.reloads.labels("failed").inc(),
-    )
+    events = EventBus()
+    resources = Resources()
     store = open_store(settings.store_url())
+    decisions = DecisionLog(store, metrics)
     gw = Gateway(
         settings=settings,
-        policies=holder,
+        policies=PolicyHolder(settings.policies, events=events, resources=resources),
         metrics=metrics,
         store=store,
-        decisions=DecisionLog(store, metrics),
-        rag_adapters={
-            r.name: RagJsonAdapter(**r.rag.model_dump())
-            for r in settings.routes
-            if r.protocol == "rag-json"
-        },
+        decisions=decisions,
+        events=events,
+        adapters=Adapters(settings.routes),
         resources=resources,
     )
-    for name in SUBSYSTEMS:
-        importlib.import_module(name).install(gw)
-    holder.load_now()
+    events.subscribe(DecisionRecord, decisions.add)
+
+    def swapped(swap: PolicySwap) -> None:
+        metrics.policy_revision.clear()
+        metrics.policy_revision.labels(swap.policy_set.revision).set(1)
+        metrics.reloads.labels("ok").inc()
+
+    events.subscribe(PolicySwap, swapped)
+    events.subscribe(PolicyReloadFailed, lambda _: metrics.reloads.labels("failed").inc())
+    for cls in installed_subsystems() if subsystems is None else subsystems:
+        sub = cls(gw)
+        sub.install()
+        gw.subsystems.append(sub)
+    gw.policies.load_now()
     # what we just built lives for the process: keep it out of every collection
     gc.collect()
     gc.freeze()
@@ -80,10 +78,8 @@ def create_app(settings: Settings | Gateway) -> web.Application:
     app[GATEWAY] = gw
     # a subsystem may serve a path to clients on the proxy listener (the review
     # result poll); those routes must come before the catch-all
-    for name in SUBSYSTEMS:
-        hook = getattr(importlib.import_module(name), "proxy_routes", None)
-        if hook is not None:
-            hook(app)
+    for sub in gw.subsystems:
+        sub.proxy_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
 
     async def lifecycle(app: web.Application):

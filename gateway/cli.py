@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,12 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", action="append", help="policy files (default: policies/)")
     demo.set_defaults(func=cmd_demo)
 
-    # subsystems add their own commands: index, route, incident
-    from gateway.incidents.cli import register as register_incidents
-    from gateway.index.cli import register as register_index
+    # subsystems add their own commands (index, route, incident)
+    from gateway.app import installed_subsystems
 
-    register_index(sub)
-    register_incidents(sub)
+    for subsystem in installed_subsystems():
+        subsystem.cli_commands(sub)
     return parser
 
 
@@ -112,63 +110,12 @@ def load_config(args) -> Settings:
 
 def cmd_serve(args) -> int:
     from gateway.observability.logs import setup_logging
+    from gateway.server import run_loop, serve
 
     settings = load_config(args)
     setup_logging(settings.log_level)
     run_loop(serve(settings))
     return 0
-
-
-def run_loop(coro) -> None:
-    """Run on uvloop where it is installed: it cuts the per-request cost of the event loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
-async def serve(settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None):
-    """Run both listeners until SIGINT/SIGTERM (or ``stop``), then drain and flush."""
-    from aiohttp import web
-
-    from gateway.app import build_gateway, create_admin_app, create_app
-
-    gw = build_gateway(settings)
-    proxy_runner = web.AppRunner(create_app(gw), handler_cancellation=True, access_log=None)
-    admin_runner = web.AppRunner(create_admin_app(gw), handler_cancellation=True, access_log=None)
-    await proxy_runner.setup()
-    await admin_runner.setup()
-    listeners = settings.listeners
-    await web.TCPSite(
-        proxy_runner, listeners.proxy.host, listeners.proxy.port, shutdown_timeout=10
-    ).start()
-    await web.TCPSite(admin_runner, listeners.admin.host, listeners.admin.port).start()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    log.info(
-        "gateway listening",
-        extra={
-            "fields": {
-                "proxy": f"http://{listeners.proxy.host}:{listeners.proxy.port}",
-                "admin": f"http://{listeners.admin.host}:{listeners.admin.port}",
-                "revision": gw.policies.serving.revision,
-                "routes": [r.name for r in settings.routes],
-            }
-        },
-    )
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    log.info("shutting down")
-    await admin_runner.cleanup()
-    await proxy_runner.cleanup()
 
 
 def cmd_policy_validate(args) -> int:
@@ -203,9 +150,9 @@ def cmd_policy_test(args) -> int:
 
 def cmd_check(args) -> int:
     from gateway.config import load_settings
-    from gateway.policy.check import context_for, decision_json, evaluate, parse_input
+    from gateway.policy.check import context_for, decision_json, evaluate
     from gateway.policy.loader import load_policies
-    from gateway.proxy.adapters import RagJsonAdapter
+    from gateway.proxy.adapters import Adapters, parse_answer
 
     raw = sys.stdin.read()
     payload: str | dict = raw
@@ -215,7 +162,7 @@ def cmd_check(args) -> int:
             payload = json.loads(stripped)
         except json.JSONDecodeError:
             payload = raw
-    rag = None
+    adapters = Adapters([])
     route = args.route or "default"
     if args.config:
         settings = load_settings(args.config)
@@ -224,19 +171,17 @@ def cmd_check(args) -> int:
         if route not in {r.name for r in settings.routes}:
             print(f"gateway check: no route named {route!r}", file=sys.stderr)
             return 2
-        r = settings.route(route)
-        if r.protocol == "rag-json":
-            rag = RagJsonAdapter(**r.rag.model_dump())
+        adapters = Adapters(settings.routes)
     else:
         paths = args.policies or ["policies"]
     sources = None
     if args.sources:
         sources = json.loads(Path(args.sources).read_text(encoding="utf-8"))
     policy_set = load_policies(paths)
-    segments, found, errors, protocol = parse_input(payload, rag)
+    segments, found, protocol = parse_answer(payload, adapters, route)
     ctx = context_for(route, query=args.query, sources=sources)
-    ctx.sources.extend(found)
-    ctx.source_errors.extend(errors)
+    ctx.sources.extend(found.items)
+    ctx.source_errors.extend(found.errors)
     guard = asyncio.run(evaluate(policy_set.for_route(route), segments, ctx))
     out = decision_json(guard, policy_set.revision)
     out["route"] = route

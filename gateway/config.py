@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from gateway.errors import ConfigError
-from gateway.incidents.severity import Sev
-from gateway.policy.models import Strict
-from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
+from gateway.errors import ConfigError, YamlSyntaxError
+from gateway.severity import Sev
+from gateway.strict import Strict
+from gateway.yaml_source import load_source, validation_messages
 
 Protocol = Literal["auto", "openai", "anthropic", "rag-json"]
 Role = Literal["reviewer", "lead", "admin"]

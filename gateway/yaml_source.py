@@ -17,6 +17,8 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gateway.errors import Diag, YamlSyntaxError
+
 Loc = tuple[str | int, ...]
 
 
@@ -57,15 +59,9 @@ class Source:
                 current = current + (part,)
         return current
 
-    def error(self, loc: Loc, code: str, message: str, *, at_key: bool = False) -> str:
+    def error(self, loc: Loc, code: Diag, message: str, *, at_key: bool = False) -> str:
         line, col = self.key_position(loc) if at_key else self.where(loc)
         return f"{self.path}:{line}:{col}: {code}: {message}"
-
-
-class YamlSyntaxError(ValueError):
-    def __init__(self, errors: list[str]):
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 def load_source(path: str | Path, text: str | None = None) -> Source:
@@ -75,18 +71,17 @@ def load_source(path: str | Path, text: str | None = None) -> Source:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise YamlSyntaxError([f"{shown}:1:1: file-not-found: no such file"]) from None
+            raise YamlSyntaxError([f"{shown}:1:1: {Diag.FILE_NOT_FOUND}: no such file"]) from None
         except UnicodeDecodeError as exc:
-            raise YamlSyntaxError(
-                [f"{shown}:1:1: invalid-encoding: not UTF-8 ({exc.reason} at byte {exc.start})"]
-            ) from None
+            problem = f"not UTF-8 ({exc.reason} at byte {exc.start})"
+            raise YamlSyntaxError([f"{shown}:1:1: {Diag.INVALID_ENCODING}: {problem}"]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        raise YamlSyntaxError([f"{shown}:{line}:{col}: yaml-syntax: {problem}"]) from None
+        raise YamlSyntaxError([f"{shown}:{line}:{col}: {Diag.YAML_SYNTAX}: {problem}"]) from None
     source = Source(shown, None)
     if node is None:
         return source
@@ -100,7 +95,9 @@ def load_source(path: str | Path, text: str | None = None) -> Source:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlSyntaxError([f"{shown}:{line}:{col}: yaml-syntax: {exc.problem}"]) from None
+        raise YamlSyntaxError(
+            [f"{shown}:{line}:{col}: {Diag.YAML_SYNTAX}: {exc.problem}"]
+        ) from None
     finally:
         loader.dispose()
     return source
@@ -121,7 +118,7 @@ def _record(
             if key in seen:
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 dotted = ".".join(str(p) for p in loc + (key,))
-                duplicates.append(f"{shown}:{line}:{col}: duplicate-key: {dotted}")
+                duplicates.append(f"{shown}:{line}:{col}: {Diag.DUPLICATE_KEY}: {dotted}")
             seen.add(key)
             positions[loc + ("<key>", key)] = (
                 key_node.start_mark.line + 1,
@@ -134,14 +131,14 @@ def _record(
 
 
 _CODES = {
-    "missing": "missing-field",
-    "extra_forbidden": "unknown-field",
-    "union_tag_invalid": "unknown-kind",
-    "union_tag_not_found": "missing-field",
-    "literal_error": "invalid-value",
-    "enum": "invalid-value",
-    "value_error": "invalid-value",
-    "assertion_error": "invalid-value",
+    "missing": Diag.MISSING_FIELD,
+    "extra_forbidden": Diag.UNKNOWN_FIELD,
+    "union_tag_invalid": Diag.UNKNOWN_KIND,
+    "union_tag_not_found": Diag.MISSING_FIELD,
+    "literal_error": Diag.INVALID_VALUE,
+    "enum": Diag.INVALID_VALUE,
+    "value_error": Diag.INVALID_VALUE,
+    "assertion_error": Diag.INVALID_VALUE,
 }
 
 
@@ -165,7 +162,7 @@ def validation_messages(
         loc = tuple(err["loc"])
         kind = err["type"]
         code = _CODES.get(
-            kind, "invalid-type" if kind.endswith(("_type", "_parsing")) else "invalid-value"
+            kind, Diag.INVALID_TYPE if kind.endswith(("_type", "_parsing")) else Diag.INVALID_VALUE
         )
         shown_loc = [str(p) for p in loc if not _is_tag(p, loc)]
         dotted = ".".join(([label] if label else []) + shown_loc) or label or "<root>"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.admin import create_admin_app
-from gateway.app import GATEWAY, create_app
+from gateway.app import GATEWAY, build_gateway, create_app
 from gateway.config import Route, Settings, Store
 from tests.fakes import FakeUpstream
 
@@ -103,16 +103,31 @@ def settings_for(tmp_path: Path, routes: list[Route], policies: list[str], **ext
 def make_gateway(aiohttp_client, tmp_path, policy_dir):
     """Start the real gateway (proxy + admin) in front of the given upstreams."""
 
-    async def start(routes: list[Route] | None = None, *, upstream=None, **extra):
+    async def start(routes: list[Route] | None = None, *, upstream=None, subsystems=None, **extra):
+        """``subsystems`` (a list of classes) replaces the installed ones."""
         if routes is None:
             routes = [Route(name="default", upstream=upstream.url)]
         settings = settings_for(tmp_path, routes, [str(policy_dir)], **extra)
-        app = create_app(settings)
+        app = create_app(build_gateway(settings, subsystems))
         proxy = await aiohttp_client(app)
         admin = await aiohttp_client(create_admin_app(app[GATEWAY]))
         return proxy, admin, app[GATEWAY]
 
     return start
+
+
+def review_of(gw):
+    """The review queue's service of a running gateway."""
+    from gateway.review.subsystem import Review
+
+    return gw.subsystem(Review).service
+
+
+def incidents_of(gw):
+    """The incident service of a running gateway."""
+    from gateway.incidents.subsystem import Incidents
+
+    return gw.subsystem(Incidents).service
 
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"

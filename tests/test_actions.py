@@ -57,15 +57,25 @@ async def test_annotate_passes_the_answer_with_headers(make_gateway, fake, polic
 async def test_review_without_a_queue_holds_with_a_message(make_gateway, fake, policy_dir):
     write_policies(policy_dir, POLICIES)
     fake.script.text = "this one needs a human"
+    proxy, _, gw = await make_gateway(upstream=fake, subsystems=[])
+    assert gw.hold is None
+    resp = await proxy.post(CHAT, json=chat_body())
+    body = await resp.json()
+    assert resp.headers["x-governance-decision"] == "review"
+    assert "x-governance-review-id" not in resp.headers
+    assert body["choices"][0]["finish_reason"] == "content_filter"
+    assert body["choices"][0]["message"]["content"] == "This response is held for review."
+
+
+async def test_review_with_the_queue_names_the_item(make_gateway, fake, policy_dir):
+    write_policies(policy_dir, POLICIES)
+    fake.script.text = "this one needs a human"
     proxy, _, gw = await make_gateway(upstream=fake)
     resp = await proxy.post(CHAT, json=chat_body())
     body = await resp.json()
     assert resp.headers["x-governance-decision"] == "review"
     assert body["choices"][0]["finish_reason"] == "content_filter"
-    if "review" not in gw.services:
-        assert body["choices"][0]["message"]["content"] == "This response is held for review."
-    else:
-        assert resp.headers["x-governance-review-id"]
+    assert body["x_governance"]["review_id"] == resp.headers["x-governance-review-id"]
 
 
 async def test_logs_are_json_with_the_decision_id(make_gateway, fake, caplog):

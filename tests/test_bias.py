@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gateway.detectors.base import ScanContext
+from gateway.contract.detector import ScanContext
+from gateway.contract.kind import BuildContext
 from gateway.detectors.bias import (
     ALL_SIGNALS,
     DEFAULT_CLASSIFIER,
@@ -19,7 +20,7 @@ from gateway.detectors.bias import (
 )
 from gateway.detectors.stereotype import StereotypeClassifier
 from gateway.errors import ConfigError
-from gateway.policy.registry import BuildContext, default_registry
+from gateway.policy.kinds import default_registry
 
 # without the classifier, so these tests load no model
 NO_MODEL = ["lexicon", "slurs", "generalisation", "dehumanising"]

@@ -54,7 +54,7 @@ def test_validate_reports_every_error_with_position(tmp_path):
 
 
 def _kinds() -> list[str]:
-    from gateway.policy.registry import default_registry
+    from gateway.policy.kinds import default_registry
 
     return default_registry().names()
 

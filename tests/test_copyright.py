@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.detectors.base import ScanContext
+from gateway.contract.detector import ScanContext
+from gateway.contract.kind import BuildContext, Resources
 from gateway.detectors.copyright import KIND, CopyrightDetector, CopyrightPolicy
 from gateway.errors import ConfigError
 from gateway.index import BuildParams, CopyrightIndex, IndexManager, build_index
-from gateway.policy.registry import BuildContext, default_registry
+from gateway.policy.kinds import default_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "indexes" / "sample" / "corpus.jsonl"
@@ -226,21 +227,21 @@ def test_kind_is_registered_and_builds_against_the_manager(index, tmp_path):
     assert default_registry().get("copyright") is KIND
     manager = IndexManager({"sample": index.path})
     config = CopyrightPolicy(id="x", kind="copyright", index="sample")
-    det = KIND.build(config, BuildContext(resources={"indexes": manager}))
+    det = KIND.build(config, BuildContext(resources=Resources(indexes=manager)))
     assert scan_whole(det, clean(source_words(index, 0, 10, 15)))
     with pytest.raises(ConfigError, match="unknown index 'other'"):
         KIND.build(
             config.model_copy(update={"index": "other"}),
-            BuildContext(resources={"indexes": manager}),
+            BuildContext(resources=Resources(indexes=manager)),
         )
     # without an app-provided manager, built indexes beside the policies are used
     root = tmp_path / "project"
     (root / "indexes").mkdir(parents=True, exist_ok=True)
     (root / "indexes" / "sample").symlink_to(index.path)
-    resources: dict = {}
+    resources = Resources()
     det = KIND.build(config, BuildContext(base_dir=root / "policies", resources=resources))
     assert scan_whole(det, clean(source_words(index, 0, 10, 15)))
-    assert resources["indexes"].names() == ["sample"]
+    assert resources.indexes is not None and resources.indexes.names() == ["sample"]
     with pytest.raises(ConfigError, match="unknown index 'sample'"):
         KIND.build(config, BuildContext(base_dir=root / "nowhere" / "policies"))
 
@@ -250,7 +251,8 @@ def test_detector_uses_the_swapped_index_for_new_segments(tmp_path, index):
     shutil.copytree(index.path, out)
     manager = IndexManager({"sample": out})
     det = KIND.build(
-        CopyrightPolicy(id="x", kind="copyright"), BuildContext(resources={"indexes": manager})
+        CopyrightPolicy(id="x", kind="copyright"),
+        BuildContext(resources=Resources(indexes=manager)),
     )
     copy = clean(source_words(index, 3, 10, 30))
     running = det.start(ScanContext())
@@ -343,7 +345,7 @@ def test_shipped_policy_tests_pass(sample_manager):
     from gateway.policy.testing import run_tests
 
     results = run_tests(
-        [ROOT / "policies" / "copyright_test.yaml"], resources={"indexes": sample_manager}
+        [ROOT / "policies" / "copyright_test.yaml"], resources=Resources(indexes=sample_manager)
     )
     assert results
     failures = [(r.name, r.outcome, r.detail) for r in results if r.outcome != "PASS"]
@@ -372,7 +374,7 @@ def test_redact_masks_exactly_the_copied_span_in_a_stream(tmp_path, sample_manag
         ]
     }
     (tmp_path / "p_test.yaml").write_text(json.dumps(case), encoding="utf-8")
-    (result,) = run_tests([tmp_path / "p_test.yaml"], resources={"indexes": sample_manager})
+    (result,) = run_tests([tmp_path / "p_test.yaml"], resources=Resources(indexes=sample_manager))
     assert result.outcome == "PASS", result.detail
 
 
@@ -399,7 +401,7 @@ def semantic_index(tmp_path_factory) -> CopyrightIndex:
 @pytest.mark.slow
 def test_semantic_paraphrase_is_found_and_original_text_is_not(semantic_index):
     det = detector(semantic_index, match=["semantic"])
-    assert semantic_index.manifest["faiss"]["type"] == "Flat"
+    assert semantic_index.manifest.faiss["type"] == "Flat"
     paraphrase = (
         "Looking ahead to the days we want to make safe, we hope for a world built on four "
         "basic human freedoms, the first being freedom of speech and expression everywhere."
@@ -445,7 +447,7 @@ class CountingEmbedder:
 
 @pytest.mark.slow
 def test_screen_sends_only_candidate_windows_to_the_model(semantic_index):
-    assert semantic_index.manifest["screen"]["vocabulary"] > 10000
+    assert semantic_index.manifest.screen["vocabulary"] > 10000
     counting = CountingEmbedder(semantic_index.model)
     det = CopyrightDetector(
         CopyrightPolicy(id="cr", kind="copyright", match=["semantic"]),
@@ -514,7 +516,7 @@ def test_index_without_a_screen_sends_every_window(tmp_path):
     corpus.write_text(json.dumps({"id": "w", "text": json.loads(text)["text"][:500]}) + "\n")
     build_index(corpus, tmp_path / "idx", BuildParams(chunk_words=30, screen=False))
     index = CopyrightIndex(tmp_path / "idx")
-    assert index.manifest["screen"] is None and index.screen is None
+    assert index.manifest.screen is None and index.screen is None
     assert not (tmp_path / "idx" / "screen.npz").exists()
     counting = CountingEmbedder(index.model)
     det = CopyrightDetector(

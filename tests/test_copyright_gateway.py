@@ -30,13 +30,14 @@ FAREWELL = (
     "public voice, that I should now apprise you of the resolution I have formed."
 )
 LEXICAL = BuildParams(semantic=False)
-FILLER = ("Here is a short overview written in my own words about gardens, weather and "
-          "the best time to plant beans in the spring. ")
+FILLER = (
+    "Here is a short overview written in my own words about gardens, weather and "
+    "the best time to plant beans in the spring. "
+)
 
 
 def corpus(path: Path, docs: list[tuple[str, str]]) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "text": t, "title": i}) + "\n"
-                            for i, t in docs))
+    path.write_text("".join(json.dumps({"id": i, "text": t, "title": i}) + "\n" for i, t in docs))
     return path
 
 
@@ -60,12 +61,14 @@ def books(tmp_path: Path) -> Path:
 
 async def start(make_gateway, fake, policy_dir, books, action="block"):
     write_policies(policy_dir, POLICY.format(action=action))
-    return await make_gateway([Route(name="default", upstream=fake.url)],
-                              indexes={"books": str(books)})
+    return await make_gateway(
+        [Route(name="default", upstream=fake.url)], indexes={"books": str(books)}
+    )
 
 
-async def test_copied_span_across_many_chunks_is_never_released(make_gateway, fake, policy_dir,
-                                                                books):
+async def test_copied_span_across_many_chunks_is_never_released(
+    make_gateway, fake, policy_dir, books
+):
     copied = " ".join(GETTYSBURG.split()[:30])
     fake.script.text = FILLER * 3 + copied + ". " + FILLER
     fake.script.chunk = 3
@@ -74,20 +77,29 @@ async def test_copied_span_across_many_chunks_is_never_released(make_gateway, fa
     raw, events = await read_sse(resp)
     assert b"Four score" not in raw and b"fathers brought" not in raw
     assert stream_text(events).startswith(FILLER.strip()[:40])
-    finishes = [c["finish_reason"] for e in events if isinstance(e, dict)
-                for c in e["choices"] if c.get("finish_reason")]
+    finishes = [
+        c["finish_reason"]
+        for e in events
+        if isinstance(e, dict)
+        for c in e["choices"]
+        if c.get("finish_reason")
+    ]
     assert finishes == ["content_filter"]
     await gw.decisions.flush()
-    record = await (await admin.get(
-        f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
-        headers={"authorization": f"Bearer {ADMIN_TOKEN}"})).json()
+    record = await (
+        await admin.get(
+            f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+    ).json()
     finding = record["policies"][0]["findings"][0]
     assert finding["evidence"]["source_id"] == "gettysburg"
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_redaction_masks_exactly_the_copied_span(make_gateway, fake, policy_dir, books,
-                                                       stream):
+async def test_redaction_masks_exactly_the_copied_span(
+    make_gateway, fake, policy_dir, books, stream
+):
     copied = " ".join(GETTYSBURG.split()[:25])
     fake.script.text = FILLER + copied + " " + FILLER
     fake.script.chunk = 5
@@ -101,8 +113,9 @@ async def test_redaction_masks_exactly_the_copied_span(make_gateway, fake, polic
     assert text == FILLER + "[copied] " + FILLER
 
 
-async def test_index_hot_swap_through_the_admin_api(make_gateway, fake, policy_dir, books,
-                                                    tmp_path):
+async def test_index_hot_swap_through_the_admin_api(
+    make_gateway, fake, policy_dir, books, tmp_path
+):
     copied = " ".join(FAREWELL.split()[:30])
     fake.script.text = FILLER + copied
     proxy, admin, gw = await start(make_gateway, fake, policy_dir, books)
@@ -120,8 +133,9 @@ async def test_index_hot_swap_through_the_admin_api(make_gateway, fake, policy_d
     assert missing.status == 404
 
 
-async def test_index_swap_on_file_change_keeps_serving(make_gateway, fake, policy_dir, books,
-                                                       tmp_path):
+async def test_index_swap_on_file_change_keeps_serving(
+    make_gateway, fake, policy_dir, books, tmp_path
+):
     copied = " ".join(FAREWELL.split()[:30])
     fake.script.text = FILLER + copied
     proxy, _, gw = await start(make_gateway, fake, policy_dir, books)
@@ -138,7 +152,8 @@ async def test_index_swap_on_file_change_keeps_serving(make_gateway, fake, polic
     workers = [asyncio.create_task(load()) for _ in range(3)]
     await asyncio.sleep(0.2)
     await asyncio.to_thread(
-        add_documents, books, corpus(tmp_path / "more.jsonl", [("farewell", FAREWELL)]))
+        add_documents, books, corpus(tmp_path / "more.jsonl", [("farewell", FAREWELL)])
+    )
     for _ in range(300):
         if finishes and finishes[-1] == "content_filter":
             break

@@ -19,7 +19,7 @@ class SlowStore:
         self.fail_next = False
 
     async def insert_decisions(self, records):
-        self.calls.append([r["decision_id"] for r in records])
+        self.calls.append([r.decision_id for r in records])
         await self.release.wait()
         if self.fail_next:
             self.fail_next = False

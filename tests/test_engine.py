@@ -7,12 +7,13 @@ from typing import Literal
 
 import pytest
 
-from gateway.detectors.base import Finding, WholeTextScan
+from gateway.contract.detector import Finding, WholeTextScan
+from gateway.contract.kind import PolicyKind
+from gateway.contract.policy import Action, PolicyBase, Status
 from gateway.policy.check import context_for, evaluate
 from gateway.policy.engine import ResponseGuard
+from gateway.policy.kinds import Registry, default_registry
 from gateway.policy.loader import load_policies
-from gateway.policy.models import Action, PolicyBase, Status
-from gateway.policy.registry import PolicyKind, Registry, default_registry
 from tests.conftest import write_policies
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import Route
-from tests.conftest import ADMIN_TOKEN, leak_policy_with_rule, write_policies
+from tests.conftest import ADMIN_TOKEN, incidents_of, leak_policy_with_rule, write_policies
 from tests.test_sinks import PD_KEY, FakeSinks
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -57,14 +57,14 @@ async def test_lifecycle_on_each_backend(
 
     # a restart finds the open incident and the switch where it left them
     proxy, admin, gw = await make_gateway(routes, incidents=incidents)
-    assert gw.services["incidents"].switches["primary"].incident_id == inc["id"]
+    assert incidents_of(gw).table.switches["primary"].incident_id == inc["id"]
     resp = await proxy.post(
         CHAT, json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
     )
     assert resp.headers["x-governance-route"] == "backup"
     resp = await admin.post(f"/governance/v1/incidents/{inc['id']}/resolved", headers=ADMIN)
     assert resp.status == 200
-    service = gw.services["incidents"]
+    service = incidents_of(gw)
     for _ in range(200):
         if await service.outbox.pending() == 0 and len(sink.pd_events) == 2:
             break

@@ -7,7 +7,14 @@ import re
 
 from gateway.cli import main as cli_main
 from gateway.config import Route
-from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, leak_policy_with_rule, write_policies
+from gateway.web.sessions import COOKIE
+from tests.conftest import (
+    ADMIN_TOKEN,
+    REVIEWER_TOKEN,
+    leak_policy_with_rule,
+    review_of,
+    write_policies,
+)
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = "/v1/chat/completions"
@@ -29,16 +36,17 @@ async def test_pages_need_auth_escape_and_send_csp(make_gateway, fake, policy_di
     _, admin, _, inc = await opened(make_gateway, fake, policy_dir)
     resp = await admin.get("/incidents/", allow_redirects=False)
     assert resp.status == 303
-    assert resp.headers["location"] == "/incidents/login?next=/incidents/"
+    assert resp.headers["location"] == "/login?next=/incidents/"
 
     resp = await admin.get("/incidents/", headers=ADMIN)
     assert resp.status == 200
     html = await resp.text()
     csp = resp.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
-    nonce = re.search(r"style-src 'nonce-([^']+)'", csp).group(1)
-    assert f'<style nonce="{nonce}">' in html
-    assert "<script>" not in html
+    assert "unsafe-inline" not in csp and "style-src 'self'" in csp
+    # the shared layout: one stylesheet and one script, both files, nothing inline
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/ui/static/ui.js" defer>']
+    assert "<style" not in html and 'href="/ui/static/ui.css"' in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; no-forbidden on default" in html
     assert f'href="/incidents/{inc["id"]}"' in html
 
@@ -58,16 +66,16 @@ async def test_pages_need_auth_escape_and_send_csp(make_gateway, fake, policy_di
 
 async def test_token_login_session_and_csrf(make_gateway, fake, policy_dir):
     _, admin, gw, inc = await opened(make_gateway, fake, policy_dir)
+    # the old address of the login page leads to the one login
     form = await (await admin.get("/incidents/login?next=/incidents/")).text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-    bad = await admin.post(
-        "/incidents/login", data={"csrf": csrf, "token": "nope", "next": "/incidents/"}
-    )
+    assert 'name="next" value="/incidents/"' in form
+    bad = await admin.post("/login", data={"csrf": csrf, "token": "nope", "next": "/incidents/"})
     assert bad.status == 401
     form = await bad.text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
     resp = await admin.post(
-        "/incidents/login",
+        "/login",
         allow_redirects=False,
         data={"csrf": csrf, "token": REVIEWER_TOKEN, "next": "https://evil.example/"},
     )
@@ -144,19 +152,23 @@ async def test_route_cli_contains_and_restores(
     assert inc["id"] in capsys.readouterr().out
 
 
-async def test_review_ui_session_cookie_is_accepted(make_gateway, fake, policy_dir):
-    from types import SimpleNamespace
-
-    from gateway.auth import Principal
-    from gateway.review.sessions import COOKIE, SessionBook
-
+async def test_one_login_serves_both_uis(make_gateway, fake, policy_dir):
     _, admin, gw, inc = await opened(make_gateway, fake, policy_dir)
-    book = SessionBook(600)
-    gw.services.setdefault("review", SimpleNamespace())
-    gw.services["review"].sessions = book
-    session = book.create(Principal("rita", frozenset({"reviewer"})))
-    resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: "not-a-session"})
-    assert resp.status == 303
-    resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: session.id})
+    form = await (await admin.get("/review/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    done = await admin.post(
+        "/login",
+        allow_redirects=False,
+        data={"csrf": csrf, "token": REVIEWER_TOKEN, "next": "/review/"},
+    )
+    assert done.status == 303 and done.headers["location"] == "/review/"
+    session = done.cookies[COOKIE].value
+    # the session made for the review queue opens the incidents pages too
+    resp = await admin.get("/incidents/", allow_redirects=False)
     assert resp.status == 200
     assert "signed in as rita" in await resp.text()
+    admin.session.cookie_jar.clear()
+    resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: "not-a-session"})
+    assert resp.status == 303
+    resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: session})
+    assert resp.status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import json
 import re
 import time
@@ -12,7 +13,9 @@ import pytest
 from gateway.config import Route
 from gateway.errors import ConfigError
 from gateway.incidents.rules import parse_rules
-from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
+from gateway.records.decision import DecisionRecord
+from gateway.records.monitor import MonitorEvent
+from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, incidents_of, write_policies
 
 CHAT = "/v1/chat/completions"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -206,7 +209,7 @@ async def test_quiet_incident_resolves_by_itself_and_reverts_when_asked(
     )
     await proxy.post(CHAT, json=chat())
     [inc] = await incidents(admin)
-    assert gw.services["incidents"].switches["primary"].mode == "fallback"
+    assert incidents_of(gw).table.switches["primary"].mode == "fallback"
 
     async def resolved():
         found = await incidents(admin, state="resolved")
@@ -214,7 +217,7 @@ async def test_quiet_incident_resolves_by_itself_and_reverts_when_asked(
 
     done = await wait_for(resolved, "the quiet incident to resolve")
     assert done["id"] == inc["id"]
-    assert "primary" not in gw.services["incidents"].switches
+    assert "primary" not in incidents_of(gw).table.switches
     kinds = [e["kind"] for e in (await detail(admin, inc["id"]))["timeline"]]
     assert kinds == ["opened", "contained", "resolved", "restored"]
     resp = await proxy.post(CHAT, json=chat())
@@ -244,7 +247,7 @@ async def test_without_auto_revert_containment_outlives_the_incident(
     )
     assert resp.status == 200
     assert (await resp.json())["state"] == "resolved"
-    assert gw.services["incidents"].switches["primary"].mode == "fallback"
+    assert incidents_of(gw).table.switches["primary"].mode == "fallback"
     resp = await proxy.post(CHAT, json=chat())
     assert resp.headers["x-governance-route"] == "backup"
 
@@ -338,7 +341,7 @@ async def test_containment_survives_restart(make_gateway, fake, fallback_fake):
     await proxy.close()
     await admin.close()
     proxy, admin, gw = await make_gateway(routes)
-    switch = gw.services["incidents"].switches["primary"]
+    switch = incidents_of(gw).table.switches["primary"]
     assert (switch.mode, switch.actor) == ("fallback", "root")
     resp = await proxy.post(CHAT, json=chat())
     assert resp.headers["x-governance-route"] == "backup"
@@ -398,26 +401,28 @@ async def test_monitor_events_open_and_clear_incidents(make_gateway, fake, polic
 """),
     )
     _, admin, gw = await make_gateway(upstream=fake)
-    service = gw.services["incidents"]
-    event = {
-        "monitor": "credit-decisions",
-        "rule": "disparate_impact",
-        "state": "fired",
-        "route": "default",
-        "at": 1_700_000_000.0,
-        "observation": 400,
-        "value": 0.61,
-        "threshold": 0.8,
-        "severity": "critical",
-        "details": {"disadvantaged": "b"},
-    }
+    service = incidents_of(gw)
+    event = MonitorEvent(
+        **{
+            "monitor": "credit-decisions",
+            "rule": "disparate_impact",
+            "state": "fired",
+            "route": "default",
+            "at": 1_700_000_000.0,
+            "observation": 400,
+            "value": 0.61,
+            "threshold": 0.8,
+            "severity": "critical",
+            "details": {"disadvantaged": "b"},
+        }
+    )
     # monitors may run in a worker thread: the event must still reach the loop
     await asyncio.to_thread(service.on_monitor_event, event)
-    service.on_monitor_event(dict(event, rule="score_drift"))
+    service.on_monitor_event(replace(event, rule="score_drift"))
     [inc] = await incidents(admin)
     assert inc["severity"] == "SEV1"
     assert inc["source"] == "monitor"
-    service.on_monitor_event(dict(event, state="resolved", value=0.9))
+    service.on_monitor_event(replace(event, state="resolved", value=0.9))
     [inc] = await incidents(admin)
     assert inc["state"] == "resolved"
     timeline = (await detail(admin, inc["id"]))["timeline"]
@@ -507,26 +512,28 @@ async def test_detector_errors_rule_counts_failing_checks(make_gateway, fake, po
 """),
     )
     _, admin, gw = await make_gateway(upstream=fake)
-    service = gw.services["incidents"]
+    service = incidents_of(gw)
 
-    def record(n: int, status: str) -> dict:
-        return {
-            "decision_id": f"d{n}",
-            "ts": time.time(),
-            "route": "default",
-            "upstream": fake.url,
-            "action": "allow",
-            "attempts": [],
-            "policies": [
-                {
-                    "id": "no-forbidden",
-                    "status": status,
-                    "severity": "high",
-                    "mode": "enforce",
-                    "error": "TimeoutError: scan took too long",
-                }
-            ],
-        }
+    def record(n: int, status: str) -> DecisionRecord:
+        return DecisionRecord.from_json(
+            {
+                "decision_id": f"d{n}",
+                "ts": time.time(),
+                "route": "default",
+                "upstream": fake.url,
+                "action": "allow",
+                "attempts": [],
+                "policies": [
+                    {
+                        "id": "no-forbidden",
+                        "status": status,
+                        "severity": "high",
+                        "mode": "enforce",
+                        "error": "TimeoutError: scan took too long",
+                    }
+                ],
+            }
+        )
 
     service.on_decision(record(1, "error"))
     service.on_decision(record(2, "pass"))
@@ -580,7 +587,7 @@ def test_fallback_on_needs_a_fallback_route():
 async def test_real_monitor_events_feed_incidents(make_gateway, fake, policy_dir):
     import yaml
 
-    from gateway.incidents.monitors import MonitorSet, parse_monitors
+    from gateway.monitors.windows import MonitorSet, parse_monitors
 
     write_policies(
         policy_dir,
@@ -591,7 +598,7 @@ async def test_real_monitor_events_feed_incidents(make_gateway, fake, policy_dir
 """),
     )
     _, admin, gw = await make_gateway(upstream=fake)
-    service = gw.services["incidents"]
+    service = incidents_of(gw)
     monitors = MonitorSet(
         parse_monitors(
             [
@@ -650,7 +657,7 @@ async def test_a_failed_store_write_is_retried_not_lost(
     monkeypatch.setattr(gw.store, "transaction", flaky)
     await proxy.post(CHAT, json=chat())
     await wait_for(lambda: asyncio.sleep(0, result=bool(calls)), "the first write attempt")
-    assert "incident state not written, will retry" in caplog.text
+    assert "writing incident state failed, retrying" in caplog.text
     [inc] = await incidents(admin)
     assert inc["breach_count"] == 1
     assert [e["kind"] for e in (await detail(admin, inc["id"]))["timeline"]] == ["opened"]

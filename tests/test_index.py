@@ -11,8 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from gateway.index_service.cli import register
 
-from gateway.detectors.base import ScanContext
+from gateway.contract.detector import ScanContext
 from gateway.detectors.copyright import CopyrightDetector, CopyrightPolicy
 from gateway.index import (
     BuildParams,
@@ -25,7 +26,6 @@ from gateway.index import (
     remove_documents,
 )
 from gateway.index import build as build_mod
-from gateway.index.cli import register
 from gateway.index.corpus import CorpusReport, read_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,8 +252,8 @@ def test_add_makes_new_documents_match_without_rebuild(tmp_path: Path, small_ind
     index = CopyrightIndex(small_index)
     assert index.counts()["documents"] == 5
     assert index.counts()["anchors"] > old_anchors
-    assert index.manifest["generation"] == 2
-    assert index.manifest["updates"][0]["op"] == "add"
+    assert index.manifest.generation == 2
+    assert index.manifest.updates[0].op == "add"
     copy = copied_words(index, 4, 100, 25)
     found = scan(index, "Well. " + copy + " That was it.")
     assert found and found[0].evidence["source_id"] == sample_records(1, skip=4)[0]["id"]
@@ -414,4 +414,4 @@ async def test_watch_reloads_when_the_manifest_changes(tmp_path: Path, small_ind
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert manager.get("main").manifest["generation"] == 2
+    assert manager.get("main").manifest.generation == 2

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.policy.kinds import default_registry
 from gateway.policy.loader import policy_files
-from gateway.policy.registry import default_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = default_registry().names()

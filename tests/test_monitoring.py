@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import Route
+from gateway.monitors.subsystem import Monitors
+from gateway.records.monitor import MonitorEvent
 from tests.conftest import ADMIN_TOKEN, write_policies
 
 MONITORS = """\
@@ -46,9 +48,9 @@ async def test_monitor_fires_on_rejection_spike_and_keeps_windows(
         )
     ]
     proxy, admin, gw = await make_gateway(routes)
-    service = gw.services["monitors"]
-    seen = []
-    service.add_listener(seen.append)
+    service = gw.subsystem(Monitors)
+    seen: list[MonitorEvent] = []
+    gw.events.subscribe(MonitorEvent, seen.append)
     # a baseline of 10% rejections, then a window at 60%
     decisions[:] = (["approved"] * 9 + ["rejected"]) * 4 + (["rejected"] * 6 + ["approved"] * 4) * 2
     for _ in range(len(decisions)):
@@ -71,7 +73,7 @@ async def test_monitor_fires_on_rejection_spike_and_keeps_windows(
     await service.set.asave(service.state)
     saved = await service.state.load_state("monitor:credit")
     assert saved is not None
-    from gateway.incidents.monitors import MonitorSet, parse_monitors
+    from gateway.monitors.windows import MonitorSet, parse_monitors
 
     again = MonitorSet(parse_monitors(gw.policies.current.sections["monitors"]))
     await again.aload(service.state)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.incidents.monitors import (
+from gateway.monitors.windows import (
     MemoryStateStore,
     MonitorSet,
     extract,
@@ -198,7 +198,7 @@ def test_events_reach_the_callback_and_metrics():
     mset = MonitorSet(parse_monitors([("t", yaml.safe_load(REJECTIONS))]), on_event=got.append)
     for i in range(40):
         mset.observe("credit", decision(i >= 30 or i % 5 == 0), now=i)
-    assert got and got[0].as_dict()["rule"] == "rejection_rate"
+    assert got and got[0].to_json()["rule"] == "rejection_rate"
     assert mset.events_total[("credit", "rejection_rate", "fired")] == 1
     assert ("credit", "rejection_rate") in mset.gauges()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.detectors.base import ScanContext
+from gateway.contract.detector import ScanContext
 from gateway.detectors.phrases import PhrasesDetector, PhrasesPolicy
 
 

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gateway.detectors.base import ScanContext
-from gateway.detectors.retrieval_quality import (
-    QualityError,
-    RetrievalQualityPolicy,
-    build,
-)
-from gateway.policy.registry import BuildContext
+from gateway.contract.detector import ScanContext
+from gateway.contract.kind import BuildContext, Resources
+from gateway.detectors.retrieval_quality import RetrievalQualityPolicy, build
+from gateway.errors import RetrievalInputError
 
 
 class WordEmbedder:
@@ -42,7 +39,7 @@ COOKING = "Home cooks can knead bread dough by hand in about ten minutes."
 
 def detector(embedder=None, **params):
     config = RetrievalQualityPolicy(id="rq", kind="retrieval_quality", **params)
-    resources = {"embedder": embedder or WordEmbedder()}
+    resources = Resources(embedder=embedder or WordEmbedder())
     return build(config, BuildContext(resources=resources))
 
 
@@ -117,7 +114,7 @@ def test_relevance_reads_other_text_fields():
 def test_missing_query_skips_or_errors():
     sources = [{"id": "a", "text": ROUTER}]
     assert run(detector(checks=["relevance"]), "Answer.", sources=sources) == []
-    with pytest.raises(QualityError, match="no user query"):
+    with pytest.raises(RetrievalInputError, match="no user query"):
         run(detector(checks=["relevance"], missing_query="error"), "Answer.", sources=sources)
 
 

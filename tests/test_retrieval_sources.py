@@ -7,13 +7,15 @@ import datetime as dt
 
 import pytest
 
-from gateway.detectors.base import ScanContext
+from gateway.contract.detector import ScanContext
+from gateway.contract.kind import BuildContext, Resources
 from gateway.detectors.stale_retrieval import StaleRetrievalPolicy
 from gateway.detectors.stale_retrieval import build as build_stale
-from gateway.policy.check import parse_input
-from gateway.policy.registry import BuildContext
-from gateway.proxy.adapters.rag_json import RagJsonAdapter
+from gateway.config import Route
+from gateway.proxy.adapters import Adapters, parse_answer
 
+# a rag-json route with the default paths: answer text at ``answer``, sources at ``sources``
+RAG = Adapters([Route(name="rag", upstream="http://rag.test", protocol="rag-json")])
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp()
 REGISTRY = "documents:\n  - {id: handbook, current_version: '2'}\n"
 SOURCES = [
@@ -58,12 +60,15 @@ def detector(tmp_path):
     config = StaleRetrievalPolicy(
         id="s", kind="stale_retrieval", max_age="365d", registry="reg.yaml"
     )
-    return build_stale(config, BuildContext(base_dir=tmp_path, resources={"clock": lambda: NOW}))
+    return build_stale(
+        config, BuildContext(base_dir=tmp_path, resources=Resources(clock=lambda: NOW))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))
 def test_sources_from_each_protocol_are_judged(detector, name):
-    segments, sources, errors, _ = parse_input(BODIES[name], RagJsonAdapter())
+    segments, found, _ = parse_answer(BODIES[name], RAG, "rag")
+    sources, errors = found.items, found.errors
     assert errors == []
     assert [s["id"] for s in sources] == ["handbook", "news"]
     ctx = ScanContext(sources=sources, source_errors=errors)
@@ -76,10 +81,11 @@ def test_sources_from_each_protocol_are_judged(detector, name):
 
 
 def test_malformed_sources_from_an_adapter_give_a_clear_error(detector):
-    from gateway.detectors.stale_retrieval import SourceMetadataError
+    from gateway.errors import SourceMetadataError
 
     body = {"answer": ANSWER, "sources": [{"id": "ok"}, 17]}
-    _, sources, errors, _ = parse_input(body, RagJsonAdapter())
+    _, found, _ = parse_answer(body, RAG, "rag")
+    sources, errors = found.items, found.errors
     assert errors, "the adapter reports the bad entry"
     ctx = ScanContext(sources=sources, source_errors=errors)
     with pytest.raises(SourceMetadataError, match="sources\\[1\\]"):
@@ -87,9 +93,9 @@ def test_malformed_sources_from_an_adapter_give_a_clear_error(detector):
 
 
 def test_engine_turns_malformed_metadata_into_an_error_status(tmp_path):
+    from gateway.contract.policy import Status
     from gateway.policy.check import context_for, evaluate
     from gateway.policy.loader import load_policies
-    from gateway.policy.models import Status
 
     (tmp_path / "p.yaml").write_text(
         "policies:\n  - {id: stale, kind: stale_retrieval, max_age: 30d, on_error: allow}\n",

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from gateway.config import Route
-from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
+from gateway.records.review import ReviewEvent
+from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, review_of, write_policies
 from tests.test_proxy_basic import read_sse
 
 CHAT = "/v1/chat/completions"
@@ -80,17 +81,18 @@ async def test_held_response_is_a_placeholder_with_review_id(make_gateway, fake)
     assert "secret sauce" not in json.dumps(body)
     assert body["x_governance"]["review_id"] == review_id
     # stored before the answer: it is there without waiting on anything
-    item = await gw.services["review"].db.get(review_id)
-    assert item["state"] == "pending"
-    assert item["segments"] == {"0": SAUCE}
-    assert item["response"]["choices"][0]["message"]["content"] == SAUCE
-    assert item["policy"] == "hold-sauce" and item["severity"] == "high"
-    assert "authorization" not in item["request"]["headers"]
-    assert CLIENT_KEY not in json.dumps(item["request"])
-    assert item["key_id"] and CLIENT_KEY not in item["key_id"]
+    item = await review_of(gw).db.get(review_id)
+    assert item.state == "pending"
+    assert item.segments == {"0": SAUCE}
+    assert item.response["choices"][0]["message"]["content"] == SAUCE
+    assert item.policy == "hold-sauce" and item.severity == "high"
+    assert "authorization" not in item.request["headers"]
+    assert CLIENT_KEY not in json.dumps(item.request)
+    assert item.key_id and CLIENT_KEY not in item.key_id
     at = SAUCE.index("secret sauce")
-    assert item["record"]["policies"][0]["findings"][0]["span"] == [at, at + 12]
-    assert item["sla_deadline"] > item["created_at"]
+    finding = item.record.policies[0].findings[0]
+    assert (finding.start, finding.end) == (at, at + 12)
+    assert item.sla_deadline > item.created_at
     # the decision record links to the item
     rec = await admin.get(
         f"/governance/v1/decisions/{resp.headers['x-governance-decision-id']}",
@@ -221,11 +223,10 @@ async def test_stream_hold_keeps_the_whole_answer(make_gateway, fake):
     review_id = markers[0]["review_id"]
     sent = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
     assert "secret sauce" not in sent
-    item = await gw.services["review"].db.get(review_id)
-    assert item["segments"]["0"] == fake.script.text
-    assert item["record"]["complete"] is True
-    result = await gw.services["review"].db.get(review_id)
-    assert result["stream"] is True
+    item = await review_of(gw).db.get(review_id)
+    assert item.segments["0"] == fake.script.text
+    assert item.record.complete is True
+    assert item.stream is True
     approve = await admin.post(
         f"/governance/v1/reviews/{review_id}/approve",
         json={"version": 1},
@@ -249,7 +250,7 @@ async def test_stream_hold_before_any_text_says_held(make_gateway, fake):
     sent = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
     assert sent == "This response is held for review."
     review_id = next(e["x_governance"]["review_id"] for e in events if "x_governance" in e)
-    assert (await gw.services["review"].db.get(review_id))["segments"]["0"] == fake.script.text
+    assert (await review_of(gw).db.get(review_id)).segments["0"] == fake.script.text
 
 
 async def test_anthropic_hold_and_approved_result(make_gateway, fake):
@@ -284,7 +285,7 @@ async def test_anthropic_hold_and_approved_result(make_gateway, fake):
 async def test_wait_mode_returns_the_decision_in_the_same_call(make_gateway, fake):
     fake.script.text = "Please wait for me while I check."
     proxy, admin, gw = await start(make_gateway, fake)
-    svc = gw.services["review"]
+    svc = review_of(gw)
     call = asyncio.create_task(proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY)))
     for _ in range(200):
         items, _ = await svc.db.list_items({"state": "pending"})
@@ -293,7 +294,7 @@ async def test_wait_mode_returns_the_decision_in_the_same_call(make_gateway, fak
         await asyncio.sleep(0.02)
     assert len(items) == 1
     approve = await admin.post(
-        f"/governance/v1/reviews/{items[0]['id']}/approve",
+        f"/governance/v1/reviews/{items[0].id}/approve",
         json={"version": 1, "edited": {"0": "Checked: all fine."}},
         headers=auth(REVIEWER_TOKEN),
     )
@@ -372,7 +373,7 @@ async def test_no_token_and_wrong_role(make_gateway, fake):
     )
     assert allow.status == 403
     page = await admin.get("/review/", allow_redirects=False)
-    assert page.status == 303 and page.headers["location"].startswith("/review/login")
+    assert page.status == 303 and page.headers["location"].startswith("/login?next=")
 
 
 async def test_list_filters_counts_and_bulk(make_gateway, fake):
@@ -380,7 +381,7 @@ async def test_list_filters_counts_and_bulk(make_gateway, fake):
     proxy, admin, gw = await start(make_gateway, fake)
     ids = [(await hold_one(proxy)).headers["x-governance-review-id"] for _ in range(3)]
     fake.script.text = "Please wait for me."
-    svc = gw.services["review"]
+    svc = review_of(gw)
     listing = await (
         await admin.get("/governance/v1/reviews?severity=high", headers=auth(REVIEWER_TOKEN))
     ).json()
@@ -446,11 +447,11 @@ async def test_privacy_mode_keeps_hash_and_evidence_only(make_gateway, fake, tmp
     route = Route(name="private", upstream=fake.url, review={"privacy": "hash-and-evidence"})
     proxy, admin, gw = await make_gateway([route], upstream=fake)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
-    item = await gw.services["review"].db.get(review_id)
-    assert item["segments"] is None and item["response"] is None
-    assert item["text_stored"] is False and len(item["text_hash"]) == 64
-    assert "body" not in item["request"] and "headers" not in item["request"]
-    assert item["record"]["policies"][0]["findings"][0]["evidence"]["match"] == "secret sauce"
+    item = await review_of(gw).db.get(review_id)
+    assert item.segments is None and item.response is None
+    assert item.text_stored is False and len(item.text_hash) == 64
+    assert "body" not in item.request and "headers" not in item.request
+    assert item.record.policies[0].findings[0].evidence["match"] == "secret sauce"
     raw = (tmp_path / "gateway.db").read_bytes()
     assert b"grandma" not in raw
     await admin.post(
@@ -468,20 +469,20 @@ async def test_privacy_mode_keeps_hash_and_evidence_only(make_gateway, fake, tmp
 async def test_sla_sweep_escalates_and_expires(make_gateway, fake):
     fake.script.text = SAUCE
     proxy, admin, gw = await start(make_gateway, fake)
-    svc = gw.services["review"]
-    events = []
-    svc.listeners.append(events.append)
+    svc = review_of(gw)
+    events: list[ReviewEvent] = []
+    gw.events.subscribe(ReviewEvent, events.append)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
     item = await svc.db.get(review_id)
-    swept = await svc.sweep(now=item["sla_deadline"] + 1)
+    swept = await svc.sweeper.sweep(now=item.sla_deadline + 1)
     assert swept["overdue"] == 1
     item = await svc.db.get(review_id)
-    assert item["overdue"] is True and item["priority"] == 30 and item["escalations"] == 1
-    assert [e["type"] for e in events] == ["review.held", "review.escalated"]
-    assert events[-1]["reason"] == "overdue"
+    assert item.overdue is True and item.priority == 30 and item.escalations == 1
+    assert [e.type for e in events] == ["review.held", "review.escalated"]
+    assert events[-1].reason == "overdue"
     # overdue is marked once, not on every sweep
-    assert (await svc.sweep(now=item["sla_deadline"] + 2))["overdue"] == 0
-    swept = await svc.sweep(now=item["expires_at"] + 1)
+    assert (await svc.sweeper.sweep(now=item.sla_deadline + 2))["overdue"] == 0
+    swept = await svc.sweeper.sweep(now=item.expires_at + 1)
     assert swept["expired"] == 1
     result = await (
         await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
@@ -494,7 +495,7 @@ async def test_sla_sweep_escalates_and_expires(make_gateway, fake):
 async def test_callback_is_signed_and_retried(make_gateway, fake, aiohttp_server, monkeypatch):
     from aiohttp import web
 
-    from gateway.review.service import ReviewService
+    from gateway.review.callbacks import sign
 
     got: list = []
     fail_first = {"left": 1}
@@ -520,7 +521,7 @@ async def test_callback_is_signed_and_retried(make_gateway, fake, aiohttp_server
         },
     )
     proxy, admin, gw = await make_gateway([route], upstream=fake)
-    svc = gw.services["review"]
+    svc = review_of(gw)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
     await admin.post(
         f"/governance/v1/reviews/{review_id}/approve",
@@ -534,12 +535,12 @@ async def test_callback_is_signed_and_retried(make_gateway, fake, aiohttp_server
     assert len(got) == 1
     # the retry is scheduled later; make it due now instead of waiting
     await gw.store.execute("UPDATE review_callbacks SET next_at = 0")
-    assert await svc.deliver_due() == 1
+    assert await svc.callbacks.deliver_due() == 1
     headers, body = got[-1]
     assert len(got) == 2
     payload = json.loads(body)
     assert payload["id"] == review_id and payload["status"] == "approved"
-    expected = ReviewService.sign("s3cret", headers["X-Governance-Timestamp"], body)
+    expected = sign("s3cret", headers["X-Governance-Timestamp"], body)
     assert headers["X-Governance-Signature"] == expected
     rows = await svc.db.callbacks_for(review_id)
     assert rows[0]["state"] == "sent" and rows[0]["attempts"] == 2
@@ -564,7 +565,7 @@ async def test_blocking_policies_are_untouched(make_gateway, fake):
     resp = await proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY))
     assert resp.headers["x-governance-decision"] == "block"
     assert "x-governance-review-id" not in resp.headers
-    assert (await gw.services["review"].db.counts())["by_state"]["pending"] == 0
+    assert (await review_of(gw).db.counts())["by_state"]["pending"] == 0
 
 
 async def test_a_hold_that_cannot_be_stored_is_not_acknowledged(make_gateway, fake):
@@ -574,7 +575,7 @@ async def test_a_hold_that_cannot_be_stored_is_not_acknowledged(make_gateway, fa
     async def broken(item, actor="gateway"):
         raise OSError("disk full")
 
-    gw.services["review"].db.insert = broken
+    review_of(gw).db.insert = broken
     resp = await hold_one(proxy)
     assert resp.status == 503
     assert "x-governance-review-id" not in resp.headers
@@ -597,12 +598,12 @@ async def test_expire_action_approve_releases_the_original(make_gateway, fake, p
     write_policies(policy_dir, EXPIRING)
     fake.script.text = SAUCE
     proxy, admin, gw = await start(make_gateway, fake)
-    svc = gw.services["review"]
+    svc = review_of(gw)
     review_id = (await hold_one(proxy)).headers["x-governance-review-id"]
     item = await svc.db.get(review_id)
-    assert round(item["sla_deadline"] - item["created_at"]) == 10
-    assert round(item["expires_at"] - item["created_at"]) == 60
-    await svc.sweep(now=item["expires_at"] + 1)
+    assert round(item.sla_deadline - item.created_at) == 10
+    assert round(item.expires_at - item.created_at) == 60
+    await svc.sweeper.sweep(now=item.expires_at + 1)
     result = await (
         await admin.get(f"/governance/v1/reviews/{review_id}/result", headers=auth(CLIENT_KEY))
     ).json()
@@ -627,7 +628,7 @@ async def test_expire_action_approve_releases_the_original(make_gateway, fake, p
 )
 def test_unfed_text_of_the_stopping_read(pieces, seen, expected):
     from gateway.proxy.adapters.base import Raw, Text
-    from gateway.review.service import unfed_text
+    from gateway.proxy.streaming import unfed_text
 
     items = [Text(*p) if p else Raw(None, {"x": 1}) for p in pieces]
     texts = dict(zip(("0", "1"), seen.split("|"), strict=False))
@@ -648,6 +649,6 @@ async def test_responses_stream_names_the_review_in_metadata(make_gateway, fake)
     assert final["type"] == "response.incomplete"
     assert final["response"]["incomplete_details"] == {"reason": "content_filter"}
     review_id = final["response"]["metadata"]["governance_review_id"]
-    item = await gw.services["review"].db.get(review_id)
-    assert item["segments"] == {"0.0": fake.script.text}
+    item = await review_of(gw).db.get(review_id)
+    assert item.segments == {"0.0": fake.script.text}
     assert "secret sauce" not in raw

@@ -50,7 +50,7 @@ async def browser():
 
 async def log_in(page, base: str) -> None:
     await page.goto(f"{base}/review/")
-    assert "/review/login" in page.url
+    assert "/login?next=" in page.url
     await page.fill("#token", REVIEWER_TOKEN)
     await page.click("#login-submit")
     await page.wait_for_url(f"{base}/review/")

@@ -7,10 +7,13 @@ import time
 
 import pytest
 
-from gateway.review.store import Changed, ReviewStore, new_id
+from gateway.errors import ItemChanged
+from gateway.records.review import ReviewItem
+from gateway.review.items import new_id
+from gateway.review.store import ReviewStore
 
 
-def make_item(i: int = 0, **over) -> dict:
+def make_item(i: int = 0, **over) -> ReviewItem:
     now = time.time()
     item = {
         "id": new_id(),
@@ -48,7 +51,7 @@ def make_item(i: int = 0, **over) -> dict:
         "response": {"choices": [{"index": 0, "message": {"content": "secret sauce"}}]},
         "segments": {"0": "secret sauce"},
         "record": {
-            "policies": [{"id": "hold-sauce", "findings": [{"span": [0, 12]}]}],
+            "policies": [{"id": "hold-sauce", "status": "breach", "findings": [{"span": [0, 12]}]}],
             "segment_keys": ["0"],
         },
         "edited": None,
@@ -56,10 +59,9 @@ def make_item(i: int = 0, **over) -> dict:
         "decided_by": None,
         "decided_at": None,
         "version": 1,
-        "op_token": None,
     }
     item.update(over)
-    return item
+    return ReviewItem.from_json(item)
 
 
 @pytest.fixture
@@ -70,13 +72,13 @@ async def reviews(store):
 async def test_insert_and_read_back(reviews):
     item = make_item()
     await reviews.insert(item)
-    got = await reviews.get(item["id"])
-    assert got["segments"] == {"0": "secret sauce"}
-    assert got["request"]["body"]["messages"][0]["content"] == "hé <b>"
-    assert got["policies"] == ["hold-sauce"]
-    assert got["stream"] is False and got["text_stored"] is True
-    assert got["version"] == 1 and "op_token" not in got
-    audit = await reviews.audit(item["id"])
+    got = await reviews.get(item.id)
+    assert got.segments == {"0": "secret sauce"}
+    assert got.request["body"]["messages"][0]["content"] == "hé <b>"
+    assert got.policies == ("hold-sauce",)
+    assert got.stream is False and got.text_stored is True
+    assert got.version == 1
+    audit = await reviews.audit(item.id)
     assert [(a["actor"], a["action"]) for a in audit] == [("gateway", "held")]
     assert audit[0]["after_state"]["state"] == "pending"
     assert await reviews.get("missing") is None
@@ -86,19 +88,19 @@ async def test_change_bumps_version_and_audits(reviews):
     item = make_item()
     await reviews.insert(item)
     after = await reviews.change(item, actor="rita", action="claim", changes={"assignee": "rita"})
-    assert after["version"] == 2
-    stored = await reviews.get(item["id"])
-    assert stored["assignee"] == "rita" and stored["version"] == 2
+    assert after.version == 2
+    stored = await reviews.get(item.id)
+    assert stored.assignee == "rita" and stored.version == 2
     bumped = await reviews.change(
         stored,
         actor="system",
         action="overdue",
         changes={"priority": ("+", 10), "overdue": True, "escalations": ("+", 1)},
     )
-    assert bumped["priority"] == 30
-    stored = await reviews.get(item["id"])
-    assert stored["priority"] == 30 and stored["overdue"] is True and stored["escalations"] == 1
-    audit = await reviews.audit(item["id"])
+    assert bumped.priority == 30
+    stored = await reviews.get(item.id)
+    assert stored.priority == 30 and stored.overdue is True and stored.escalations == 1
+    audit = await reviews.audit(item.id)
     assert [a["action"] for a in audit] == ["held", "claim", "overdue"]
     assert audit[1]["before_state"]["assignee"] is None
     assert audit[1]["after_state"]["assignee"] == "rita"
@@ -108,7 +110,7 @@ async def test_stale_change_is_refused_without_audit(reviews):
     item = make_item()
     await reviews.insert(item)
     await reviews.change(item, actor="rita", action="claim", changes={"assignee": "rita"})
-    with pytest.raises(Changed) as err:
+    with pytest.raises(ItemChanged) as err:
         await reviews.change(
             item,
             actor="bob",
@@ -116,9 +118,9 @@ async def test_stale_change_is_refused_without_audit(reviews):
             changes={"state": "approved", "outcome": "approved"},
             callback={"url": "http://x/hook", "payload": {"a": 1}},
         )
-    assert err.value.current["version"] == 2
-    assert [a["action"] for a in await reviews.audit(item["id"])] == ["held", "claim"]
-    assert await reviews.callbacks_for(item["id"]) == []
+    assert err.value.current.version == 2
+    assert [a["action"] for a in await reviews.audit(item.id)] == ["held", "claim"]
+    assert await reviews.callbacks_for(item.id) == []
 
 
 async def test_concurrent_decisions_only_one_applies(reviews):
@@ -128,13 +130,13 @@ async def test_concurrent_decisions_only_one_applies(reviews):
     async def decide(who: str, state: str):
         try:
             await reviews.change(
-                dict(item),
+                item,
                 actor=who,
                 action=state,
                 changes={"state": state, "outcome": state, "decided_by": who},
             )
             return who
-        except Changed:
+        except ItemChanged:
             return None
 
     winners = await asyncio.gather(
@@ -142,9 +144,9 @@ async def test_concurrent_decisions_only_one_applies(reviews):
     )
     won = [w for w in winners if w]
     assert len(won) == 1
-    stored = await reviews.get(item["id"])
-    assert stored["decided_by"] == won[0] and stored["version"] == 2
-    audit = await reviews.audit(item["id"])
+    stored = await reviews.get(item.id)
+    assert stored.decided_by == won[0] and stored.version == 2
+    audit = await reviews.audit(item.id)
     assert [a["actor"] for a in audit] == ["gateway", won[0]]
 
 
@@ -154,7 +156,7 @@ async def test_decided_item_needs_pending_state(reviews):
     done = await reviews.change(
         item, actor="rita", action="reject", changes={"state": "rejected", "outcome": "rejected"}
     )
-    with pytest.raises(Changed):
+    with pytest.raises(ItemChanged):
         await reviews.change(done, actor="rita", action="approve", changes={"state": "approved"})
     # not every change needs the item open (none today, but the guard is optional)
     await reviews.change(
@@ -175,20 +177,21 @@ async def test_list_filters_sort_and_counts(reviews):
     pending, total = await reviews.list_items({"state": "pending"})
     assert total == 3
     # earliest deadline first; equal deadlines: most severe first
-    assert [i["id"] for i in pending] == [c["id"], b["id"], a["id"]]
-    assert "segments" not in pending[0] and "request" not in pending[0]
+    assert [i.id for i in pending] == [c.id, b.id, a.id]
+    # a listing carries no text
+    assert not hasattr(pending[0], "segments") and not hasattr(pending[0], "request")
     by_policy, _ = await reviews.list_items({"state": "pending", "policy": "hold-sauce"})
-    assert {i["id"] for i in by_policy} == {a["id"], b["id"], c["id"]}
+    assert {i.id for i in by_policy} == {a.id, b.id, c.id}
     only_bias, _ = await reviews.list_items({"policy": "bias"})
-    assert [i["id"] for i in only_bias] == [c["id"]]
+    assert [i.id for i in only_bias] == [c.id]
     overdue, _ = await reviews.list_items({"overdue": True})
-    assert [i["id"] for i in overdue] == [c["id"]]
+    assert [i.id for i in overdue] == [c.id]
     routed, _ = await reviews.list_items({"route": "rag"})
-    assert [i["id"] for i in routed] == [c["id"]]
+    assert [i.id for i in routed] == [c.id]
     unassigned, _ = await reviews.list_items({"assignee": "none", "state": "pending"})
     assert len(unassigned) == 3
     sev, _ = await reviews.list_items({"severity": "critical"})
-    assert [i["id"] for i in sev] == [b["id"]]
+    assert [i.id for i in sev] == [b.id]
     paged, total = await reviews.list_items({}, limit=2, offset=2)
     assert total == 4 and len(paged) == 2
     counts = await reviews.counts()
@@ -217,12 +220,12 @@ async def test_purge_keeps_pending_and_audit(reviews):
     keep = make_item(1, retain_until=now - 1)
     for item in (old, keep):
         await reviews.insert(item)
-    await reviews.comment(old["id"], "rita", "gone soon")
+    await reviews.comment(old.id, "rita", "gone soon")
     assert await reviews.purge(time.time()) == 1
-    assert await reviews.get(old["id"]) is None
-    assert await reviews.get(keep["id"]) is not None
-    assert await reviews.comments(old["id"]) == []
-    assert [a["action"] for a in await reviews.audit(old["id"])] == ["held", "comment", "purged"]
+    assert await reviews.get(old.id) is None
+    assert await reviews.get(keep.id) is not None
+    assert await reviews.comments(old.id) == []
+    assert [a["action"] for a in await reviews.audit(old.id)] == ["held", "comment", "purged"]
 
 
 async def test_callback_outbox(reviews):
@@ -233,10 +236,10 @@ async def test_callback_outbox(reviews):
         actor="rita",
         action="approve",
         changes={"state": "approved", "outcome": "approved"},
-        callback={"url": "http://hook", "payload": {"id": item["id"]}},
+        callback={"url": "http://hook", "payload": {"id": item.id}},
     )
     due = await reviews.due_callbacks(time.time() + 1)
-    assert len(due) == 1 and due[0]["payload"] == {"id": item["id"]}
+    assert len(due) == 1 and due[0]["payload"] == {"id": item.id}
     await reviews.callback_done(
         due[0]["id"],
         ok=False,
@@ -246,7 +249,7 @@ async def test_callback_outbox(reviews):
         give_up=False,
     )
     assert await reviews.due_callbacks(time.time() + 1) == []
-    rows = await reviews.callbacks_for(item["id"])
+    rows = await reviews.callbacks_for(item.id)
     assert rows[0]["state"] == "due" and rows[0]["last_error"] == "HTTP 500"
 
 

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
+from gateway.web.sessions import COOKIE
+from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, review_of, write_policies
 from tests.test_review_api import CHAT, CLIENT_KEY, REVIEW_POLICIES, auth, chat
 
 HOSTILE = 'Try the secret sauce <script>alert("x")</script> & <img src=x onerror=alert(1)>.'
@@ -25,12 +26,12 @@ async def login(admin, token: str = REVIEWER_TOKEN) -> str:
     form = await admin.get("/review/login")
     csrf = _CSRF.search(await form.text()).group(1)
     done = await admin.post(
-        "/review/login",
+        "/login",
         data={"csrf": csrf, "token": token, "next": "/review/"},
         allow_redirects=False,
     )
     assert done.status == 303, await done.text()
-    cookie = done.cookies["gw_review_session"]
+    cookie = done.cookies[COOKIE]
     assert cookie["httponly"] and cookie["samesite"] == "Strict"
     queue = await admin.get("/review/")
     return _CSRF.search(await queue.text()).group(1)
@@ -43,16 +44,12 @@ async def held(proxy) -> str:
 
 async def test_login_needs_its_csrf_token_and_a_valid_token(make_gateway, fake):
     _, admin, _ = await make_gateway(upstream=fake)
-    forged = await admin.post(
-        "/review/login", data={"token": REVIEWER_TOKEN}, allow_redirects=False
-    )
+    forged = await admin.post("/login", data={"token": REVIEWER_TOKEN}, allow_redirects=False)
     assert forged.status == 403
-    assert "gw_review_session" not in forged.cookies
+    assert COOKIE not in forged.cookies
     form = await admin.get("/review/login")
     csrf = _CSRF.search(await form.text()).group(1)
-    wrong = await admin.post(
-        "/review/login", data={"csrf": csrf, "token": "nope"}, allow_redirects=False
-    )
+    wrong = await admin.post("/login", data={"csrf": csrf, "token": "nope"}, allow_redirects=False)
     assert wrong.status == 401
     assert (await admin.get("/review/", allow_redirects=False)).status == 303
 
@@ -76,12 +73,12 @@ async def test_actions_need_the_csrf_token(make_gateway, fake):
         allow_redirects=False,
     )
     assert cross.status == 403
-    assert (await gw.services["review"].db.get(review_id))["state"] == "pending"
+    assert (await review_of(gw).db.get(review_id)).state == "pending"
     ok = await admin.post(
         url, data={"do": "approve", "version": "1", "csrf": csrf}, allow_redirects=False
     )
     assert ok.status == 303
-    assert (await gw.services["review"].db.get(review_id))["state"] == "approved"
+    assert (await review_of(gw).db.get(review_id)).state == "approved"
 
 
 async def test_item_page_escapes_and_sets_headers(make_gateway, fake):
@@ -101,7 +98,7 @@ async def test_item_page_escapes_and_sets_headers(make_gateway, fake):
     assert '<mark class="ev sev-high" data-findings="f0"' in html
     assert re.search(r"<mark [^>]*>secret sauce</mark>", html)
     # the only scripts are the UI's own file
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/review/static/review.js" defer>']
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/ui/static/ui.js" defer>']
 
 
 async def test_queue_filters_and_counts(make_gateway, fake):
@@ -136,7 +133,7 @@ async def test_reviewer_role_cannot_bulk_or_allowlist_in_ui(make_gateway, fake):
         allow_redirects=False,
     )
     assert allow.status == 403
-    assert (await gw.services["review"].db.get(review_id))["state"] == "pending"
+    assert (await review_of(gw).db.get(review_id)).state == "pending"
 
 
 async def test_conflict_is_shown_as_409_page(make_gateway, fake):
@@ -189,7 +186,7 @@ async def test_allowlist_from_the_item_page_edits_validates_and_reloads(
     assert gw.policies.current.revision != before
     again = await proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY))
     assert again.headers["x-governance-decision"] == "allow"
-    audit = await gw.services["review"].db.audit(review_id)
+    audit = await review_of(gw).db.audit(review_id)
     entry = next(a for a in audit if a["action"] == "allowlist-add")
     assert entry["actor"] == "root" and entry["detail"]["policy"] == "hold-bias"
 
@@ -248,9 +245,9 @@ async def test_copyright_finding_shows_source_side_by_side(make_gateway, fake):
             ],
         },
     )
-    await gw.services["review"].db.insert(item)
+    await review_of(gw).db.insert(item)
     await login(admin)
-    html = await (await admin.get(f"/review/items/{item['id']}")).text()
+    html = await (await admin.get(f"/review/items/{item.id}")).text()
     table = html[html.index('<table class="side-by-side">') :]
     table = table[: table.index("</table>")]
     assert "Source dickens-1 · A Tale &lt;of&gt; Two" in table

@@ -20,8 +20,11 @@ def shipped(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("shipped")
     shutil.copytree(ROOT / "policies", base / "policies")
     # the shipped copyright policy matches lexically, so the lexical layer suffices here
-    build_index(ROOT / "indexes" / "sample" / "corpus.jsonl", base / "indexes" / "sample",
-                BuildParams(semantic=False))
+    build_index(
+        ROOT / "indexes" / "sample" / "corpus.jsonl",
+        base / "indexes" / "sample",
+        BuildParams(semantic=False),
+    )
     return base / "policies"
 
 
@@ -34,8 +37,15 @@ def test_shipped_policies_validate(shipped):
 def test_shipped_policy_cases_all_pass(shipped):
     results = run_tests([shipped])
     files = {Path(r.file).name for r in results}
-    assert files >= {"main_test.yaml", "copyright_test.yaml", "bias_test.yaml",
-                     "retrieval_test.yaml"}
-    failures = [f"{r.outcome} {Path(r.file).name}: {r.name}: {r.detail}"
-                for r in results if r.outcome != "PASS"]
+    assert files >= {
+        "main_test.yaml",
+        "copyright_test.yaml",
+        "bias_test.yaml",
+        "retrieval_test.yaml",
+    }
+    failures = [
+        f"{r.outcome} {Path(r.file).name}: {r.name}: {r.detail}"
+        for r in results
+        if r.outcome != "PASS"
+    ]
     assert failures == []

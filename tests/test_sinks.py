@@ -312,7 +312,7 @@ import logging  # noqa: E402
 import pytest  # noqa: E402
 
 from gateway.incidents.sinks import sink_dedup_key  # noqa: E402
-from tests.conftest import ADMIN_TOKEN, leak_policy_with_rule, write_policies  # noqa: E402
+from tests.conftest import ADMIN_TOKEN, incidents_of, leak_policy_with_rule, write_policies  # noqa: E402
 
 PD_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 OG_KEY = "og-api-key-secret-value"
@@ -365,9 +365,9 @@ def sink_config(url: str, **outbox) -> dict:
 
 
 async def drained(gw, attempts: int = 400) -> None:
-    outbox = gw.services["incidents"].outbox
+    outbox = incidents_of(gw).outbox
     for _ in range(attempts):
-        await gw.services["incidents"].settle()
+        await incidents_of(gw).settle()
         if await outbox.pending() == 0:
             return
         await asyncio.sleep(0.05)
@@ -476,7 +476,7 @@ async def test_secrets_stay_out_of_logs_and_outbox(make_gateway, fake, policy_di
     sinks.down = True
     caplog.set_level(logging.DEBUG)
     proxy, admin, gw, inc = await open_incident(make_gateway, fake, policy_dir, sinks, n=1)
-    service = gw.services["incidents"]
+    service = incidents_of(gw)
     for _ in range(400):
         rows = await gw.store.fetchall("SELECT attempts, payload, last_error FROM incident_outbox")
         if rows and all(r["attempts"] >= 2 for r in rows):

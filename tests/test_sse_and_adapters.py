@@ -8,8 +8,9 @@ import pytest
 
 from gateway.config import Route
 from gateway.errors import UpstreamMalformed
-from gateway.proxy.adapters import adapter_for
-from gateway.proxy.adapters.base import normalize_sources
+from gateway.config import Route
+from gateway.contract.sources import normalize_sources
+from gateway.proxy.adapters import Adapters
 from gateway.proxy.sse import SSEParser
 
 STREAM = (
@@ -53,7 +54,8 @@ def test_sse_parser_rejects_non_utf8():
     ],
 )
 def test_adapter_selection(protocol, path, expected):
-    adapter = adapter_for(protocol, path)
+    route = Route(name="r", upstream="http://upstream.test", protocol=protocol)
+    adapter = Adapters([route]).for_route(route, path)
     assert (adapter.protocol if adapter else None) == expected
 
 
@@ -133,8 +135,7 @@ async def test_responses_stream_rewrites_closing_events_with_redacted_text(make_
 async def test_sources_from_header_reach_detectors(make_gateway, fake, policy_dir):
     fake.script.headers = {"x-rag-sources": json.dumps([{"id": "doc-9"}])}
     proxy, admin, gw = await make_gateway(upstream=fake)
-    seen = []
-    gw.decision_listeners.append(lambda record: seen.append(record))
+    seen: list = []
     original = gw.policies.current.policies[0].detector.start
 
     def spy(ctx):

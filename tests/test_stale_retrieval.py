@@ -9,16 +9,15 @@ import sqlite3
 import pytest
 from pydantic import ValidationError
 
-from gateway.detectors.base import ScanContext
+from gateway.contract.detector import ScanContext
+from gateway.contract.kind import BuildContext, Resources
 from gateway.detectors.stale_retrieval import (
-    SourceMetadataError,
     StaleRetrievalPolicy,
     build,
     parse_duration,
     parse_timestamp,
 )
-from gateway.errors import ConfigError
-from gateway.policy.registry import BuildContext
+from gateway.errors import ConfigError, SourceMetadataError
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp()
 REGISTRY = """\
@@ -36,7 +35,7 @@ def detector(tmp_path, **params):
     if "registry" in params and params["registry"] == "reg.yaml":
         (tmp_path / "reg.yaml").write_text(REGISTRY, encoding="utf-8")
     config = StaleRetrievalPolicy(id="stale", kind="stale_retrieval", **params)
-    return build(config, BuildContext(base_dir=tmp_path, resources={"clock": lambda: NOW}))
+    return build(config, BuildContext(base_dir=tmp_path, resources=Resources(clock=lambda: NOW)))
 
 
 def judge(det, sources, text=ANSWER, errors=()):

@@ -2,19 +2,23 @@ from __future__ import annotations
 
 import time
 
+from gateway.records.decision import DecisionRecord
 from gateway.store.base import open_store
 
 
-def record(i: int, route: str = "default", action: str = "allow") -> dict:
-    return {
-        "decision_id": f"d{i:04d}",
-        "ts": time.time() + i,
-        "route": route,
-        "model": "m",
-        "action": action,
-        "revision": "rev",
-        "policies": [],
-    }
+def record(i: int, route: str = "default", action: str = "allow") -> DecisionRecord:
+    return DecisionRecord(
+        decision_id=f"d{i:04d}",
+        ts=time.time() + i,
+        route=route,
+        upstream="http://upstream",
+        protocol="openai-chat",
+        path="/v1/chat/completions",
+        model="m",
+        stream=False,
+        revision="rev",
+        action=action,
+    )
 
 
 async def test_decisions_roundtrip(store):

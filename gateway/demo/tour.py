@@ -41,9 +41,9 @@ def run_demo(args) -> int:
 
 
 async def _demo(args) -> int:
-    from gateway.cli import serve
     from gateway.config import quickstart
     from gateway.observability.logs import setup_logging
+    from gateway.server import serve
 
     setup_logging("warning")
     history = _sample_quote()

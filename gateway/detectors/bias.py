@@ -33,12 +33,12 @@ import yaml
 from pydantic import Field, field_validator
 from rapidfuzz import fuzz, process
 
-from gateway.detectors.base import Finding, ScanContext
+from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.kind import BuildContext, PolicyKind
+from gateway.contract.policy import PolicyBase, check_patterns
 from gateway.detectors.stereotype import StereotypeClassifier
-from gateway.detectors.textnorm import fold
 from gateway.errors import ConfigError
-from gateway.policy.models import PolicyBase, check_patterns
-from gateway.policy.registry import BuildContext, PolicyKind
+from gateway.textnorm import fold
 
 HERE = Path(__file__).parent
 LEXICON_DIR = HERE / "lexicons"
@@ -718,10 +718,10 @@ def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
             f"bias_classifier:{path}:{stat.st_mtime_ns}:{stat.st_size}:"
             f"{config.model}:{config.variant}:{config.runtime}"
         )
-        classifier = ctx.resources.get(key)
-        if classifier is None:
-            classifier = StereotypeClassifier(path, config.model, config.variant, config.runtime)
-            ctx.resources[key] = classifier
+        classifier = ctx.resources.shared(
+            key,
+            lambda: StereotypeClassifier(path, config.model, config.variant, config.runtime),
+        )
     return BiasDetector(config, lexicon, classifier)
 
 

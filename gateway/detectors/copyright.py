@@ -32,8 +32,9 @@ import numpy as np
 from pydantic import Field, field_validator
 from rapidfuzz.distance import Indel
 
-from gateway.detectors.base import Finding, ScanContext
-from gateway.detectors.textnorm import fold
+from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.kind import BuildContext, PolicyKind
+from gateway.contract.policy import PolicyBase
 from gateway.index.store import P_DOC, CopyrightIndex
 from gateway.index.text import (
     Words,
@@ -43,8 +44,7 @@ from gateway.index.text import (
     spans,
     words,
 )
-from gateway.policy.models import PolicyBase
-from gateway.policy.registry import BuildContext, PolicyKind
+from gateway.textnorm import fold
 
 _WORD = re.compile(r"\w+")
 
@@ -337,7 +337,7 @@ class CopyScan:
             source_span=[s0, s1],
             source_text=src_text[s0 - base : s1 - base],
             index=self.index.name,
-            index_generation=self.index.manifest.get("generation"),
+            index_generation=self.index.manifest.generation,
         )
         return Finding(
             self.starts[qa],
@@ -402,7 +402,7 @@ class CopyScan:
                 passage=int(row),
                 screen_score=static_score,
                 index=idx.name,
-                index_generation=idx.manifest.get("generation"),
+                index_generation=idx.manifest.generation,
             )
             out.append(
                 Finding(
@@ -541,12 +541,11 @@ def build(config: CopyrightPolicy, ctx: BuildContext) -> CopyrightDetector:
     from gateway.errors import ConfigError
     from gateway.index.manager import IndexManager
 
-    manager = ctx.resources.get("indexes")
+    manager = ctx.resources.indexes
     if manager is None:
         # no app-provided manager (``gateway policy test``/``check``): use the
         # built indexes beside the policy directory, shared by every policy
-        root = ctx.base_dir.parent / "indexes"
-        manager = ctx.resources.setdefault("indexes", IndexManager.from_root(root))
+        manager = ctx.resources.indexes = IndexManager.from_root(ctx.base_dir.parent / "indexes")
     name = config.index
     if not manager.has(name):
         hint = ""

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.detectors.base import Finding, ScanContext
-from gateway.policy.models import PolicyBase
-from gateway.policy.registry import BuildContext, PolicyKind
+from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.kind import BuildContext, PolicyKind
+from gateway.contract.policy import PolicyBase
 
 _WORD = re.compile(r"\S+")
 

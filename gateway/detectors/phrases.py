@@ -15,10 +15,10 @@ from typing import Literal
 import regex
 from pydantic import Field, field_validator, model_validator
 
-from gateway.detectors.base import Finding, ScanContext, WindowScan
-from gateway.detectors.textnorm import fold, to_source_span
-from gateway.policy.models import PolicyBase
-from gateway.policy.registry import BuildContext, PolicyKind
+from gateway.contract.detector import Finding, ScanContext, WindowScan
+from gateway.contract.kind import BuildContext, PolicyKind
+from gateway.contract.policy import PolicyBase
+from gateway.textnorm import fold, to_source_span
 
 
 class PhrasesPolicy(PolicyBase):

@@ -28,11 +28,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from gateway.detectors.base import Finding, ScanContext
+from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.kind import BuildContext, PolicyKind
+from gateway.contract.policy import PolicyBase
 from gateway.detectors.bias import split_sentences
-from gateway.errors import GatewayError
-from gateway.policy.models import PolicyBase
-from gateway.policy.registry import BuildContext, PolicyKind
+from gateway.errors import RetrievalInputError
 
 _TEXT_FIELDS = ("text", "content", "chunk", "snippet", "page_content", "passage")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]*")
@@ -51,10 +51,6 @@ _QUESTION_STOP = _STOP | frozenset(
 
 Check = Literal["relevance", "groundedness"]
 ALL_CHECKS: tuple[Check, ...] = ("relevance", "groundedness")
-
-
-class QualityError(GatewayError, ValueError):
-    code = "retrieval-quality-input"
 
 
 class RetrievalQualityPolicy(PolicyBase):
@@ -275,7 +271,9 @@ class _QualityScan:
             if query:
                 findings.extend(self._det.relevance(query, self._ctx.sources, len(text)))
             elif cfg.missing_query == "error":
-                raise QualityError("retrieval_quality: no user query to judge relevance against")
+                raise RetrievalInputError(
+                    "retrieval_quality: no user query to judge relevance against"
+                )
         if not final:
             return findings
         self._done = True
@@ -322,7 +320,7 @@ def _fits(embedder: Any, model: str, variant: str) -> bool:
 
 
 def build(config: RetrievalQualityPolicy, ctx: BuildContext) -> RetrievalQualityDetector:
-    embedder = ctx.resources.get("embedder")
+    embedder = ctx.resources.embedder
     if not _fits(embedder, config.model, config.variant):
         from gateway.embedding import get_embedder
 

@@ -43,10 +43,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from gateway.detectors.base import Finding, ScanContext
-from gateway.errors import ConfigError, GatewayError
-from gateway.policy.models import PolicyBase, check_patterns
-from gateway.policy.registry import BuildContext, PolicyKind
+from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.kind import BuildContext, PolicyKind
+from gateway.contract.policy import PolicyBase, check_patterns
+from gateway.errors import ConfigError, SourceMetadataError
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ DEFAULT_FACT_PATTERNS = [
     r"\b(?:studies|research|data|reports?|statistics)\s+(?:show|shows|found|indicate|suggest)",
     r"\b(?:the (?:policy|law|rule|regulation|handbook|manual|document) (?:says|states|requires))",
 ]
-
-
-class SourceMetadataError(GatewayError, ValueError):
-    """A RAG source's metadata cannot be judged."""
-
-    code = "malformed-source-metadata"
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -499,12 +493,10 @@ def build(config: StaleRetrievalPolicy, ctx: BuildContext) -> StaleRetrievalDete
     if config.registry:
         path = ctx.base_dir / config.registry
         key = f"source_registry:{path.resolve()}:{config.registry_table}"
-        registry = ctx.resources.get(key)
-        if registry is None:
-            registry = SourceRegistry(path, config.registry_table, config.reload_interval_s)
-            ctx.resources[key] = registry
-    clock = ctx.resources.get("clock", time.time)
-    return StaleRetrievalDetector(config, registry, clock)
+        registry = ctx.resources.shared(
+            key, lambda: SourceRegistry(path, config.registry_table, config.reload_interval_s)
+        )
+    return StaleRetrievalDetector(config, registry, ctx.resources.clock)
 
 
 KIND = PolicyKind(

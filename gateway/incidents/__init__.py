@@ -1,0 +1,2 @@
+"""Incidents: rules over decision records and monitor events open deduplicated
+incidents, notify sinks through a durable outbox, and contain routes."""

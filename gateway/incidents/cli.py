@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import AdminApiError
+
 
 def register(sub) -> None:
     route = sub.add_parser("route", help="contain or restore a route")
@@ -65,10 +67,6 @@ def _admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="bearer token (default: $GATEWAY_ADMIN_TOKEN)")
 
 
-class ApiError(Exception):
-    pass
-
-
 def _target(args) -> tuple[str, str]:
     url = args.admin_url
     token = args.token or os.environ.get("GATEWAY_ADMIN_TOKEN")
@@ -83,7 +81,7 @@ def _target(args) -> tuple[str, str]:
         if not token and not settings.auth.tokens and generated.exists():
             token = generated.read_text().strip()
     if not token:
-        raise ApiError("no token: pass --token or set GATEWAY_ADMIN_TOKEN")
+        raise AdminApiError("no token: pass --token or set GATEWAY_ADMIN_TOKEN")
     return (url or "http://127.0.0.1:8081").rstrip("/"), token
 
 
@@ -105,16 +103,16 @@ def _call(
             detail = json.loads(detail)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             pass
-        raise ApiError(f"{exc.code}: {detail}") from None
+        raise AdminApiError(f"{exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
-        raise ApiError(f"cannot reach the admin API at {url}: {exc.reason}") from None
+        raise AdminApiError(f"cannot reach the admin API at {url}: {exc.reason}") from None
     return payload.decode("utf-8") if raw else json.loads(payload)
 
 
 def _run(fn) -> int:
     try:
         return fn()
-    except ApiError as exc:
+    except AdminApiError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
 

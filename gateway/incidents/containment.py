@@ -1,208 +1,114 @@
-"""Route containment: fallback, hold everything for review, or a kill switch.
+"""The containment table: the switch in force on each route, behind ``ContainmentPort``.
 
-The handler consults ``switch_for`` at the start of every governed request:
-one dict lookup on a table kept in memory. The table is written through to
-the ``route_containment`` table so a restart keeps every switch.
+The proxy reads ``switch_for`` on every governed request: one dict lookup on
+a table kept in memory. Changes take effect in memory at once and are
+written through to the ``route_containment`` table (in the caller's plan),
+so a restart keeps every switch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import time
 from typing import Any
 
-import orjson
-from aiohttp import web
+from gateway.incidents.metrics import IncidentMetrics
+from gateway.incidents.plan import Plan
+from gateway.records.containment import Mode, Switch
 
-from gateway.detectors.base import Finding
-from gateway.errors import GatewayError
-from gateway.policy.loader import CompiledPolicy
-from gateway.policy.models import Action, PolicyBase, Severity
-from gateway.proxy.sse import encode_event
-
-MODES = ("fallback", "review_all", "block")
-# a stricter switch replaces a weaker one, never the other way round
-MODE_RANK = {"fallback": 1, "review_all": 2, "block": 3}
-
-# breaches of this policy are containment's own doing, never a new incident
-INTERNAL_PREFIX = "containment."
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class Switch:
-    route: str
-    mode: str
-    incident_id: str | None
-    actor: str
-    reason: str
-    since: float
-    auto_revert: bool = False
-    # pre-bound metric child, so counting a contained request costs no label lookup
-    counter: Any = field(default=None, repr=False, compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "route": self.route,
-            "mode": self.mode,
-            "incident_id": self.incident_id,
-            "actor": self.actor,
-            "reason": self.reason,
-            "since": self.since,
-            "auto_revert": self.auto_revert,
-        }
-
-    def upsert(self) -> tuple[str, tuple[Any, ...]]:
-        return (
-            "INSERT INTO route_containment (route, mode, incident_id, actor, reason, since, "
-            "auto_revert) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (route) DO UPDATE SET "
-            "mode = excluded.mode, incident_id = excluded.incident_id, actor = excluded.actor, "
-            "reason = excluded.reason, since = excluded.since, auto_revert = excluded.auto_revert",
-            (
-                self.route,
-                self.mode,
-                self.incident_id,
-                self.actor,
-                self.reason,
-                self.since,
-                int(self.auto_revert),
-            ),
-        )
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Switch:
-        return cls(
-            row["route"],
-            row["mode"],
-            row["incident_id"],
-            row["actor"],
-            row["reason"],
-            row["since"],
-            bool(row["auto_revert"]),
-        )
+def _upsert(switch: Switch) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "INSERT INTO route_containment (route, mode, incident_id, actor, reason, since, "
+        "auto_revert) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (route) DO UPDATE SET "
+        "mode = excluded.mode, incident_id = excluded.incident_id, actor = excluded.actor, "
+        "reason = excluded.reason, since = excluded.since, auto_revert = excluded.auto_revert",
+        (
+            switch.route,
+            switch.mode,
+            switch.incident_id,
+            switch.actor,
+            switch.reason,
+            switch.since,
+            int(switch.auto_revert),
+        ),
+    )
 
 
-def switch_for(gw, route_name: str) -> Switch | None:
-    """The switch in force on ``route_name``; the hot-path entry point."""
-    service = gw.services.get("incidents")
-    if service is None:
-        return None
-    switch = service.switches.get(route_name)
-    if switch is not None and switch.counter is not None:
-        switch.counter.inc()
-    return switch
+class ContainmentTable:
+    def __init__(self, metrics: IncidentMetrics) -> None:
+        self.metrics = metrics
+        self.switches: dict[str, Switch] = {}
+        # pre-bound metric children, so counting a contained request costs no label lookup
+        self._counters: dict[str, Any] = {}
 
+    # -- the hot path ----------------------------------------------------------------
+    def switch_for(self, route: str) -> Switch | None:
+        switch = self.switches.get(route)
+        if switch is not None:
+            self._counters[route].inc()
+        return switch
 
-# -- review_all: a built-in policy that holds the whole response ------------------
-class _HoldAllScan:
-    __slots__ = ()
-
-    def feed(self, text: str, final: bool) -> list[Finding]:
-        if not final:
-            return []
-        return [
-            Finding(
-                0,
-                len(text),
-                1.0,
-                "the route is contained: every response is held",
-                {"containment": "review_all"},
+    # -- changes ------------------------------------------------------------------------
+    def load(self, rows: list[dict[str, Any]], routes: set[str]) -> None:
+        for row in rows:
+            switch = Switch.from_json(row)
+            if switch.route not in routes:
+                log.warning("containment of unknown route %s ignored", switch.route)
+                continue
+            self._put(switch)
+            log.warning(
+                "route %s is contained (%s) since %s by %s",
+                switch.route,
+                switch.mode,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(switch.since)),
+                switch.actor,
             )
-        ]
 
-    def hold_from(self, text: str) -> int:
-        # nothing is released before the human decision
-        return 0
-
-
-class _HoldAllDetector:
-    hold_back = None
-    blocking = False
-
-    def start(self, ctx) -> _HoldAllScan:
-        return _HoldAllScan()
-
-
-HOLD_ALL = CompiledPolicy(
-    PolicyBase(
-        id=INTERNAL_PREFIX + "review-all",
-        kind="containment",
-        description="Route contained: every response is held for review.",
-        action=Action.REVIEW,
-        severity=Severity.HIGH,
-    ),
-    _HoldAllDetector(),
-    "<containment>",
-)
-
-
-# -- block: the kill switch, answered without calling the upstream ----------------
-async def blocked_answer(exchange, switch: Switch, message: str) -> web.StreamResponse:
-    """Answer ``exchange`` with ``message`` in the client's own wire format."""
-    adapter, info = exchange.adapter, exchange.info
-    headers = {
-        "x-governance-decision": "block",
-        "x-governance-decision-id": exchange.decision_id,
-        "x-governance-containment": switch.mode,
-    }
-    if not info.stream:
-        body = adapter.blocked(info, None, message)
-        return web.Response(
-            body=orjson.dumps(body), content_type="application/json", headers=headers
+    def _put(self, switch: Switch) -> None:
+        previous = self.switches.get(switch.route)
+        if previous is not None:
+            self.metrics.containment.labels(switch.route, previous.mode).set(0)
+        self.switches[switch.route] = switch
+        self._counters[switch.route] = self.metrics.contained_requests.labels(
+            switch.route, switch.mode
         )
-    protocol = adapter.protocol
-    if protocol in ("openai-chat", "openai-completions"):
-        translator = adapter.translator(info)
-        data = translator.render_text("0", message) + translator.cut(
-            ["0"], "content_filter", exchange.decision_id
-        )
-    elif protocol == "anthropic-messages":
-        data = _anthropic_stream(adapter.blocked(info, None, message), message)
-    else:
-        # no synthetic stream for this protocol: an error in its own format says why
-        err = GatewayError(message, code="route-contained", status=503)
-        return web.Response(
-            status=503,
-            body=orjson.dumps(adapter.error_body(err)),
-            content_type="application/json",
-            headers=dict(headers, **{"x-governance-error-code": err.code}),
-        )
-    resp = web.StreamResponse(status=200, headers=headers)
-    resp.content_type = "text/event-stream"
-    resp.headers["cache-control"] = "no-cache"
-    await resp.prepare(exchange.request)
-    await resp.write(data)
-    await resp.write_eof()
-    return resp
+        self.metrics.containment.labels(switch.route, switch.mode).set(1)
 
+    def turn_on(
+        self,
+        route: str,
+        mode: Mode,
+        incident_id: str | None,
+        actor: str,
+        reason: str,
+        plan: Plan,
+        *,
+        auto_revert: bool = False,
+    ) -> tuple[Switch, Switch | None]:
+        """Put ``mode`` in force on ``route`` now; return the switch and the one it replaced."""
+        previous = self.switches.get(route)
+        switch = Switch(route, mode, incident_id, actor, reason, time.time(), auto_revert)
+        self._put(switch)
+        self.metrics.switches.labels(
+            route, mode, "on", "auto" if actor == "auto" else "manual"
+        ).inc()
+        plan.statements.append(_upsert(switch))
+        return switch, previous
 
-def _anthropic_stream(message_obj: dict[str, Any], text: str) -> bytes:
-    start = dict(message_obj, content=[], stop_reason=None)
-    events = [
-        ("message_start", {"type": "message_start", "message": start}),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": text},
-            },
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": message_obj["stop_reason"], "stop_sequence": None},
-                "usage": {"output_tokens": 0},
-            },
-        ),
-        ("message_stop", {"type": "message_stop"}),
-    ]
-    return b"".join(encode_event(orjson.dumps(obj).decode(), name) for name, obj in events)
+    def turn_off(self, route: str, actor: str, plan: Plan) -> Switch | None:
+        switch = self.switches.pop(route, None)
+        if switch is None:
+            return None
+        self._counters.pop(route, None)
+        self.metrics.containment.labels(route, switch.mode).set(0)
+        self.metrics.switches.labels(
+            route, switch.mode, "off", "auto" if actor == "auto" else "manual"
+        ).inc()
+        plan.statements.append(("DELETE FROM route_containment WHERE route = ?", (route,)))
+        return switch
+
+    def of_incident(self, incident_id: str) -> list[Switch]:
+        return [s for s in self.switches.values() if s.incident_id == incident_id]

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from typing import Any
 
 import aiohttp
 
 from gateway.config import Incidents, Sink
+from gateway.errors import SinkCredentialMissing
 from gateway.incidents import sinks as wire
+from gateway.retry import delay, retry_forever
 from gateway.store.base import Statement, Store
 
 log = logging.getLogger(__name__)
@@ -107,14 +108,18 @@ class Outbox:
             except TimeoutError:
                 pass
             self._wake.clear()
-            try:
-                while await self.deliver_due():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is down: the rows wait for us
-                log.warning("incident outbox: cannot read the outbox: %s", type(exc).__name__)
-                await asyncio.sleep(self.cfg.outbox.poll_interval)
+            # the store is down: the rows wait for us
+            await retry_forever(
+                self._deliver_all,
+                what="reading the incident outbox",
+                first=self.cfg.outbox.poll_interval,
+                cap=max(self.cfg.outbox.poll_interval, 10.0),
+                give_up=lambda: self._stopping,
+            )
+
+    async def _deliver_all(self) -> None:
+        while await self.deliver_due():
+            pass
 
     async def close(self) -> None:
         self._stopping = True
@@ -179,7 +184,7 @@ class Outbox:
                 await resp.read()
                 status = resp.status
             reason = None if 200 <= status < 300 else f"HTTP {status}"
-        except wire.MissingCredential as exc:
+        except SinkCredentialMissing as exc:
             reason = str(exc)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # never the exception text: it can carry the URL, and a webhook URL is a secret
@@ -222,7 +227,4 @@ class Outbox:
         return False
 
     def backoff(self, attempts: int) -> float:
-        """Exponential, capped, with equal jitter: half fixed, half random."""
-        cfg = self.cfg.outbox
-        cap = min(cfg.max_delay, cfg.base_delay * (2 ** min(attempts - 1, 30)))
-        return cap / 2 + random.uniform(0, cap / 2)
+        return delay(attempts, first=self.cfg.outbox.base_delay, cap=self.cfg.outbox.max_delay)

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from gateway.errors import ConfigError
-from gateway.incidents.severity import Sev
-from gateway.policy.models import Strict
-from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
+from gateway.errors import ConfigError, Diag, YamlSyntaxError
+from gateway.severity import Sev
+from gateway.strict import Strict
+from gateway.yaml_source import load_source, validation_messages
 
 KeyPart = Literal["policy", "route", "upstream", "model", "monitor", "rule"]
 
@@ -80,9 +80,7 @@ class PolicyRule(RuleBase):
     # unset: the first breach opens the incident
     threshold: Threshold | None = None
     # monitor-mode breaches are the early warning monitor mode exists for
-    modes: list[Literal["enforce", "monitor"]] = Field(
-        default=["enforce", "monitor"], min_length=1
-    )
+    modes: list[Literal["enforce", "monitor"]] = Field(default=["enforce", "monitor"], min_length=1)
 
     def watches_policy(self, policy_id: str) -> bool:
         return any(fnmatch.fnmatchcase(policy_id, g) for g in self.policies)
@@ -149,7 +147,7 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
                     source,
                     path,
                     ("incident_rules",),
-                    "invalid-type",
+                    Diag.INVALID_TYPE,
                     "incident_rules: expected a list",
                 )
             )
@@ -162,7 +160,7 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
                         source,
                         path,
                         base,
-                        "invalid-type",
+                        Diag.INVALID_TYPE,
                         f"incident_rules[{index}]: expected a mapping",
                     )
                 )
@@ -176,7 +174,7 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
                         source,
                         path,
                         base + ("source",),
-                        "unknown-kind",
+                        Diag.UNKNOWN_KIND,
                         f"{label}.source: {kind!r} (known: {', '.join(RULE_KINDS)})",
                     )
                 )
@@ -186,7 +184,8 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
             except ValidationError as exc:
                 if source is None:
                     errors.extend(
-                        f"{path}:1:1: invalid-value: {label}: {e['msg']}" for e in exc.errors()
+                        f"{path}:1:1: {Diag.INVALID_VALUE}: {label}: {e['msg']}"
+                        for e in exc.errors()
                     )
                 else:
                     errors.extend(
@@ -202,7 +201,7 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
                         source,
                         path,
                         base + ("id",),
-                        "duplicate-id",
+                        Diag.DUPLICATE_ID,
                         f"incident rule {rule.id!r} is already defined in {where}",
                     )
                 )
@@ -221,7 +220,7 @@ def _source(path: str):
         return None
 
 
-def _at(source, path: str, loc: tuple, code: str, message: str) -> str:
+def _at(source, path: str, loc: tuple, code: Diag, message: str) -> str:
     if source is None:
         return f"{path}:1:1: {code}: {message}"
     return source.error(loc, code, message)

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.config import Sink
+from gateway.errors import SinkCredentialMissing
 
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 OPSGENIE_URL = "https://api.opsgenie.com/v2/alerts"
@@ -49,10 +50,6 @@ HANDLES = {
 }
 
 
-class MissingCredential(RuntimeError):
-    """The environment variable a sink needs is unset; retried, as it may be set later."""
-
-
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -64,7 +61,7 @@ class Request:
 def _env(name: str | None) -> str:
     value = os.environ.get(name or "", "")
     if not value:
-        raise MissingCredential(f"${name} is not set")
+        raise SinkCredentialMissing(f"${name} is not set")
     return value
 
 

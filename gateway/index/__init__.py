@@ -14,14 +14,12 @@ from gateway.index.build import (
     remove_documents,
 )
 from gateway.index.manager import IndexManager, discover
-from gateway.index.store import CopyrightIndex, IndexError_, IndexMissing
+from gateway.index.store import CopyrightIndex
 
 __all__ = [
     "BuildParams",
     "CopyrightIndex",
-    "IndexError_",
     "IndexManager",
-    "IndexMissing",
     "UpdateReport",
     "add_documents",
     "build_index",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.errors import IndexUnavailable
 from gateway.index.corpus import CorpusReport, Document, read_corpus
 from gateway.index.screen import SCREEN_FILE, SCREEN_VECTORS, StaticScreen, distil_table
 from gateway.index.store import (
@@ -31,9 +32,10 @@ from gateway.index.store import (
     P_BYTE0,
     P_BYTE1,
     CopyrightIndex,
-    IndexMissing,
+    read_manifest,
 )
 from gateway.index.text import bloom_add, bloom_size, chunk_spans, ngram_hashes, winnow, words
+from gateway.records.manifest import CorpusInfo, Counts, IndexManifest, Update
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +302,6 @@ def _swap(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-
-
 def _progress(total: int | None, enabled: bool, desc: str):
     from tqdm import tqdm
 
@@ -359,27 +357,25 @@ def build_index(
             faiss.write_index(index, str(tmp / "vectors.faiss"))
         screen_info = _build_screen(tmp, params) if params.semantic and params.screen else None
         seconds = time.perf_counter() - t0
-        manifest = {
-            "format": FORMAT,
-            "name": out.name,
-            "created_at": _iso(started),
-            "updated_at": _iso(time.time()),
-            "build_seconds": round(seconds, 3),
-            "model": params.model if params.semantic else None,
-            "params": asdict(params),
-            "counts": {
-                "documents": n_docs,
-                "passages": n_passages,
-                "anchors": int(sum(len(h) for h in writer.hash_parts)),
-                "vectors": 0 if vectors is None else len(vectors),
-            },
-            "corpus": {"path": str(corpus), "sha256": report.sha256, **report.summary()},
-            "faiss": faiss_info,
-            "screen": screen_info,
-            "generation": 1,
-            "updates": [],
-        }
-        _write_manifest(tmp, manifest)
+        manifest = IndexManifest(
+            format=FORMAT,
+            name=out.name,
+            created_at=_iso(started),
+            updated_at=_iso(time.time()),
+            build_seconds=round(seconds, 3),
+            model=params.model if params.semantic else None,
+            params=asdict(params),
+            counts=Counts(
+                documents=n_docs,
+                passages=n_passages,
+                anchors=int(sum(len(h) for h in writer.hash_parts)),
+                vectors=0 if vectors is None else len(vectors),
+            ),
+            corpus=CorpusInfo(path=str(corpus), sha256=report.sha256, **report.summary()),
+            faiss=faiss_info,
+            screen=screen_info,
+        )
+        manifest.write(tmp)
         _swap(tmp, out)
     except BaseException:
         writer.abort()
@@ -472,7 +468,7 @@ def add_documents(
     """
     out = Path(index_dir)
     base = _load(out)
-    params = BuildParams(**base.manifest["params"])
+    params = BuildParams(**base.manifest.params)
     t0 = time.perf_counter()
     tmp = _tmp_dir(out)
     embed = _embedder(params) if base.has_vectors else None
@@ -492,7 +488,7 @@ def add_documents(
         if base.screen is not None:
             _extend_screen(base, tmp, len(base.passages))
         manifest = _updated_manifest(base, writer, "add", n_docs, report)
-        _write_manifest(tmp, manifest)
+        manifest.write(tmp)
         base.close()
         _swap(tmp, out)
     except BaseException:
@@ -507,7 +503,7 @@ def add_documents(
         round(time.perf_counter() - t0, 3),
         report.summary(),
         [str(p) for p in report.problems],
-        (manifest.get("faiss") or {}).get("type"),
+        (manifest.faiss or {}).get("type"),
     )
 
 
@@ -559,16 +555,24 @@ def remove_documents(index_dir: str | Path, ids: Iterable[str]) -> UpdateReport:
         np.savez(
             tmp / "anchors.npz", hash=base.anchor_hash[keep], pid=base.anchor_pid[keep], bloom=bloom
         )
-        manifest = json.loads(json.dumps(base.manifest))
-        manifest["generation"] = manifest.get("generation", 1) + 1
-        manifest["updated_at"] = _iso(time.time())
-        manifest["updates"].append(
-            {"op": "remove", "documents": len(targets), "at": _iso(time.time())}
+        old = base.manifest
+        manifest = old.model_copy(
+            update={
+                "generation": old.generation + 1,
+                "updated_at": _iso(time.time()),
+                "updates": (
+                    *old.updates,
+                    Update(op="remove", documents=len(targets), at=_iso(time.time())),
+                ),
+                "counts": old.counts.model_copy(
+                    update={
+                        "documents_removed": int(gone.sum()),
+                        "anchors": int(np.count_nonzero(keep)),
+                    }
+                ),
+            }
         )
-        counts = manifest["counts"]
-        counts["documents_removed"] = int(gone.sum())
-        counts["anchors"] = int(np.count_nonzero(keep))
-        _write_manifest(tmp, manifest)
+        manifest.write(tmp)
         base.close()
         _swap(tmp, out)
     except BaseException:
@@ -581,20 +585,24 @@ def remove_documents(index_dir: str | Path, ids: Iterable[str]) -> UpdateReport:
 
 def _updated_manifest(
     base: CopyrightIndex, writer: _Writer, op: str, n_docs: int, report: CorpusReport
-) -> dict[str, Any]:
-    manifest = json.loads(json.dumps(base.manifest))
-    manifest["generation"] = manifest.get("generation", 1) + 1
-    manifest["updated_at"] = _iso(time.time())
-    manifest["updates"].append(
-        {"op": op, "documents": n_docs, "at": _iso(time.time()), "corpus_sha256": report.sha256}
-    )
-    counts = manifest["counts"]
-    counts["documents"] = counts.get("documents", 0) + n_docs
-    counts["passages"] = writer.n_passages
-    counts["anchors"] = int(sum(len(h) for h in writer.hash_parts))
+) -> IndexManifest:
+    old = base.manifest
+    counts = {
+        "documents": old.counts.documents + n_docs,
+        "passages": writer.n_passages,
+        "anchors": int(sum(len(h) for h in writer.hash_parts)),
+    }
     if base.has_vectors:
         counts["vectors"] = writer.n_passages
-    return manifest
+    update = Update(op=op, documents=n_docs, at=_iso(time.time()), corpus_sha256=report.sha256)
+    return old.model_copy(
+        update={
+            "generation": old.generation + 1,
+            "updated_at": _iso(time.time()),
+            "updates": (*old.updates, update),
+            "counts": old.counts.model_copy(update=counts),
+        }
+    )
 
 
 def ensure_index(
@@ -611,17 +619,17 @@ def ensure_index(
     """
     out = Path(out)
     try:
-        manifest = json.loads((out / MANIFEST).read_text("utf-8"))
-    except (OSError, ValueError):
+        manifest: IndexManifest | None = read_manifest(out)
+    except IndexUnavailable:
         manifest = None
     if manifest is not None:
         report = CorpusReport()
         for _ in read_corpus(corpus, report):
             pass
         params = params or BuildParams()
-        same_corpus = manifest.get("corpus", {}).get("sha256") == report.sha256
+        same_corpus = manifest.corpus.sha256 == report.sha256
         has_layers = not params.semantic or (
-            bool(manifest.get("model")) and (bool(manifest.get("screen")) or not params.screen)
+            bool(manifest.model) and (bool(manifest.screen) or not params.screen)
         )
         if same_corpus and has_layers:
             return out
@@ -631,7 +639,6 @@ def ensure_index(
 
 __all__ = [
     "BuildParams",
-    "IndexMissing",
     "UpdateReport",
     "add_documents",
     "build_index",

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.index.store import MANIFEST, CopyrightIndex, IndexError_
+from gateway.errors import IndexUnavailable
+from gateway.index.store import MANIFEST, CopyrightIndex
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class IndexManager:
     def get(self, name: str) -> CopyrightIndex:
         """The current index ``name``, loading it on first use.
 
-        Raises ``KeyError`` for an unknown name and ``IndexError_`` when the
+        Raises ``KeyError`` for an unknown name and ``IndexUnavailable`` when the
         index cannot be loaded (a detector then reports an ``error`` status).
         """
         index = self._loaded.get(name)
@@ -103,7 +104,7 @@ class IndexManager:
         stamp = _stamp(self._paths[name])
         try:
             fresh = CopyrightIndex(self._paths[name])
-        except (IndexError_, OSError, ValueError, KeyError) as exc:
+        except (IndexUnavailable, OSError, ValueError, KeyError) as exc:
             self._errors[name] = f"{type(exc).__name__}: {exc}"
             raise
         with self._lock:
@@ -111,7 +112,7 @@ class IndexManager:
             self._loaded[name] = fresh
             self._stamps[name] = stamp
             self._errors.pop(name, None)
-        log.info("index %s reloaded (generation %s)", name, fresh.manifest.get("generation"))
+        log.info("index %s reloaded (generation %s)", name, fresh.manifest.generation)
         return fresh
 
     def changed(self) -> list[str]:
@@ -145,7 +146,7 @@ class IndexManager:
             out[name] = {
                 "path": str(path),
                 "loaded": index is not None,
-                "generation": index.manifest.get("generation") if index else None,
+                "generation": index.manifest.generation if index else None,
                 "counts": index.counts() if index else None,
                 "error": self._errors.get(name),
             }

@@ -26,33 +26,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from gateway.errors import IndexMissing, IndexUnavailable
 from gateway.index.screen import SCREEN_FILE, SCREEN_VECTORS, StaticScreen
 from gateway.index.text import tokens
+from gateway.records.manifest import FILE as MANIFEST
+from gateway.records.manifest import IndexManifest
 
-MANIFEST = "manifest.json"
 FORMAT = 1
 
 # passage row columns
 P_DOC, P_CHAR0, P_CHAR1, P_BYTE0, P_BYTE1 = range(5)
 
 
-class IndexError_(Exception):
-    """An index directory is missing, incomplete or from another format."""
-
-
-class IndexMissing(IndexError_, FileNotFoundError):
-    pass
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def read_manifest(path: str | Path) -> IndexManifest:
     file = Path(path) / MANIFEST
     try:
-        return json.loads(file.read_text("utf-8"))
+        data = json.loads(file.read_text("utf-8"))
     except FileNotFoundError:
         raise IndexMissing(f"{path}: no index here ({MANIFEST} is missing)") from None
     except (OSError, ValueError) as exc:
-        raise IndexError_(f"{file}: cannot read the manifest: {exc}") from None
+        raise IndexUnavailable(f"{file}: cannot read the manifest: {exc}") from None
+    try:
+        return IndexManifest.from_json(data)
+    except ValidationError as exc:
+        raise IndexUnavailable(f"{file}: not a manifest this gateway can read: {exc}") from None
 
 
 class CopyrightIndex:
@@ -61,9 +60,9 @@ class CopyrightIndex:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        if self.manifest.get("format") != FORMAT:
-            raise IndexError_(f"{self.path}: index format {self.manifest.get('format')} unknown")
-        params = self.manifest["params"]
+        if self.manifest.format != FORMAT:
+            raise IndexUnavailable(f"{self.path}: index format {self.manifest.format} unknown")
+        params = self.manifest.params
         self.anchor_words: int = params["anchor_words"]
         self.winnow: int = params["winnow"]
         self.docs: list[dict[str, Any]] = []
@@ -86,10 +85,10 @@ class CopyrightIndex:
             size = os.fstat(fh.fileno()).st_size
             self.blob: Any = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._token_cache: dict[tuple[int, int], list[str]] = {}
-        self.vectors = self._read_faiss("vectors.faiss", self.manifest.get("faiss"))
+        self.vectors = self._read_faiss("vectors.faiss", self.manifest.faiss)
         self.screen: StaticScreen | None = None
         self.screen_vectors = None
-        screen_info = self.manifest.get("screen")
+        screen_info = self.manifest.screen
         if screen_info and self.vectors is not None and (self.path / SCREEN_FILE).exists():
             from gateway.embedding import resolve_model
 
@@ -119,7 +118,7 @@ class CopyrightIndex:
 
     @property
     def model(self) -> str | None:
-        return self.manifest.get("model")
+        return self.manifest.model
 
     @property
     def has_vectors(self) -> bool:
@@ -193,13 +192,15 @@ class CopyrightIndex:
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` live passages per query vector: (cosine scores, passage rows)."""
         if self.vectors is None:
-            raise IndexError_(f"{self.path}: built without vectors; semantic matching needs them")
+            raise IndexUnavailable(
+                f"{self.path}: built without vectors; semantic matching needs them"
+            )
         return self._search(self.vectors, vectors, k)
 
     def screen_search(self, texts: list[str]) -> np.ndarray:
         """Each text's best static cosine with a live passage (-1 when there is none)."""
         if self.screen is None or self.screen_vectors is None:
-            raise IndexError_(f"{self.path}: built without a screen")
+            raise IndexUnavailable(f"{self.path}: built without a screen")
         scores, _ = self._search(self.screen_vectors, self.screen.encode(texts), 1)
         if scores.shape[1] == 0:
             return np.full(len(texts), -1.0, np.float32)

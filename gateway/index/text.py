@@ -19,7 +19,7 @@ from itertools import islice
 
 import numpy as np
 
-from gateway.detectors.textnorm import fold
+from gateway.textnorm import fold
 
 _WORD = re.compile(r"\w+")
 # a sentence ends at . ! ? (optionally closed by quotes or brackets) before

@@ -1,9 +1,9 @@
-"""Decision records leave the hot path through a bounded queue.
+"""The audit trail: decision records leave the hot path through a bounded queue.
 
-The request handler only appends a dict; a background task writes batches
-to the store. A store outage is retried, never blocks requests, and a full
-queue drops the oldest-waiting records with a metric rather than growing
-without bound.
+The log subscribes to ``DecisionRecord`` on the event bus and only appends
+it; a background task writes batches to the store. A store outage is
+retried, never blocks requests, and a full queue drops the oldest-waiting
+records with a metric rather than growing without bound.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
 
 from gateway.observability.metrics import Metrics
+from gateway.records.decision import DecisionRecord
+from gateway.retry import retry_forever
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class DecisionLog:
     ):
         self.store = store
         self.metrics = metrics
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[DecisionRecord] = deque()
         self._max = max_queue
         self._batch = batch
         self._interval = interval
@@ -43,7 +44,7 @@ class DecisionLog:
         # a batch from being inserted twice.
         self._writing = asyncio.Lock()
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: DecisionRecord) -> None:
         if len(self._queue) >= self._max:
             self._queue.popleft()
             self.metrics.decisions_dropped.inc()
@@ -55,20 +56,20 @@ class DecisionLog:
         self._task = asyncio.create_task(self._run(), name="decision-log")
 
     async def _run(self) -> None:
-        backoff = self._interval
         while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             except TimeoutError:
                 pass
             self._wake.clear()
-            try:
-                await self.flush()
-                backoff = self._interval
-            except Exception as exc:  # the store is down: keep the records, retry later
-                log.warning("decision log write failed, will retry: %s", exc)
-                backoff = min(backoff * 2, 5.0)
-                await asyncio.sleep(backoff)
+            # the store is down: the records stay queued until a write succeeds
+            await retry_forever(
+                self.flush,
+                what="decision log write",
+                first=self._interval,
+                cap=5.0,
+                give_up=lambda: self._closing,
+            )
 
     async def flush(self) -> None:
         async with self._writing:
@@ -83,7 +84,7 @@ class DecisionLog:
                     raise
                 self.metrics.decision_queue.set(len(self._queue))
 
-    def _requeue(self, batch: list[dict[str, Any]]) -> None:
+    def _requeue(self, batch: list[DecisionRecord]) -> None:
         """Put an unwritten batch back in front, still honouring the bound."""
         self._queue.extendleft(reversed(batch))
         while len(self._queue) > self._max:
@@ -93,9 +94,10 @@ class DecisionLog:
 
     async def close(self) -> None:
         self._closing = True
-        self._wake.set()
         if self._task is not None:
-            await self._task
+            # a write in flight puts its batch back; the last flush below takes it
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         try:
             await self.flush()
         except Exception as exc:

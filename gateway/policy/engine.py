@@ -19,10 +19,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.detectors.base import Finding, ScanContext
+from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.policy import STOPPING_ACTIONS as STOPPING
+from gateway.contract.policy import Action, Status
 from gateway.policy.loader import CompiledPolicy
-from gateway.policy.models import STOPPING_ACTIONS as STOPPING
-from gateway.policy.models import Action, Status
+from gateway.records.decision import FindingRecord, PolicyVerdict
+from gateway.severity import Severity
 
 # a policy keeps at most this many findings in the record; the count is kept
 MAX_FINDINGS = 20
@@ -61,23 +63,23 @@ class PolicyResult:
             return Action.BLOCK
         return Action.ALLOW
 
-    def as_dict(self) -> dict[str, Any]:
+    def verdict(self) -> PolicyVerdict:
         cfg = self.config
-        out: dict[str, Any] = {
-            "id": cfg.id,
-            "kind": cfg.kind,
-            "mode": cfg.mode,
-            "status": self.status.value,
-            "action": cfg.action.value,
-            "severity": cfg.severity.value,
-            "elapsed_ms": round(self.elapsed_ms, 3),
-        }
-        if self.findings:
-            out["findings"] = [dict(f.as_dict(), segment=seg) for seg, f in self.findings]
-            out["finding_count"] = self.finding_count
-        if self.error:
-            out["error"] = self.error
-        return out
+        return PolicyVerdict(
+            id=cfg.id,
+            kind=cfg.kind,
+            mode=cfg.mode,
+            status=self.status.value,
+            action=cfg.action.value,
+            severity=cfg.severity.value,
+            elapsed_ms=self.elapsed_ms,
+            findings=tuple(
+                FindingRecord(seg, f.start, f.end, f.score, f.message, f.evidence)
+                for seg, f in self.findings
+            ),
+            finding_count=self.finding_count,
+            error=self.error,
+        )
 
 
 class SegmentGuard:
@@ -299,8 +301,26 @@ class ResponseGuard:
     def chars_released(self) -> int:
         return sum(s.released for s in self.segments.values())
 
-    def policy_records(self) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.results]
+    def verdicts(self) -> tuple[PolicyVerdict, ...]:
+        return tuple(r.verdict() for r in self.results)
+
+    def holder(self) -> PolicyResult | None:
+        """The policy whose action stopped the answer (or the first that acted)."""
+        if self.stopped_by is not None:
+            return self.stopped_by
+        enforced = self.enforced_breaches()
+        reviewing = [r for r in enforced if r.effective_action() is Action.REVIEW]
+        found = reviewing or enforced
+        return found[0] if found else None
+
+    def severity(self) -> Severity:
+        """The worst severity among the policies that acted."""
+        holder = self.holder()
+        return max(
+            (r.config.severity for r in self.enforced_breaches()),
+            key=lambda s: s.rank,
+            default=holder.config.severity if holder else Severity.MEDIUM,
+        )
 
 
 def _merge(spans: list[tuple[int, int, str]]) -> None:

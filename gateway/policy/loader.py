@@ -8,29 +8,38 @@ its detectors are built, so serving it cannot fail on configuration.
 from __future__ import annotations
 
 import hashlib
-import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.errors import ConfigError
-from gateway.policy.models import PolicyBase
-from gateway.policy.registry import BuildContext, Registry, default_registry
-from gateway.yaml_source import Source, YamlSyntaxError, load_source, validation_messages
+from gateway.contract.kind import BuildContext, Resources
+from gateway.contract.policy import PolicyBase
+from gateway.errors import ConfigError, Diag, YamlSyntaxError
+from gateway.plugins import SUBSYSTEMS, load_group
+from gateway.policy.kinds import Registry, default_registry
+from gateway.yaml_source import Source, load_source, validation_messages
 
 TEST_SUFFIX = "_test"
-# top-level keys a policy file may hold besides ``policies``; later sections
-# (incident rules, monitors) are validated by the subsystems that own them
-EXTRA_SECTIONS = ("monitors", "incident_rules")
-# how each extra section is validated, so ``policy validate`` and a hot reload
-# catch its errors too; "module:function" taking (file, raw value) pairs
-SECTION_PARSERS = {
-    "monitors": "gateway.incidents.monitors:parse_monitors",
-    "incident_rules": "gateway.incidents.rules:parse_rules",
-}
+
+# validates one top-level section of policy files, given (file, raw value)
+# pairs in file order; raises ConfigError listing every problem
+SectionParser = Callable[[list[tuple[str, Any]]], Any]
+
+
+@cache
+def default_sections() -> Mapping[str, SectionParser]:
+    """Sections besides ``policies`` that installed subsystems parse (monitors…)."""
+    out: dict[str, SectionParser] = {}
+    for name, subsystem in load_group(SUBSYSTEMS):
+        for section, parser in subsystem.policy_sections().items():
+            if section == "policies" or section in out:
+                raise ConfigError(f"subsystem {name} claims policy section {section!r} again")
+            out[section] = parser
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,14 +90,17 @@ def load_policies(
     paths: Iterable[str | Path],
     *,
     registry: Registry | None = None,
-    resources: dict[str, Any] | None = None,
+    resources: Resources | None = None,
+    sections: Mapping[str, SectionParser] | None = None,
 ) -> PolicySet:
     """Validate and build every policy in ``paths``; raise ``ConfigError`` listing all errors."""
     registry = registry or default_registry()
+    sections = default_sections() if sections is None else sections
+    resources = resources if resources is not None else Resources()
     files = policy_files(paths)
     errors: list[str] = []
     compiled: list[CompiledPolicy] = []
-    sections: dict[str, list[tuple[str, Any]]] = {}
+    found: dict[str, list[tuple[str, Any]]] = {}
     digest = hashlib.sha256()
     mtimes: dict[str, float] = {}
     seen_ids: dict[str, str] = {}
@@ -101,23 +113,23 @@ def load_policies(
             raw = path.read_bytes()
             mtimes[str(path)] = path.stat().st_mtime
         except OSError as exc:
-            errors.append(f"{path}:1:1: unreadable: {exc.strerror or exc}")
+            errors.append(f"{path}:1:1: {Diag.UNREADABLE}: {exc.strerror or exc}")
             continue
         digest.update(str(path).encode() + b"\0" + raw + b"\0")
         try:
             source = load_source(path, raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            errors.append(f"{path}:1:1: invalid-encoding: not UTF-8 (byte {exc.start})")
+            errors.append(f"{path}:1:1: {Diag.INVALID_ENCODING}: not UTF-8 (byte {exc.start})")
             continue
         except YamlSyntaxError as exc:
             errors.extend(exc.errors)
             continue
-        items, file_errors = _policy_items(source)
+        items, file_errors = _policy_items(source, sections)
         errors.extend(file_errors)
-        for name in EXTRA_SECTIONS:
+        for name in sections:
             if isinstance(source.data, dict) and name in source.data:
-                sections.setdefault(name, []).append((str(path), source.data[name]))
-        ctx = BuildContext(base_dir=path.parent.resolve(), resources=resources or {})
+                found.setdefault(name, []).append((str(path), source.data[name]))
+        ctx = BuildContext(base_dir=path.parent.resolve(), resources=resources)
         for index, item in items:
             policy, item_errors = _validate_item(source, index, item, registry)
             errors.extend(item_errors)
@@ -127,7 +139,7 @@ def load_policies(
                 errors.append(
                     source.error(
                         ("policies", index, "id"),
-                        "duplicate-id",
+                        Diag.DUPLICATE_ID,
                         f"policy id {policy.id!r} is already defined in {seen_ids[policy.id]}",
                     )
                 )
@@ -137,40 +149,43 @@ def load_policies(
                 detector = registry.get(policy.kind).build(policy, ctx)
             except (ConfigError, ValueError, OSError) as exc:
                 errors.append(
-                    source.error(("policies", index), "build-failed", f"{policy.id}: {exc}")
+                    source.error(("policies", index), Diag.BUILD_FAILED, f"{policy.id}: {exc}")
                 )
                 continue
             compiled.append(CompiledPolicy(policy, detector, str(path)))
-    for name, pairs in sections.items():
-        module, _, function = SECTION_PARSERS[name].partition(":")
+    for name, pairs in found.items():
         try:
-            getattr(importlib.import_module(module), function)(pairs)
+            sections[name](pairs)
         except ConfigError as exc:
             errors.extend(exc.errors)
     if errors:
         raise ConfigError(f"{len(errors)} error(s) in policy files", errors)
-    return PolicySet(compiled, digest.hexdigest()[:12], mtimes, sections)
+    return PolicySet(compiled, digest.hexdigest()[:12], mtimes, found)
 
 
-def _policy_items(source: Source) -> tuple[list[tuple[int, Any]], list[str]]:
+def _policy_items(
+    source: Source, sections: Mapping[str, SectionParser]
+) -> tuple[list[tuple[int, Any]], list[str]]:
     data = source.data
     if data is None:
-        return [], [source.error((), "empty-file", "the file holds no policies")]
+        return [], [source.error((), Diag.EMPTY_FILE, "the file holds no policies")]
     if not isinstance(data, dict):
-        return [], [source.error((), "invalid-type", "expected a mapping with a 'policies' list")]
+        return [], [
+            source.error((), Diag.INVALID_TYPE, "expected a mapping with a 'policies' list")
+        ]
     errors = [
         source.error(
             (key,),
-            "unknown-field",
-            f"{key} (allowed: policies, {', '.join(EXTRA_SECTIONS)})",
+            Diag.UNKNOWN_FIELD,
+            f"{key} (allowed: {', '.join(['policies', *sections])})",
             at_key=True,
         )
         for key in data
-        if key != "policies" and key not in EXTRA_SECTIONS
+        if key != "policies" and key not in sections
     ]
     policies = data.get("policies", [])
     if not isinstance(policies, list):
-        errors.append(source.error(("policies",), "invalid-type", "policies: expected a list"))
+        errors.append(source.error(("policies",), Diag.INVALID_TYPE, "policies: expected a list"))
         return [], errors
     return list(enumerate(policies)), errors
 
@@ -180,18 +195,20 @@ def _validate_item(
 ) -> tuple[PolicyBase | None, list[str]]:
     base = ("policies", index)
     if not isinstance(item, dict):
-        return None, [source.error(base, "invalid-type", f"policies[{index}]: expected a mapping")]
+        return None, [
+            source.error(base, Diag.INVALID_TYPE, f"policies[{index}]: expected a mapping")
+        ]
     label = str(item.get("id") or f"policies[{index}]")
     kind = item.get("kind")
     if kind is None:
         return None, [
-            source.error(base, "missing-field", f"{label}.kind: every policy needs a kind")
+            source.error(base, Diag.MISSING_FIELD, f"{label}.kind: every policy needs a kind")
         ]
     if not isinstance(kind, str) or kind not in registry:
         known = ", ".join(registry.names())
         return None, [
             source.error(
-                base + ("kind",), "unknown-kind", f"{label}.kind: {kind!r} (known: {known})"
+                base + ("kind",), Diag.UNKNOWN_KIND, f"{label}.kind: {kind!r} (known: {known})"
             )
         ]
     model = registry.get(kind).config

@@ -10,14 +10,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from gateway.contract.kind import Resources
 from gateway.errors import ConfigError
+from gateway.events import EventBus
+from gateway.policy.kinds import Registry
 from gateway.policy.loader import PolicySet, load_policies, policy_files
-from gateway.policy.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySwap:
+    """A new policy set is in force (at start and after each successful reload)."""
+
+    policy_set: PolicySet
+    previous: PolicySet | None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReloadFailed:
+    """A reload found errors; the previous set keeps serving."""
+
+    errors: tuple[str, ...]
 
 
 class PolicyHolder:
@@ -25,21 +42,17 @@ class PolicyHolder:
         self,
         paths: list[str],
         *,
+        events: EventBus,
         registry: Registry | None = None,
-        resources: dict[str, Any] | None = None,
-        on_swap=None,
-        on_failure=None,
+        resources: Resources | None = None,
     ):
         self.paths = paths
         self.registry = registry
-        self.resources = resources if resources is not None else {}
+        self.resources = resources if resources is not None else Resources()
+        self.events = events
         self.current: PolicySet | None = None
         self.last_error: list[str] | None = None
         self.last_reload: float | None = None
-        self._on_swap = on_swap
-        # subsystems that derive state from the policy set (monitors…) listen here
-        self.swap_listeners: list = []
-        self._on_failure = on_failure
         self._lock = asyncio.Lock()
 
     @property
@@ -53,14 +66,8 @@ class PolicyHolder:
         """First load at start: errors are fatal here, the gateway has nothing to serve."""
         self.current = load_policies(self.paths, registry=self.registry, resources=self.resources)
         self.last_reload = time.time()
-        self._notify(self.current)
+        self.events.publish(PolicySwap(self.current, None))
         return self.current
-
-    def _notify(self, policy_set: PolicySet) -> None:
-        if self._on_swap:
-            self._on_swap(policy_set)
-        for listener in self.swap_listeners:
-            listener(policy_set)
 
     def _fingerprint(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -95,8 +102,7 @@ class PolicyHolder:
                 )
                 for line in exc.errors:
                     log.error(line)
-                if self._on_failure:
-                    self._on_failure(exc.errors)
+                self.events.publish(PolicyReloadFailed(tuple(exc.errors)))
                 return False
             old = self.current
             self.current = new
@@ -112,7 +118,7 @@ class PolicyHolder:
                     }
                 },
             )
-            self._notify(new)
+            self.events.publish(PolicySwap(new, old))
             return True
 
     async def watch(self, interval: float = 0.5) -> None:

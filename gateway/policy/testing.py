@@ -16,11 +16,13 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from gateway.errors import ConfigError
+from gateway.contract.kind import Resources
+from gateway.contract.policy import Action, Status
+from gateway.errors import ConfigError, YamlSyntaxError
 from gateway.policy.check import context_for, evaluate
 from gateway.policy.loader import TEST_SUFFIX, load_policies
-from gateway.policy.models import Action, Status, Strict
-from gateway.yaml_source import YamlSyntaxError, load_source, validation_messages
+from gateway.strict import Strict
+from gateway.yaml_source import load_source, validation_messages
 
 
 class Expect(Strict):
@@ -75,18 +77,18 @@ def test_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def run_tests(paths: list[str | Path], resources: dict | None = None) -> list[CaseResult]:
-    return asyncio.run(_run(paths, resources or {}))
+def run_tests(paths: list[str | Path], resources: Resources | None = None) -> list[CaseResult]:
+    return asyncio.run(_run(paths, resources or Resources()))
 
 
-async def _run(paths: list[str | Path], resources: dict) -> list[CaseResult]:
+async def _run(paths: list[str | Path], resources: Resources) -> list[CaseResult]:
     results: list[CaseResult] = []
     for test_path in test_files(paths):
         results.extend(await _run_file(test_path, resources))
     return results
 
 
-async def _run_file(test_path: Path, resources: dict) -> list[CaseResult]:
+async def _run_file(test_path: Path, resources: Resources) -> list[CaseResult]:
     shown = str(test_path)
     try:
         source = load_source(test_path)

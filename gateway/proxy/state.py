@@ -1,51 +1,60 @@
-"""The gateway's shared state, built once per process and kept under an ``AppKey``."""
+"""The gateway's shared state, built once per process and kept under an ``AppKey``.
+
+Everything here is typed: the ports subsystems plug in (``hold``,
+``containment``), the one event bus, the adapters, the resources detectors
+share. Nothing is looked up by name.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.contract.kind import Resources
+from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
 from gateway.observability.metrics import Metrics
-from gateway.policy.reload import PolicyHolder
-from gateway.proxy.adapters import RagJsonAdapter
+from gateway.policy.reload import PolicyHolder, PolicySwap
+from gateway.proxy.adapters import Adapters
+from gateway.proxy.hookspecs import Subsystem
+from gateway.proxy.ports import ContainmentPort, HoldPort
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
+S = TypeVar("S", bound=Subsystem)
 
-@dataclass
+
+@dataclass(eq=False)
 class Gateway:
     settings: Settings
     policies: PolicyHolder
     metrics: Metrics
     store: Store
     decisions: DecisionLog
-    rag_adapters: dict[str, RagJsonAdapter]
-    resources: dict[str, Any]
+    events: EventBus
+    adapters: Adapters
+    resources: Resources
+    subsystems: list[Subsystem] = field(default_factory=list)
+    # ports plugged in by subsystems; None: a review action blocks, nothing is contained
+    hold: HoldPort | None = None
+    containment: ContainmentPort | None = None
     session: aiohttp.ClientSession | None = None
     # CPU-heavy detector scans run here, off the event loop
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="detect")
     )
-    decision_listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
-    # subsystems by name (``review``, ``incidents``…), installed by ``create_app``
-    services: dict[str, Any] = field(default_factory=dict)
-    background: list[asyncio.Task] = field(default_factory=list)
-    # hooks subsystems add: coroutines run at start and at stop
-    on_start: list[Callable[[Gateway], Any]] = field(default_factory=list)
-    on_stop: list[Callable[[Gateway], Any]] = field(default_factory=list)
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
     _users: int = 0
-    # model loads in progress (see ``warm``); /readyz is "loading" meanwhile
+    # model loads in progress (see ``_warm``); /readyz is "loading" meanwhile
     warming: int = 0
 
     @property
@@ -55,15 +64,24 @@ class Gateway:
             raise RuntimeError("the gateway is not started")
         return self.session
 
+    def subsystem(self, kind: type[S]) -> S:
+        """The installed subsystem of class ``kind``."""
+        for sub in self.subsystems:
+            if isinstance(sub, kind):
+                return sub
+        raise LookupError(f"no {kind.__name__} is installed")
+
     def run_blocking(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def on_decision(self, record: dict[str, Any]) -> None:
-        for listener in self.decision_listeners:
-            try:
-                listener(record)
-            except Exception:  # a listener must never fail a request
-                log.exception("decision listener failed")
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background until the gateway stops."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.background.append(task)
+        task.add_done_callback(
+            lambda t: self.background.remove(t) if t in self.background else None
+        )
+        return task
 
     async def acquire(self) -> None:
         """Start shared resources on first use (the proxy and admin apps share them)."""
@@ -76,19 +94,18 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             auto_decompress=True,
         )
-        self.background.append(
-            asyncio.create_task(
-                self.policies.watch(self.settings.reload_interval), name="policy-watch"
-            )
-        )
-        for hook in self.on_start:
-            await hook(self)
-        self.policies.swap_listeners.append(self._warm_soon)
+        self.spawn(self.policies.watch(self.settings.reload_interval), "policy-watch")
+        for sub in self.subsystems:
+            await sub.start()
+        self.events.subscribe(PolicySwap, self._warm_swapped)
         if self.policies.current is not None:
             self._warm_soon(self.policies.current, gate_readiness=True)
 
+    def _warm_swapped(self, swap: PolicySwap) -> None:
+        self._warm_soon(swap.policy_set)
+
     def _warm_soon(self, policy_set, gate_readiness: bool = False) -> None:
-        """Load the policies' models in the background (also a swap listener).
+        """Load the policies' models in the background.
 
         Only the first load holds readiness back: after a reload the process
         keeps serving, and a model new to it loads on its first use if the
@@ -96,13 +113,7 @@ class Gateway:
         """
         if gate_readiness:
             self.warming += 1
-        task = asyncio.get_running_loop().create_task(
-            self._warm(policy_set, gate_readiness), name="warm-models"
-        )
-        self.background.append(task)
-        task.add_done_callback(
-            lambda t: self.background.remove(t) if t in self.background else None
-        )
+        self.spawn(self._warm(policy_set, gate_readiness), "warm-models")
 
     async def _warm(self, policy_set, gate_readiness: bool) -> None:
         started = time.perf_counter()
@@ -138,17 +149,17 @@ class Gateway:
         self._users -= 1
         if self._users > 0:
             return
-        for hook in reversed(self.on_stop):
+        for sub in reversed(self.subsystems):
             try:
-                await hook(self)
+                await sub.stop()
             except Exception:
-                log.exception("shutdown hook failed")
-        if self._warm_soon in self.policies.swap_listeners:
-            self.policies.swap_listeners.remove(self._warm_soon)
+                log.exception("subsystem %s failed to stop cleanly", sub.name)
+        self.events.unsubscribe(PolicySwap, self._warm_swapped)
         for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         self.background.clear()
+        await self.events.drain()
         if self.session is not None:
             await self.session.close()
         await self.decisions.close()

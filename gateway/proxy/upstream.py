@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 from gateway.config import Route
 from gateway.errors import (
     GatewayError,
+    UpstreamCredentialMissing,
     UpstreamDisconnected,
     UpstreamMalformed,
     UpstreamTimeout,
@@ -38,25 +39,22 @@ HOP_BY_HOP = frozenset(
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
-class MissingCredential(GatewayError):
-    code = "upstream-credential-missing"
-    status = 500
-
-
-def upstream_headers(incoming: Mapping[str, str], route: Route, anthropic: bool) -> CIMultiDict:
+def upstream_headers(incoming: Mapping[str, str], route: Route, auto_header: str) -> CIMultiDict:
+    """Headers for the upstream: the client's, minus hop-by-hop ones, with the
+    route's injected key (in ``auto_header`` unless the route names one)."""
     headers = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in HOP_BY_HOP)
     if route.api_key.mode == "inject":
         for name in CREDENTIAL_HEADERS:
             headers.popall(name, None)
         secret = os.environ.get(route.api_key.env or "")
         if not secret:
-            raise MissingCredential(
+            raise UpstreamCredentialMissing(
                 f"route {route.name} injects its upstream key from ${route.api_key.env}, "
                 "which is not set"
             )
         header = route.api_key.header
         if header == "auto":
-            header = "x-api-key" if anthropic else "authorization"
+            header = auto_header
         headers[header] = f"Bearer {secret}" if header == "authorization" else secret
     return headers
 
@@ -104,6 +102,16 @@ async def send(
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable(f"upstream {route.name} failed: {exc}") from None
+
+
+async def error_detail(resp: aiohttp.ClientResponse) -> str:
+    """The start of an upstream's error body, for the log and the error message."""
+    try:
+        async with asyncio.timeout(2):
+            text = (await resp.content.read(300)).decode("utf-8", "replace").strip()
+    except Exception:
+        return ""
+    return f": {text}" if text else ""
 
 
 def map_read_error(route: Route, exc: BaseException) -> GatewayError:

@@ -26,6 +26,11 @@ import yaml
 
 from gateway.errors import BadRequest, ConfigError, NotFound
 from gateway.policy.loader import load_policies, policy_files
+from gateway.policy.reload import PolicyHolder
+from gateway.records.decision import FindingRecord
+from gateway.records.review import ReviewItem
+from gateway.review.store import ReviewStore
+from gateway.web.auth import Principal
 
 # kind -> (list field, how to get the entry from a finding and the response text)
 SUPPORTED = {
@@ -34,16 +39,15 @@ SUPPORTED = {
 }
 
 
-def entry_for(kind: str, finding: dict[str, Any], segment_text: str | None) -> str | None:
-    evidence = finding.get("evidence") or {}
+def entry_for(kind: str, finding: FindingRecord, segment_text: str | None) -> str | None:
+    evidence = finding.evidence
     if kind == "copyright":
         source = evidence.get("source_id")
         return str(source) if source else None
     if kind == "bias":
         sentence = evidence.get("sentence")
         if not sentence and segment_text is not None:
-            start, end = finding.get("span", [0, 0])
-            sentence = segment_text[start:end]
+            sentence = segment_text[finding.start : finding.end]
         return "^" + re.escape(sentence.strip()) + "$" if sentence else None
     return None
 
@@ -108,7 +112,7 @@ def add_entry(text: str, policy_id: str, field: str, entry: str) -> str:
     return "".join(lines)
 
 
-def _validate_and_write(holder, target: Path, new_text: str) -> list[str]:
+def _validate_and_write(holder: PolicyHolder, target: Path, new_text: str) -> list[str]:
     tmp = target.with_name(f".{target.name}.review-{os.getpid()}.tmp")
     tmp.write_text(new_text, encoding="utf-8")
     try:
@@ -128,7 +132,12 @@ def _validate_and_write(holder, target: Path, new_text: str) -> list[str]:
 
 
 async def add_to_allowlist(
-    svc, item: dict[str, Any], principal, policy_id: Any, finding_index: Any
+    db: ReviewStore,
+    holder: PolicyHolder,
+    item: ReviewItem,
+    principal: Principal,
+    policy_id: Any,
+    finding_index: Any,
 ) -> dict[str, Any]:
     if not isinstance(policy_id, str):
         raise BadRequest('send "policy" (a policy id) and "finding" (its finding index)')
@@ -136,20 +145,16 @@ async def add_to_allowlist(
         index = int(finding_index)
     except (TypeError, ValueError):
         raise BadRequest('"finding" must be the index of the finding') from None
-    record = next((p for p in item["record"].get("policies", []) if p["id"] == policy_id), None)
-    findings = (record or {}).get("findings") or []
-    if record is None or not 0 <= index < len(findings):
+    verdict = next((p for p in item.record.policies if p.id == policy_id), None)
+    if verdict is None or not 0 <= index < len(verdict.findings):
         raise NotFound(f"no finding {index} of policy {policy_id} on this item")
-    finding = findings[index]
-    kind = record["kind"]
-    field = SUPPORTED.get(kind)
+    finding = verdict.findings[index]
+    field = SUPPORTED.get(verdict.kind)
     if field is None:
-        return {"applied": False, "reason": f"policies of kind {kind} have no allowlist"}
-    segments = item.get("segments") or {}
-    entry = entry_for(kind, finding, segments.get(str(finding.get("segment", "0"))))
+        return {"applied": False, "reason": f"policies of kind {verdict.kind} have no allowlist"}
+    entry = entry_for(verdict.kind, finding, (item.segments or {}).get(finding.segment))
     if entry is None:
         return {"applied": False, "reason": "this finding carries nothing to allow"}
-    holder = svc.gw.policies
     compiled = holder.current.get(policy_id) if holder.current else None
     if compiled is None:
         return {"applied": False, "reason": f"policy {policy_id} is no longer loaded"}
@@ -161,13 +166,13 @@ async def add_to_allowlist(
     errors = await asyncio.to_thread(_validate_and_write, holder, target, new_text)
     detail = {"policy": policy_id, "file": str(target), "field": field, "entry": entry}
     if errors:
-        await svc.db.audit_only(
-            item["id"], principal.name, "allowlist-rejected", dict(detail, errors=errors)
+        await db.audit_only(
+            item.id, principal.name, "allowlist-rejected", dict(detail, errors=errors)
         )
         return {"applied": False, "reason": "the change does not validate", "errors": errors}
     reloaded = await holder.reload()
-    await svc.db.audit_only(
-        item["id"],
+    await db.audit_only(
+        item.id,
         principal.name,
         "allowlist-add",
         dict(

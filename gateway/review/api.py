@@ -2,36 +2,38 @@
 
 The admin app's middleware already demands a bearer token with at least the
 ``reviewer`` role here. The one exception is the client's result poll,
-which is authenticated by the API key the held request was made with.
+which is authenticated by the API key the held request was made with, and
+is served on the proxy listener too: the one address a client already knows.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import json_body, json_response
-from gateway.auth import PRINCIPAL, TOKENS
-from gateway.errors import BadRequest, GatewayError
-from gateway.proxy.adapters.base import openai_error
-from gateway.proxy.state import GATEWAY
-from gateway.review.service import ReviewService, public_view
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized
+from gateway.proxy.credentials import api_key_id
+from gateway.records.review import STATES
+from gateway.review.allowlist import add_to_allowlist
+from gateway.review.items import public_view
+from gateway.review.service import REVIEW, ReviewService
+from gateway.severity import Severity
+from gateway.web.api import error_json, json_body, json_response
+from gateway.web.auth import PRINCIPAL, TOKENS
 
 BASE = "/governance/v1/reviews"
 _RESULT = re.compile(r"/governance/v1/reviews/([0-9a-f]{32})/result")
-_SEVERITIES = ("low", "medium", "high", "critical")
-
-
-def service(request: web.Request) -> ReviewService:
-    return request.app[GATEWAY].services["review"]
+_SEVERITIES = tuple(s.value for s in Severity)
 
 
 def parse_filters(query, principal_name: str | None = None) -> dict[str, Any]:
     f: dict[str, Any] = {}
     state = query.get("state", "pending")
-    if state not in ("", "all", "pending", "approved", "rejected", "expired"):
+    if state not in ("", "all", *STATES):
         raise BadRequest("state must be pending, approved, rejected, expired or all")
     f["state"] = None if state in ("", "all") else state
     for name in ("policy", "route", "tenant"):
@@ -62,7 +64,7 @@ def _int(query, name: str, default: int, top: int) -> int:
 
 
 async def list_items(request: web.Request) -> web.Response:
-    svc = service(request)
+    svc = request.app[REVIEW]
     principal = request[PRINCIPAL]
     filters = parse_filters(request.query, principal.name)
     items, total = await svc.db.list_items(
@@ -72,67 +74,68 @@ async def list_items(request: web.Request) -> web.Response:
         sort=request.query.get("sort", "sla"),
     )
     counts = await svc.db.counts()
-    return json_response(
-        {"items": [public_view(i) for i in items], "total": total, "counts": counts}
-    )
+    now = time.time()
+    rows = [dict(i.to_json(), overdue_now=i.overdue_at(now)) for i in items]
+    return json_response({"items": rows, "total": total, "counts": counts})
 
 
 async def stats(request: web.Request) -> web.Response:
-    svc = service(request)
-    counts = await svc.refresh_metrics()
+    svc = request.app[REVIEW]
+    counts = await svc.sweeper.refresh_metrics()
     return json_response({"counts": counts, "approval_rates": await svc.db.approval_rates()})
 
 
 async def detail(request: web.Request) -> web.Response:
-    svc = service(request)
-    item = await svc.get(request.match_info["id"])
+    svc = request.app[REVIEW]
+    item = await svc.actions.get(request.match_info["id"])
     return json_response(
         {
             "item": public_view(item),
-            "audit": await svc.db.audit(item["id"]),
-            "comments": await svc.db.comments(item["id"]),
-            "callbacks": await svc.db.callbacks_for(item["id"]),
+            "audit": await svc.db.audit(item.id),
+            "comments": await svc.db.comments(item.id),
+            "callbacks": await svc.db.callbacks_for(item.id),
         }
     )
 
 
 async def audit(request: web.Request) -> web.Response:
-    svc = service(request)
-    item_id = request.match_info["id"]
-    return json_response({"audit": await svc.db.audit(item_id)})
+    svc = request.app[REVIEW]
+    return json_response({"audit": await svc.db.audit(request.match_info["id"])})
 
 
 async def act(request: web.Request) -> web.Response:
-    svc = service(request)
+    actions = request.app[REVIEW].actions
     principal = request[PRINCIPAL]
     item_id = request.match_info["id"]
     action = request.match_info["action"]
     data = await json_body(request)
     version = data.get("version")
     if action == "claim":
-        item = await svc.claim(item_id, principal, version)
+        item = await actions.claim(item_id, principal, version)
     elif action == "release":
-        item = await svc.release(item_id, principal, version)
+        item = await actions.release(item_id, principal, version)
     elif action == "approve":
         edited = data.get("edited")
         if edited is None and isinstance(data.get("text"), str):
-            current = await svc.get(item_id)
-            keys = current["record"].get("segment_keys") or ["0"]
+            current = await actions.get(item_id)
+            keys = current.record.segment_keys or ("0",)
             edited = {keys[0]: data["text"]}
-        item = await svc.approve(item_id, principal, version, edited, str(data.get("note") or ""))
+        item = await actions.approve(
+            item_id, principal, version, edited, str(data.get("note") or "")
+        )
     elif action == "reject":
-        item = await svc.reject(item_id, principal, version, str(data.get("reason") or ""))
+        item = await actions.reject(item_id, principal, version, str(data.get("reason") or ""))
     elif action == "escalate":
-        item = await svc.escalate(item_id, principal, version, str(data.get("note") or ""))
+        item = await actions.escalate(item_id, principal, version, str(data.get("note") or ""))
     else:
         raise BadRequest(f"unknown action {action!r}")
     return json_response({"item": public_view(item)})
 
 
 async def comment(request: web.Request) -> web.Response:
-    svc = service(request)
+    svc = request.app[REVIEW]
     data = await json_body(request)
-    created = await svc.comment(
+    created = await svc.actions.comment(
         request.match_info["id"], request[PRINCIPAL], str(data.get("body") or "")
     )
     return json_response({"comment": created}, 201)
@@ -141,7 +144,7 @@ async def comment(request: web.Request) -> web.Response:
 async def bulk(request: web.Request) -> web.Response:
     principal = request.app[TOKENS].require(request, "lead")
     data = await json_body(request)
-    results = await service(request).bulk(
+    results = await request.app[REVIEW].actions.bulk(
         principal,
         str(data.get("action") or ""),
         data.get("items") or [],
@@ -152,31 +155,41 @@ async def bulk(request: web.Request) -> web.Response:
 
 
 async def allowlist(request: web.Request) -> web.Response:
-    from gateway.review.allowlist import add_to_allowlist
-
     principal = request.app[TOKENS].require(request, "lead")
     data = await json_body(request)
-    svc = service(request)
-    item = await svc.get(request.match_info["id"])
-    outcome = await add_to_allowlist(svc, item, principal, data.get("policy"), data.get("finding"))
+    svc = request.app[REVIEW]
+    item = await svc.actions.get(request.match_info["id"])
+    outcome = await add_to_allowlist(
+        svc.db, svc.policies, item, principal, data.get("policy"), data.get("finding")
+    )
     return json_response(outcome, 200 if outcome["applied"] else 422)
 
 
 async def result_for_reviewer(request: web.Request) -> web.Response:
-    svc = service(request)
-    item = await svc.get(request.match_info["id"])
-    body = svc.result_body(item)
-    body.pop("texts", None)
-    return json_response(body)
+    svc = request.app[REVIEW]
+    item = await svc.actions.get(request.match_info["id"])
+    return json_response(svc.outcome(item).to_json())
+
+
+async def client_result(svc: ReviewService, request: web.Request, item_id: str) -> web.Response:
+    """The outcome for the client that made the held request, checked by its API key."""
+    key_id = api_key_id(request.headers)
+    if key_id is None:
+        raise Unauthorized("send the API key the held request was made with")
+    item = await svc.db.get(item_id)
+    if item is None:
+        raise NotFound(f"no review item {item_id}")
+    if item.key_id is None or not hmac.compare_digest(item.key_id, key_id):
+        raise Forbidden("this review item belongs to another API key")
+    return json_response(svc.outcome(item).to_json(), headers={"cache-control": "no-store"})
 
 
 @web.middleware
-async def client_result(request: web.Request, handler):
-    """Serve the client's result poll, authenticated by its own API key.
+async def client_result_first(request: web.Request, handler):
+    """Serve the client's result poll before the admin app's token check.
 
-    Placed before the admin app's token check: a client holds an API key for
-    the model, not a governance token. A request that carries a governance
-    token goes the usual way.
+    A client holds an API key for the model, not a governance token. A
+    request that carries a governance token goes the usual way.
     """
     match = _RESULT.fullmatch(request.path)
     if match is None or request.method not in ("GET", "HEAD"):
@@ -184,25 +197,24 @@ async def client_result(request: web.Request, handler):
     if request.app[TOKENS].from_request(request) is not None:
         return await handler(request)
     try:
-        return await service(request).client_result(request, match.group(1))
+        return await client_result(request.app[REVIEW], request, match.group(1))
     except GatewayError as err:
-        return json_response(openai_error(err), err.status)
+        return error_json(err)
 
 
 async def client_result_on_proxy(request: web.Request) -> web.Response:
-    """The same poll on the proxy listener, the one address a client already knows."""
     try:
-        return await service(request).client_result(request, request.match_info["id"])
+        return await client_result(request.app[REVIEW], request, request.match_info["id"])
     except GatewayError as err:
-        return json_response(openai_error(err), err.status)
+        return error_json(err)
 
 
-def install_proxy_routes(app: web.Application) -> None:
+def install_proxy(app: web.Application) -> None:
     app.router.add_get(BASE + "/{id:[0-9a-f]{32}}/result", client_result_on_proxy)
 
 
-def install_routes(app: web.Application) -> None:
-    app.middlewares.insert(0, client_result)
+def install(app: web.Application) -> None:
+    app.middlewares.insert(0, client_result_first)
     app.router.add_get(BASE, list_items)
     app.router.add_get(f"{BASE}/stats", stats)
     app.router.add_post(f"{BASE}/bulk", bulk)

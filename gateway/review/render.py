@@ -8,11 +8,13 @@ characters it is.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from markupsafe import Markup, escape
+
+from gateway.records.review import ReviewItem
+from gateway.severity import Severity
 
 
 @dataclass
@@ -35,27 +37,25 @@ class FindingView:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def findings_of(item: dict[str, Any]) -> list[FindingView]:
+def findings_of(item: ReviewItem) -> list[FindingView]:
     out: list[FindingView] = []
-    texts = item.get("segments") or {}
-    for policy in item["record"].get("policies", []):
-        for local, f in enumerate(policy.get("findings") or []):
-            span = f.get("span") or [0, 0]
-            segment = str(f.get("segment", "0"))
-            evidence = f.get("evidence") or {}
-            text = texts.get(segment)
+    texts = item.segments or {}
+    for policy in item.record.policies:
+        for local, f in enumerate(policy.findings):
+            evidence = f.evidence
+            text = texts.get(f.segment)
             view = FindingView(
                 index=len(out),
-                policy=policy["id"],
-                kind=policy.get("kind", ""),
-                severity=policy.get("severity", "medium"),
-                segment=segment,
-                span=(int(span[0]), int(span[1])),
-                score=f.get("score", 0.0),
-                message=f.get("message", ""),
+                policy=policy.id,
+                kind=policy.kind,
+                severity=policy.severity,
+                segment=f.segment,
+                span=(f.start, f.end),
+                score=f.score,
+                message=f.message,
                 evidence=evidence,
                 local_index=local,
-                matched=text[span[0] : span[1]] if text is not None else evidence.get("match"),
+                matched=text[f.start : f.end] if text is not None else evidence.get("match"),
                 source_text=evidence.get("source_text"),
                 source_id=evidence.get("source_id"),
                 evidence_json=json.dumps(evidence, indent=2, ensure_ascii=False, default=str),
@@ -83,7 +83,7 @@ def highlight(text: str, findings: list[FindingView]) -> Markup:
             parts.append(str(piece))
             continue
         ids = " ".join(f"f{f.index}" for f in active)
-        severity = max(active, key=lambda f: _RANK.get(f.severity, 0)).severity
+        severity = max(active, key=lambda f: _rank(f.severity)).severity
         title = escape("; ".join(f"{f.policy}: {f.message}" for f in active))
         parts.append(
             f'<mark class="ev sev-{escape(severity)}" data-findings="{ids}" '
@@ -92,31 +92,8 @@ def highlight(text: str, findings: list[FindingView]) -> Markup:
     return Markup("".join(parts))
 
 
-_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-
-
-def relative(deadline: float, now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    delta = deadline - now
-    word = "in" if delta >= 0 else "overdue by"
-    secs = abs(delta)
-    if secs < 90:
-        amount = f"{int(secs)}s"
-    elif secs < 5400:
-        amount = f"{int(secs // 60)}m"
-    elif secs < 172800:
-        amount = f"{secs / 3600:.1f}h"
-    else:
-        amount = f"{secs / 86400:.1f}d"
-    return f"{word} {amount}"
-
-
-def stamp(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
-
-
-def pretty(value: Any, limit: int = 20000) -> str:
-    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[:limit] + "\n… (truncated)"
+def _rank(severity: str) -> int:
+    try:
+        return Severity(severity).rank
+    except ValueError:
+        return 0

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
+from gateway.errors import ItemChanged
+from gateway.records.review import OPEN, STATES, SUMMARY_FIELDS, ReviewItem, ReviewSummary
+from gateway.review.items import new_id
 from gateway.store.base import Statement, Store
 
 # columns a listing returns: never the texts, which may be large or private
-SUMMARY_COLUMNS = (
-    "id, decision_id, created_at, updated_at, state, outcome, route, protocol, model, stream, "
-    "policy, policies, severity, severity_rank, priority, sla_deadline, expires_at, overdue, "
-    "escalations, assignee, tenant, text_stored, decided_by, decided_at, version"
-)
+SUMMARY_COLUMNS = ", ".join(SUMMARY_FIELDS)
 JSON_COLUMNS = ("request", "response", "segments", "record", "edited")
+FLAGS = ("stream", "overdue", "text_stored")
 # what the audit trail snapshots before and after each change
 SNAPSHOT_FIELDS = (
     "state",
@@ -34,9 +33,6 @@ SNAPSHOT_FIELDS = (
     "version",
     "reason",
 )
-STATES = ("pending", "approved", "rejected", "expired")
-OPEN = "pending"
-
 INSERT_COLUMNS = (
     "id",
     "decision_id",
@@ -78,12 +74,8 @@ INSERT_COLUMNS = (
 )
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def snapshot(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: item.get(k) for k in SNAPSHOT_FIELDS}
+def snapshot(item: ReviewItem) -> dict[str, Any]:
+    return {k: getattr(item, k) for k in SNAPSHOT_FIELDS}
 
 
 def _dump(value: Any) -> str | None:
@@ -94,12 +86,20 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for name in JSON_COLUMNS:
         if name in row and isinstance(row[name], str):
             row[name] = json.loads(row[name])
-    for name in ("stream", "overdue", "text_stored"):
+    for name in FLAGS:
         if name in row and row[name] is not None:
             row[name] = bool(row[name])
     if isinstance(row.get("policies"), str):
-        row["policies"] = [p for p in row["policies"].split(",") if p]
+        row["policies"] = tuple(p for p in row["policies"].split(",") if p)
     return row
+
+
+def _item(row: dict[str, Any]) -> ReviewItem:
+    return ReviewItem.from_json(_decode(row))
+
+
+def _summary(row: dict[str, Any]) -> ReviewSummary:
+    return ReviewSummary(**_decode(row))
 
 
 INSERT_SQL = (
@@ -108,22 +108,16 @@ INSERT_SQL = (
 )
 
 
-def row_values(item: dict[str, Any]) -> tuple[Any, ...]:
+def row_values(item: ReviewItem) -> tuple[Any, ...]:
     """An item as the row ``INSERT_SQL`` writes."""
-    row = dict(item)
-    row["policies"] = "," + ",".join(item["policies"]) + ","
+    row = item.to_json()
+    # delimited, so a LIKE filter matches whole policy ids only
+    row["policies"] = "," + ",".join(item.policies) + ","
     for name in JSON_COLUMNS:
-        row[name] = _dump(item.get(name))
-    for name in ("stream", "overdue", "text_stored"):
-        row[name] = int(bool(item[name]))
+        row[name] = _dump(row.get(name))
+    for name in FLAGS:
+        row[name] = int(bool(row[name]))
     return tuple(row.get(c) for c in INSERT_COLUMNS)
-
-
-class Changed(Exception):
-    """The item was not changed: it is gone, or someone changed it first."""
-
-    def __init__(self, current: dict[str, Any] | None):
-        self.current = current
 
 
 class ReviewStore:
@@ -131,23 +125,23 @@ class ReviewStore:
         self.store = store
 
     # -- writing ------------------------------------------------------------
-    async def insert(self, item: dict[str, Any], actor: str = "gateway") -> None:
+    async def insert(self, item: ReviewItem, actor: str = "gateway") -> None:
         """Store a held item and its first audit row in one durable commit."""
         await self.store.transaction(
             [
                 (INSERT_SQL, row_values(item)),
                 self._audit_sql(
-                    item["id"],
-                    item["created_at"],
+                    item.id,
+                    item.created_at,
                     actor,
                     "held",
                     None,
                     snapshot(item),
                     {
-                        "policy": item["policy"],
-                        "severity": item["severity"],
-                        "route": item["route"],
-                        "decision_id": item["decision_id"],
+                        "policy": item.policy,
+                        "severity": item.severity,
+                        "route": item.route,
+                        "decision_id": item.decision_id,
                     },
                 ),
             ]
@@ -176,7 +170,7 @@ class ReviewStore:
 
     async def change(
         self,
-        item: dict[str, Any],
+        item: ReviewItem,
         *,
         actor: str,
         action: str,
@@ -184,20 +178,20 @@ class ReviewStore:
         detail: Any = None,
         require_state: str | None = OPEN,
         callback: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Apply ``changes`` if ``item`` is still at the version read; raise ``Changed`` if not.
+    ) -> ReviewItem:
+        """Apply ``changes`` if ``item`` is still at the version read; raise ``ItemChanged`` if not.
 
         ``changes`` values may be ``("+", n)`` to add ``n`` to an integer column.
         """
         now = time.time()
         token = new_id()
         sets, params = [], []
-        after = dict(item)
+        after: dict[str, Any] = {}
         for name, value in changes.items():
             if isinstance(value, tuple) and value and value[0] == "+":
                 sets.append(f"{name} = {name} + ?")
                 params.append(value[1])
-                after[name] = (item.get(name) or 0) + value[1]
+                after[name] = (getattr(item, name) or 0) + value[1]
                 continue
             sets.append(f"{name} = ?")
             if name in JSON_COLUMNS:
@@ -210,20 +204,20 @@ class ReviewStore:
         sets += ["version = version + 1", "updated_at = ?", "op_token = ?"]
         params += [now, token]
         where = "id = ? AND version = ?"
-        params += [item["id"], item["version"]]
+        params += [item.id, item.version]
         if require_state is not None:
             where += " AND state = ?"
             params.append(require_state)
-        after["version"] = item["version"] + 1
+        changed = item.replace(**after, version=item.version + 1, updated_at=now)
         statements: list[Statement] = [
             (f"UPDATE review_items SET {', '.join(sets)} WHERE {where}", tuple(params)),
             self._audit_sql(
-                item["id"],
+                item.id,
                 now,
                 actor,
                 action,
                 snapshot(item),
-                snapshot(after),
+                snapshot(changed),
                 detail,
                 guard_token=token,
             ),
@@ -237,8 +231,8 @@ class ReviewStore:
                     "WHERE EXISTS (SELECT 1 FROM review_items WHERE id = ? AND op_token = ?)",
                     (
                         new_id(),
-                        item["id"],
-                        item["route"],
+                        item.id,
+                        item.route,
                         callback["url"],
                         _dump(callback["payload"]),
                         "due",
@@ -246,16 +240,15 @@ class ReviewStore:
                         now,
                         None,
                         now,
-                        item["id"],
+                        item.id,
                         token,
                     ),
                 )
             )
         counts = await self.store.transaction(statements)
         if counts[0] != 1:
-            raise Changed(await self.get(item["id"]))
-        after["updated_at"] = now
-        return after
+            raise ItemChanged(await self.get(item.id))
+        return changed
 
     async def comment(self, item_id: str, author: str, body: str) -> dict[str, Any]:
         now = time.time()
@@ -286,12 +279,12 @@ class ReviewStore:
         )
 
     # -- reading --------------------------------------------------------------
-    async def get(self, item_id: str) -> dict[str, Any] | None:
+    async def get(self, item_id: str) -> ReviewItem | None:
         row = await self.store.fetchone("SELECT * FROM review_items WHERE id = ?", item_id)
         if row is None:
             return None
         row.pop("op_token", None)
-        return _decode(row)
+        return _item(row)
 
     def _filters(self, f: dict[str, Any], now: float) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -327,7 +320,7 @@ class ReviewStore:
 
     async def list_items(
         self, filters: dict[str, Any], *, limit: int = 100, offset: int = 0, sort: str = "sla"
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[ReviewSummary], int]:
         now = time.time()
         where, params = self._filters(filters, now)
         order = {
@@ -345,7 +338,7 @@ class ReviewStore:
         total = await self.store.fetchone(
             f"SELECT COUNT(*) AS n FROM review_items {where}", *params
         )
-        return [_decode(r) for r in rows], int(total["n"]) if total else 0
+        return [_summary(r) for r in rows], int(total["n"]) if total else 0
 
     async def counts(self) -> dict[str, Any]:
         now = time.time()
@@ -400,16 +393,17 @@ class ReviewStore:
         )
 
     # -- background work --------------------------------------------------------
-    async def newly_overdue(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
+    async def newly_overdue(self, now: float, limit: int = 500) -> list[str]:
+        """Ids of open items past their SLA not yet marked overdue."""
         rows = await self.store.fetchall(
-            f"SELECT {SUMMARY_COLUMNS} FROM review_items WHERE state = 'pending' AND overdue = 0 "
+            "SELECT id FROM review_items WHERE state = 'pending' AND overdue = 0 "
             "AND sla_deadline < ? ORDER BY sla_deadline LIMIT ?",
             now,
             limit,
         )
-        return [_decode(r) for r in rows]
+        return [r["id"] for r in rows]
 
-    async def newly_expired(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
+    async def newly_expired(self, now: float, limit: int = 500) -> list[ReviewItem]:
         rows = await self.store.fetchall(
             "SELECT id FROM review_items WHERE state = 'pending' AND expires_at < ? "
             "ORDER BY expires_at LIMIT ?",

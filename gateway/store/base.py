@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from gateway.records.decision import DecisionRecord
+
 Row = dict[str, Any]
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -45,16 +47,16 @@ class Store(ABC):
         """Run statements atomically; return each one's changed-row count."""
 
     # -- decision records ---------------------------------------------------
-    async def insert_decisions(self, records: list[dict[str, Any]]) -> None:
+    async def insert_decisions(self, records: list[DecisionRecord]) -> None:
         rows = [
             (
-                r["decision_id"],
-                r["ts"],
-                r.get("route") or "",
-                r.get("model"),
-                r.get("action") or "",
-                r.get("revision"),
-                orjson.dumps(r, default=str).decode(),
+                r.decision_id,
+                r.ts,
+                r.route,
+                r.model,
+                r.action,
+                r.revision,
+                orjson.dumps(r.to_json(), default=str).decode(),
             )
             for r in records
         ]

@@ -19,20 +19,42 @@ from gateway.proxy.adapters.base import (
     RequestInfo,
     StreamTranslator,
     Text,
-    anthropic_error,
     dumps,
     gateway_id,
+    key_order,
     last_user_text,
     loads_event,
 )
 from gateway.proxy.sse import SSEEvent, encode_event
+from gateway.records.review import Ticket
 
 STOP_REASON = "refusal"
 
 
+# Anthropic's error ``type`` for each HTTP status we answer with
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error(err: GatewayError) -> dict[str, Any]:
+    kind = _ERROR_TYPES.get(err.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": err.message, "code": err.code}}
+
+
 class AnthropicAdapter(Adapter):
     protocol = "anthropic-messages"
-    error_style = "anthropic"
+    credential_header = "x-api-key"
+
+    def error_body(self, err: GatewayError) -> dict[str, Any]:
+        return anthropic_error(err)
 
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         return RequestInfo(
@@ -74,6 +96,38 @@ class AnthropicAdapter(Adapter):
 
     def translator(self, info: RequestInfo) -> StreamTranslator:
         return AnthropicStream(info)
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(body, stop_reason="end_turn")
+
+    def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
+        body = self.blocked(info, None, "")
+        body["content"] = [{"type": "text", "text": texts[k]} for k in sorted(texts, key=key_order)]
+        return self.complete(body)
+
+    def stream_answer(self, info: RequestInfo, message: str, decision_id: str) -> bytes:
+        whole = self.blocked(info, None, message)
+        events = [
+            {"type": "message_start", "message": dict(whole, content=[], stop_reason=None)},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": message},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": 0},
+            },
+            {"type": "message_stop"},
+        ]
+        return b"".join(encode_event(dumps(e), e["type"]) for e in events)
 
 
 class AnthropicStream(StreamTranslator):
@@ -134,7 +188,9 @@ class AnthropicStream(StreamTranslator):
         }
         return encode_event(dumps(payload), "content_block_delta")
 
-    def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
+    def cut(
+        self, open_keys: list[str], reason: str, decision_id: str, ticket: Ticket | None = None
+    ) -> bytes:
         out = [
             encode_event(
                 dumps({"type": "content_block_stop", "index": int(k)}), "content_block_stop"
@@ -156,6 +212,10 @@ class AnthropicStream(StreamTranslator):
         )
         out.append(encode_event(dumps({"type": "message_stop"}), "message_stop"))
         return b"".join(out)
+
+    def review_marker(self, ticket: Ticket) -> bytes:
+        # clients skip ping events; the field rides along for those that look
+        return encode_event(dumps({"type": "ping", "x_governance": ticket.marker()}), "ping")
 
     def error(self, err: GatewayError) -> bytes:
         return encode_event(dumps(anthropic_error(err)), "error")

@@ -2,25 +2,30 @@
 
 An adapter turns one wire format into the internal shape (segments of text,
 RAG sources, the user's query) and back: a rebuilt body with changed text, a
-blocked answer with a ``content_filter`` finish, an error in the client's
-error format. For streams it hands out a ``StreamTranslator`` that turns SSE
-events into ``Text``/``Raw``/``End``/``Done`` items and renders them again.
+blocked or held answer, an approved answer rebuilt from reviewed text, an
+error in the client's error format. For streams it hands out a
+``StreamTranslator`` that turns SSE events into ``Text``/``Raw``/``End``/``Done``
+items and renders them again, with the protocol's own ending after a breach.
+
+Everything the gateway knows about a wire format lives in this package:
+nothing outside it compares protocol names.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.contract.sources import Sources
 from gateway.errors import GatewayError, UpstreamMalformed
 from gateway.proxy.sse import SSEEvent, encode_event
+from gateway.records.review import Ticket
 
 SOURCE_FIELDS = ("sources", "citations", "context")
-ID_FIELDS = ("id", "doc_id", "document_id", "source_id", "url")
 
 
 def dumps(obj: Any) -> str:
@@ -82,53 +87,6 @@ class Done:
     event: str | None = None
 
 
-@dataclass
-class Sources:
-    items: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def extend(self, raw: Any, where: str) -> None:
-        items, errors = normalize_sources(raw, where)
-        self.items.extend(items)
-        self.errors.extend(errors)
-
-
-def normalize_sources(raw: Any, where: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each source as a dict with an ``id``; problems are reported, never dropped silently."""
-    if raw is None:
-        return [], []
-    if isinstance(raw, dict):
-        # Azure-style ``context: {citations: [...]}`` or a single source object
-        for name in ("citations", "sources", "documents"):
-            if isinstance(raw.get(name), list):
-                return normalize_sources(raw[name], f"{where}.{name}")
-        raw = [raw]
-    if not isinstance(raw, list):
-        return [], [f"{where}: expected a list of sources, got {type(raw).__name__}"]
-    items: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for i, item in enumerate(raw):
-        if isinstance(item, str):
-            items.append(
-                {"id": item, "url": item} if "://" in item else {"id": str(i), "text": item}
-            )
-        elif isinstance(item, dict):
-            source = dict(item)
-            if "id" not in source or source["id"] in (None, ""):
-                found = next(
-                    (source[k] for k in ID_FIELDS if source.get(k) not in (None, "")), None
-                )
-                source["id"] = str(found) if found is not None else str(i)
-            else:
-                source["id"] = str(source["id"])
-            items.append(source)
-        else:
-            errors.append(
-                f"{where}[{i}]: expected an object or a string, got {type(item).__name__}"
-            )
-    return items, errors
-
-
 def text_of_content(content: Any) -> str:
     """Plain text of a message content: a string, or the text parts of a list."""
     if isinstance(content, str):
@@ -161,26 +119,14 @@ def now() -> int:
     return int(time.time())
 
 
+def key_order(key: str) -> tuple[int | str, ...]:
+    """Sort key for segment keys such as ``"2"`` or ``"0.1"``."""
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
 # -- error bodies -------------------------------------------------------------
 def openai_error(err: GatewayError) -> dict[str, Any]:
     return {"error": {"message": err.message, "type": err.type, "param": None, "code": err.code}}
-
-
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "invalid_request_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-}
-
-
-def anthropic_error(err: GatewayError) -> dict[str, Any]:
-    kind = _ANTHROPIC_TYPES.get(err.status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": err.message, "code": err.code}}
 
 
 class StreamTranslator:
@@ -204,9 +150,19 @@ class StreamTranslator:
             return encode_event(item.payload, item.event)
         return encode_event(dumps(item.payload), item.event)
 
-    def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
-        """Events that end the stream after a breach, terminator included."""
+    def cut(
+        self, open_keys: list[str], reason: str, decision_id: str, ticket: Ticket | None = None
+    ) -> bytes:
+        """Events that end the stream after a breach, terminator included.
+
+        With a ``ticket`` the answer is held for review; where the protocol's
+        final event has room for it, it names the review id.
+        """
         raise NotImplementedError
+
+    def review_marker(self, ticket: Ticket) -> bytes:
+        """An event naming a held answer's review id that the protocol's clients skip."""
+        return b""
 
     def error(self, err: GatewayError) -> bytes:
         """An in-stream error event for a failure after the first byte."""
@@ -217,7 +173,8 @@ class Adapter:
     """Base class; one instance per protocol (and per rag-json route)."""
 
     protocol = "base"
-    error_style = "openai"
+    # where an injected upstream key goes when the route does not say
+    credential_header = "authorization"
 
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         raise NotImplementedError
@@ -244,4 +201,34 @@ class Adapter:
         raise NotImplementedError
 
     def error_body(self, err: GatewayError) -> dict[str, Any]:
-        return anthropic_error(err) if self.error_style == "anthropic" else openai_error(err)
+        return openai_error(err)
+
+    # -- answers a person reviewed ----------------------------------------------
+    def held(
+        self, info: RequestInfo, upstream: dict[str, Any] | None, message: str, ticket: Ticket
+    ) -> dict[str, Any]:
+        """The placeholder answer for a held response, naming the review."""
+        body = self.blocked(info, upstream, message)
+        body["x_governance"] = ticket.marker()
+        return body
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` marked as a normal, finished answer."""
+        return body
+
+    def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
+        """A whole answer carrying ``texts`` by segment, for a stream that was held."""
+        return self.complete(self.rebuild(self.blocked(info, None, ""), texts, None))
+
+    def with_texts(
+        self, info: RequestInfo, body: dict[str, Any] | None, texts: dict[str, str]
+    ) -> dict[str, Any]:
+        """The approved answer: ``body`` with reviewed segments replaced, or built anew."""
+        if body is None:
+            return self.synthesize(info, texts)
+        return self.rebuild(body, texts, None)
+
+    def stream_answer(self, info: RequestInfo, message: str, decision_id: str) -> bytes | None:
+        """A complete stream that says ``message`` and ends as filtered, or None if the
+        protocol has no such stream (the caller answers with an error instead)."""
+        return None

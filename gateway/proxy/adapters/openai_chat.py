@@ -28,6 +28,7 @@ from gateway.proxy.adapters.base import (
     text_of_content,
 )
 from gateway.proxy.sse import SSEEvent, encode_event
+from gateway.records.review import Ticket
 
 _TEMPLATE_KEYS = ("id", "object", "created", "model", "system_fingerprint", "service_tier")
 
@@ -112,6 +113,23 @@ class ChatAdapter(Adapter):
     def translator(self, info: RequestInfo) -> StreamTranslator:
         return ChatStream(info)
 
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            body, choices=[dict(c, finish_reason="stop") for c in body.get("choices") or []]
+        )
+
+    def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
+        # as many choices as the client asked for, or as the held stream had
+        n = max([info.n, *[int(k) + 1 for k in texts if k.isdigit()]])
+        wide = RequestInfo(info.body, model=info.model, query=info.query, n=n)
+        return super().synthesize(wide, texts)
+
+    def stream_answer(self, info: RequestInfo, message: str, decision_id: str) -> bytes:
+        translator = self.translator(info)
+        return translator.render_text("0", message) + translator.cut(
+            ["0"], "content_filter", decision_id
+        )
+
 
 class ChatStream(StreamTranslator):
     object_name = "chat.completion.chunk"
@@ -183,7 +201,9 @@ class ChatStream(StreamTranslator):
         }
         return encode_event(dumps(self._template_chunk([choice])))
 
-    def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
+    def cut(
+        self, open_keys: list[str], reason: str, decision_id: str, ticket: Ticket | None = None
+    ) -> bytes:
         keys = open_keys or self.seen or ["0"]
         out = []
         for key in keys:
@@ -191,6 +211,11 @@ class ChatStream(StreamTranslator):
             out.append(encode_event(dumps(self._template_chunk([choice]))))
         out.append(b"data: [DONE]\n\n")
         return b"".join(out)
+
+    def review_marker(self, ticket: Ticket) -> bytes:
+        # an empty ``choices`` chunk, as the usage chunk is: SDKs pass it through
+        chunk = {"object": self.object_name, "choices": [], "x_governance": ticket.marker()}
+        return encode_event(dumps(chunk))
 
 
 class CompletionsAdapter(ChatAdapter):
@@ -258,7 +283,9 @@ class CompletionsStream(ChatStream):
         choice = {"index": int(key), "text": text, "finish_reason": None, "logprobs": None}
         return encode_event(dumps(self._template_chunk([choice])))
 
-    def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
+    def cut(
+        self, open_keys: list[str], reason: str, decision_id: str, ticket: Ticket | None = None
+    ) -> bytes:
         keys = open_keys or self.seen or ["0"]
         out = [
             encode_event(

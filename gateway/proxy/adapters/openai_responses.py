@@ -24,11 +24,13 @@ from gateway.proxy.adapters.base import (
     Text,
     dumps,
     gateway_id,
+    key_order,
     loads_event,
     now,
     text_of_content,
 )
 from gateway.proxy.sse import SSEEvent, encode_event
+from gateway.records.review import Ticket
 
 FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 LEAD_EVENTS = (
@@ -114,6 +116,36 @@ class ResponsesAdapter(Adapter):
     def translator(self, info: RequestInfo) -> StreamTranslator:
         return ResponsesStream(info, self)
 
+    def held(
+        self, info: RequestInfo, upstream: dict[str, Any] | None, message: str, ticket: Ticket
+    ) -> dict[str, Any]:
+        body = super().held(info, upstream, message, ticket)
+        # a response object's ``metadata`` is a map of strings the SDKs keep
+        body["metadata"] = dict(body.get("metadata") or {}, governance_review_id=ticket.review_id)
+        return body
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = dict(body, status="completed", incomplete_details=None)
+        out["output"] = [dict(o, status="completed") for o in body.get("output") or []]
+        return out
+
+    def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
+        body = self.blocked(info, None, "")
+        if texts:
+            # the placeholder has one part; the answer may have had several
+            body["output"][0]["content"] = [
+                {"type": "output_text", "text": texts[k], "annotations": []}
+                for k in sorted(texts, key=key_order)
+            ]
+        return self.complete(body)
+
+    def with_texts(
+        self, info: RequestInfo, body: dict[str, Any] | None, texts: dict[str, str]
+    ) -> dict[str, Any]:
+        if body is None or not any(k in texts for k, _ in self.segments(body)):
+            return self.synthesize(RequestInfo({}, model=(body or {}).get("model")), texts)
+        return self.rebuild(body, texts, None)
+
 
 class ResponsesStream(StreamTranslator):
     def __init__(self, info: RequestInfo, adapter: ResponsesAdapter):
@@ -194,7 +226,9 @@ class ResponsesStream(StreamTranslator):
             payload = dict(payload, response=_with_texts(payload["response"], released))
         return self._emit(payload, item.event)
 
-    def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
+    def cut(
+        self, open_keys: list[str], reason: str, decision_id: str, ticket: Ticket | None = None
+    ) -> bytes:
         response = dict(
             self.response
             or {
@@ -206,5 +240,11 @@ class ResponsesStream(StreamTranslator):
         )
         response["status"] = "incomplete"
         response["incomplete_details"] = {"reason": reason}
+        if ticket is not None:
+            # the Responses API has no event a client skips: the review id rides
+            # in the final response object's metadata instead of a marker
+            response["metadata"] = dict(
+                response.get("metadata") or {}, governance_review_id=ticket.review_id
+            )
         payload = {"type": "response.incomplete", "response": response, "sequence_number": 0}
         return self._emit(payload, "response.incomplete")

@@ -25,6 +25,7 @@ from gateway.proxy.adapters.base import (
     loads_event,
 )
 from gateway.proxy.sse import SSEEvent, encode_event
+from gateway.records.review import Ticket
 
 _MISSING = object()
 
@@ -118,6 +119,11 @@ class RagJsonAdapter(Adapter):
     def translator(self, info: RequestInfo) -> StreamTranslator:
         return RagJsonStream(info, self)
 
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = dict(body)
+        out.pop("finish_reason", None)
+        return out
+
 
 class RagJsonStream(StreamTranslator):
     def __init__(self, info: RequestInfo, adapter: RagJsonAdapter):
@@ -147,8 +153,13 @@ class RagJsonStream(StreamTranslator):
         set_path(out, self.adapter.stream_text_path, text)
         return encode_event(dumps(out))
 
-    def cut(self, open_keys: list[str], reason: str, decision_id: str) -> bytes:
+    def cut(
+        self, open_keys: list[str], reason: str, decision_id: str, ticket: Ticket | None = None
+    ) -> bytes:
         return encode_event(dumps({"finish_reason": reason})) + b"data: [DONE]\n\n"
+
+    def review_marker(self, ticket: Ticket) -> bytes:
+        return encode_event(dumps({"x_governance": ticket.marker()}))
 
 
 def _has_more_than(obj: Any, path: str) -> bool:

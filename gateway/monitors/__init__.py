@@ -1,0 +1,1 @@
+"""Windowed monitors for decision endpoints: rejection rate, disparate impact, score drift."""

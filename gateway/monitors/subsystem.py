@@ -1,0 +1,171 @@
+"""The windowed monitors, wired into the running gateway.
+
+Decision endpoints (credit scoring, recommendations) answer with a decision
+or a score per request. The proxy publishes each whole JSON answer as an
+``AnswerBody``; for a monitored route it is handed to the ``MonitorSet`` on
+the next loop turn, so the client never waits on it. Rule changes are
+published as ``MonitorEvent`` (the incidents subsystem subscribes), logged
+and counted. The windows are saved to the store every few seconds and at
+shutdown, and loaded at start, so a restart keeps them; a policy reload
+keeps the windows of monitors whose id stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge
+
+from gateway.monitors.windows import MonitorSet, parse_monitors
+from gateway.policy.reload import PolicySwap
+from gateway.proxy.hookspecs import SectionParser, Subsystem
+from gateway.proxy.ports import AnswerBody
+from gateway.records.monitor import MonitorEvent
+from gateway.store.base import Store
+from gateway.web.api import json_response
+
+log = logging.getLogger(__name__)
+
+SAVE_INTERVAL = 5.0
+
+
+class StoreState:
+    """``save_state``/``load_state`` on the gateway's store (the ``kv_state`` table)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def save_state(self, key: str, state: dict[str, Any]) -> None:
+        await self.store.execute(
+            "INSERT INTO kv_state (key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+            "updated_at = excluded.updated_at",
+            key,
+            json.dumps(state),
+            time.time(),
+        )
+
+    async def load_state(self, key: str) -> dict[str, Any] | None:
+        row = await self.store.fetchone("SELECT value FROM kv_state WHERE key = ?", key)
+        return json.loads(row["value"]) if row else None
+
+
+class Monitors(Subsystem):
+    name = "monitors"
+
+    @classmethod
+    def policy_sections(cls) -> Mapping[str, SectionParser]:
+        return {"monitors": parse_monitors}
+
+    def install(self) -> None:
+        self.set = MonitorSet([])
+        self.routes: frozenset[str] = frozenset()
+        self.all_routes = False
+        self.state = StoreState(self.gw.store)
+        self._task: asyncio.Task[None] | None = None
+        registry = self.gw.metrics.registry
+        self.events = Counter(
+            "gateway_monitor_events_total",
+            "Monitor rule changes",
+            ["monitor", "rule", "state"],
+            registry=registry,
+        )
+        self.values = Gauge(
+            "gateway_monitor_value",
+            "Latest value of each monitor rule",
+            ["monitor", "rule"],
+            registry=registry,
+        )
+        self.gw.events.subscribe(PolicySwap, self.rebuild)
+        self.gw.events.subscribe(AnswerBody, self.observe)
+
+    def rebuild(self, swap: PolicySwap) -> None:
+        """A new policy revision: new monitors, with the windows of those that stay."""
+        configs = parse_monitors(swap.policy_set.sections.get("monitors", []))
+        fresh = MonitorSet(configs, on_event=self._emit)
+        fresh.restore(self.set.snapshot())
+        self.set = fresh
+        routes = {r for c in configs for r in c.routes}
+        self.all_routes = "*" in routes
+        self.routes = frozenset(routes)
+
+    def watches(self, route: str) -> bool:
+        return bool(self.set.monitors) and (self.all_routes or route in self.routes)
+
+    def observe(self, answer: AnswerBody) -> None:
+        """On the request path: take the observation on the next loop turn."""
+        if self.watches(answer.route):
+            asyncio.get_running_loop().call_soon(
+                self._observe, answer.route, answer.body, time.time()
+            )
+
+    def _observe(self, route: str, body: Any, now: float) -> None:
+        try:
+            self.set.observe(route, body, now)
+        except Exception:  # a monitor must never take requests down
+            log.exception("monitor observation failed")
+
+    def _emit(self, event: MonitorEvent) -> None:
+        self.events.labels(event.monitor, event.rule, event.state).inc()
+        self.values.labels(event.monitor, event.rule).set(event.value)
+        log.warning(
+            "monitor %s: %s %s",
+            event.monitor,
+            event.rule,
+            event.state,
+            extra={"fields": {"monitor_event": event.to_json()}},
+        )
+        self.gw.events.publish(event)
+
+    async def start(self) -> None:
+        await self.set.aload(self.state)
+        self._task = asyncio.create_task(self._save_loop(), name="monitor-state")
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            try:
+                await self.set.asave(self.state)
+                for (monitor, rule), value in self.set.gauges().items():
+                    self.values.labels(monitor, rule).set(value)
+            except Exception as exc:  # the store is down: keep the windows, try again
+                log.warning("saving monitor windows failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.set.asave(self.state)
+        except Exception as exc:
+            log.error("could not save monitor windows at shutdown: %s", exc)
+
+    def admin_routes(self, app: web.Application) -> None:
+        app[MONITORS] = self
+        app.router.add_get("/governance/v1/monitors", status)
+
+
+MONITORS = web.AppKey("monitors", Monitors)
+
+
+async def status(request: web.Request) -> web.Response:
+    monitors = request.app[MONITORS]
+    out = []
+    for mid, mon in monitors.set.monitors.items():
+        out.append(
+            {
+                "id": mid,
+                "routes": mon.config.routes,
+                "observations": mon.count,
+                "skipped": mon.skipped,
+                "firing": mon.firing,
+                "values": mon.last_values,
+            }
+        )
+    return json_response({"monitors": out})

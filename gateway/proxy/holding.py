@@ -1,0 +1,184 @@
+"""The proxy's side of a ``review`` action: hand the answer to the ``HoldPort``, tell the client.
+
+The answer is stored durably (by the port) before the client hears
+anything, so an acknowledged hold survives a crash. The client then gets,
+in its own protocol: a placeholder naming the review id (or, for a policy
+with ``error_response``, an error); or, when the policy waits and a person
+decides in time, the decision itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.contract.policy import Action, ReviewOptions
+from gateway.errors import HeldForReview, ReviewUnavailable
+from gateway.policy.engine import ResponseGuard
+from gateway.proxy.adapters import Adapter, RequestInfo
+from gateway.proxy.answers import client_message, error_response, json_response
+from gateway.proxy.credentials import api_key_id, safe_headers, tenant_of
+from gateway.proxy.ports import ClientChannel, HoldPort
+from gateway.proxy.stopwatch import Stopwatch
+from gateway.records.review import HeldAnswer, HeldDecision, HeldRequest, ReviewOutcome, Ticket
+
+
+@dataclass(slots=True)
+class HoldSite:
+    """What a hold needs of the exchange it happens in."""
+
+    port: HoldPort
+    channel: ClientChannel
+    adapter: Adapter
+    info: RequestInfo
+    request: web.Request
+    decision_id: str
+    revision: str | None
+    route: str
+    busy: Stopwatch
+
+
+def review_headers(ticket: Ticket, status: str = "pending") -> dict[str, str]:
+    return {
+        "x-governance-review-id": ticket.review_id,
+        "x-governance-review-status": status,
+        "x-governance-review-result": ticket.result_path,
+    }
+
+
+def held_answer(
+    site: HoldSite,
+    guard: ResponseGuard,
+    texts: dict[str, str],
+    response: dict | None,
+    complete: bool,
+) -> HeldAnswer:
+    holder = guard.holder()
+    config = holder.config if holder is not None else None
+    breached = tuple(guard.breached())
+    policies = breached or ((config.id,) if config else ("unknown",))
+    request = site.request
+    return HeldAnswer(
+        decision=HeldDecision(
+            decision_id=site.decision_id,
+            revision=site.revision,
+            route=site.route,
+            protocol=site.adapter.protocol,
+            path=request.path,
+            model=site.info.model,
+            stream=site.info.stream,
+            action=Action.REVIEW.value,
+            policies=guard.verdicts(),
+            breached=breached,
+            chars_released=guard.chars_released(),
+            segment_keys=tuple(sorted(texts)),
+            complete=complete,
+            n=site.info.n,
+        ),
+        policy=config.id if config else policies[0],
+        options=config.review if config else ReviewOptions(),
+        severity=guard.severity(),
+        policies=policies,
+        request=HeldRequest(
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            headers=safe_headers(request.headers),
+            body=site.info.body,
+        ),
+        key_id=api_key_id(request.headers),
+        tenant=tenant_of(request.headers),
+        texts=texts,
+        response=response,
+    )
+
+
+async def _wait(site: HoldSite, ticket: Ticket, options: ReviewOptions) -> ReviewOutcome | None:
+    if options.mode != "wait" or options.wait_seconds <= 0:
+        return None
+    site.busy.stop()
+    try:
+        return await site.port.wait(ticket.review_id, options.wait_seconds)
+    finally:
+        site.busy.start()
+
+
+async def hold_whole(
+    site: HoldSite, guard: ResponseGuard, upstream: dict
+) -> tuple[web.Response, Ticket | None]:
+    """Hold a non-streamed answer; the placeholder, an error or the decision waited for."""
+    texts = dict(site.adapter.segments(upstream))
+    answer = held_answer(site, guard, texts, upstream, complete=True)
+    try:
+        ticket = await site.port.hold(answer)
+    except ReviewUnavailable as err:
+        return error_response(err, site.adapter, site.decision_id), None
+    holder = guard.holder()
+    config = holder.config if holder is not None else None
+    message = client_message(config, Action.REVIEW)
+    decided = await _wait(site, ticket, answer.options)
+    if decided is not None:
+        headers = review_headers(ticket, decided.status)
+        if decided.response is not None:
+            return json_response(decided.response, headers=headers), ticket
+        body = site.adapter.blocked(site.info, upstream, decided.reason or message)
+        return json_response(body, headers=headers), ticket
+    if config is not None and config.error_response:
+        err = HeldForReview(message)
+        body = site.adapter.error_body(err)
+        return json_response(body, status=err.status, headers=review_headers(ticket)), ticket
+    body = site.adapter.held(site.info, upstream, message, ticket)
+    return json_response(body, headers=review_headers(ticket)), ticket
+
+
+async def hold_stream(
+    site: HoldSite,
+    guard: ResponseGuard,
+    texts: dict[str, str],
+    complete: bool,
+    open_keys: list[str],
+) -> tuple[web.Response | None, Ticket | None]:
+    """Hold a streamed answer read to its end.
+
+    Returns a response when nothing had been sent yet and the answer is an
+    error, else None: the stream was ended on the channel.
+    """
+    channel = site.channel
+    body = site.adapter.synthesize(site.info, texts)
+    answer = held_answer(site, guard, texts, body, complete)
+    holder = guard.holder()
+    config = holder.config if holder is not None else None
+    message = client_message(config, Action.REVIEW)
+    try:
+        ticket = await site.port.hold(answer)
+    except ReviewUnavailable as err:
+        if not channel.started:
+            return error_response(err, site.adapter, site.decision_id), None
+        await channel.send_error(err)
+        return None, None
+    first = open_keys[0] if open_keys else "0"
+    if not channel.started:
+        if config is not None and config.error_response:
+            err = HeldForReview(message)
+            response = json_response(
+                site.adapter.error_body(err), status=err.status, headers=review_headers(ticket)
+            )
+            return response, ticket
+        # nothing sent yet: the review id can still go in the response headers
+        channel.set_headers(review_headers(ticket))
+        decided = await _wait(site, ticket, answer.options)
+        if decided is not None:
+            channel.set_headers({"x-governance-review-status": decided.status})
+            if decided.approved and decided.texts:
+                for key in sorted(decided.texts):
+                    await channel.send_text(key, decided.texts[key])
+                await channel.end("stop", sorted(decided.texts))
+                return None, ticket
+            await channel.send_text(first, decided.reason or message)
+            await channel.end("content_filter", open_keys)
+            return None, ticket
+    if guard.chars_released() == 0:
+        await channel.send_text(first, message)
+    await channel.end("content_filter", open_keys, ticket)
+    return None, ticket
