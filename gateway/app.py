@@ -21,7 +21,7 @@ from gateway.proxy.hookspecs import Subsystem
 from gateway.proxy.listener import handle
 from gateway.proxy.state import GATEWAY, Gateway
 from gateway.records.decision import DecisionRecord
-from gateway.store.base import open_store
+from gateway.store import open_store
 
 log = logging.getLogger(__name__)
 

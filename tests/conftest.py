@@ -154,7 +154,7 @@ async def store_url(request, tmp_path):
 
 @pytest.fixture
 async def store(store_url):
-    from gateway.store.base import open_store
+    from gateway.store import open_store
 
     s = open_store(store_url)
     await s.open()

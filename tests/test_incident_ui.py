@@ -12,7 +12,6 @@ from tests.conftest import (
     ADMIN_TOKEN,
     REVIEWER_TOKEN,
     leak_policy_with_rule,
-    review_of,
     write_policies,
 )
 

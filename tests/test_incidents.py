@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import json
 import re
 import time
+from dataclasses import replace
 
 import pytest
 

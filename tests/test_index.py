@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from gateway.index_service.cli import register
 
 from gateway.contract.detector import ScanContext
 from gateway.detectors.copyright import CopyrightDetector, CopyrightPolicy
@@ -27,6 +26,7 @@ from gateway.index import (
 )
 from gateway.index import build as build_mod
 from gateway.index.corpus import CorpusReport, read_corpus
+from gateway.index_service.cli import register
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "indexes" / "sample" / "corpus.jsonl"

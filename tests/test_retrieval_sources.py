@@ -7,11 +7,11 @@ import datetime as dt
 
 import pytest
 
+from gateway.config import Route
 from gateway.contract.detector import ScanContext
 from gateway.contract.kind import BuildContext, Resources
 from gateway.detectors.stale_retrieval import StaleRetrievalPolicy
 from gateway.detectors.stale_retrieval import build as build_stale
-from gateway.config import Route
 from gateway.proxy.adapters import Adapters, parse_answer
 
 # a rag-json route with the default paths: answer text at ``answer``, sources at ``sources``

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from gateway.config import Route
-from gateway.errors import UpstreamMalformed
-from gateway.config import Route
 from gateway.contract.sources import normalize_sources
+from gateway.errors import UpstreamMalformed
 from gateway.proxy.adapters import Adapters
 from gateway.proxy.sse import SSEParser
 

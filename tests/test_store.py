@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 
 from gateway.records.decision import DecisionRecord
-from gateway.store.base import open_store
+from gateway.store import open_store
 
 
 def record(i: int, route: str = "default", action: str = "allow") -> DecisionRecord:

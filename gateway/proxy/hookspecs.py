@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from gateway.proxy.state import Gateway
+from gateway.proxy.state import Gateway
 
 # parses one policy-file section: (file, raw value) pairs in file order;
 # raises ConfigError with every ``file:line:col`` problem

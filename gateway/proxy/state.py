@@ -12,7 +12,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -24,13 +24,27 @@ from gateway.observability.decisions import DecisionLog
 from gateway.observability.metrics import Metrics
 from gateway.policy.reload import PolicyHolder, PolicySwap
 from gateway.proxy.adapters import Adapters
-from gateway.proxy.hookspecs import Subsystem
 from gateway.proxy.ports import ContainmentPort, HoldPort
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S", bound=Subsystem)
+
+class Installed(Protocol):
+    """What the gateway calls on an installed subsystem (the hooks of ``hookspecs.Subsystem``)."""
+
+    name: str
+
+    def proxy_routes(self, app: web.Application) -> None: ...
+
+    def admin_routes(self, app: web.Application) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Installed)
 
 
 @dataclass(eq=False)
@@ -43,7 +57,7 @@ class Gateway:
     events: EventBus
     adapters: Adapters
     resources: Resources
-    subsystems: list[Subsystem] = field(default_factory=list)
+    subsystems: list[Installed] = field(default_factory=list)
     # ports plugged in by subsystems; None: a review action blocks, nothing is contained
     hold: HoldPort | None = None
     containment: ContainmentPort | None = None

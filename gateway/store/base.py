@@ -85,16 +85,3 @@ class Store(ABC):
             f"SELECT record FROM decisions {where} ORDER BY ts DESC LIMIT ?", *params, limit
         )
         return [json.loads(r["record"]) for r in rows]
-
-
-def open_store(url: str) -> Store:
-    """A store for ``url`` (not yet opened)."""
-    if url.startswith("sqlite://"):
-        from gateway.store.sqlite import SQLiteStore
-
-        return SQLiteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from gateway.store.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise ValueError(f"unsupported store URL {url!r}")
