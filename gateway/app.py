@@ -11,10 +11,12 @@ from aiohttp import web
 from gateway.admin import create_admin_app
 from gateway.config import Settings
 from gateway.contract.kind import Resources
+from gateway.errors import ConfigError
 from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
 from gateway.observability.metrics import Metrics
 from gateway.plugins import SUBSYSTEMS, load_group
+from gateway.policy.loader import sections_of
 from gateway.policy.reload import PolicyHolder, PolicyReloadFailed, PolicySwap
 from gateway.proxy.adapters import Adapters
 from gateway.proxy.hookspecs import Subsystem
@@ -24,6 +26,9 @@ from gateway.records.decision import DecisionRecord
 from gateway.store import open_store
 
 log = logging.getLogger(__name__)
+
+
+PORTS = ("hold", "containment")
 
 
 def installed_subsystems() -> list[type[Subsystem]]:
@@ -40,9 +45,13 @@ def build_gateway(
     resources = Resources()
     store = open_store(settings.store_url())
     decisions = DecisionLog(store, metrics)
+    classes = installed_subsystems() if subsystems is None else list(subsystems)
+    holder = PolicyHolder(
+        settings.policies, events=events, resources=resources, sections=sections_of(classes)
+    )
     gw = Gateway(
         settings=settings,
-        policies=PolicyHolder(settings.policies, events=events, resources=resources),
+        policies=holder,
         metrics=metrics,
         store=store,
         decisions=decisions,
@@ -59,9 +68,15 @@ def build_gateway(
 
     events.subscribe(PolicySwap, swapped)
     events.subscribe(PolicyReloadFailed, lambda _: metrics.reloads.labels("failed").inc())
-    for cls in installed_subsystems() if subsystems is None else subsystems:
+    for cls in classes:
         sub = cls(gw)
+        ports = (gw.hold, gw.containment)
         sub.install()
+        for before, after, port in zip(ports, (gw.hold, gw.containment), PORTS, strict=True):
+            if before is not None and after is not before:
+                raise ConfigError(
+                    f"subsystem {cls.name} plugs the {port} port another already holds"
+                )
         gw.subsystems.append(sub)
     gw.policies.load_now()
     # what we just built lives for the process: keep it out of every collection

@@ -97,7 +97,9 @@ class Embedder:
                     from gateway.onnx_encoder import OnnxEncoder, exportable
 
                     if exportable(model):
-                        self._onnx = OnnxEncoder(model, model.max_seq_length, self._threads)
+                        # no declared limit: BERT-style encoders stop at 512 positions
+                        limit = int(model.max_seq_length or 512)
+                        self._onnx = OnnxEncoder(model, limit, self._threads)
                 self._model = model
         return self._model
 

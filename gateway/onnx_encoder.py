@@ -48,7 +48,7 @@ class OnnxEncoder:
             torch.onnx.export(
                 _pooled(model[0].auto_model, self.inputs),
                 tuple(sample[n] for n in self.inputs),
-                graph,
+                graph,  # type: ignore[arg-type]  # a file object works; the stub says path
                 input_names=self.inputs,
                 output_names=["vector"],
                 dynamic_axes={n: {0: "batch", 1: "tokens"} for n in self.inputs},

@@ -178,9 +178,9 @@ async def _tour(base: str, admin_port: int) -> int:
     answer = await client.chat.completions.create(
         model="demo-model", messages=[{"role": "user", "content": "Quote a historic address"}]
     )
-    choice = answer.choices[0]
-    _say(f"   answer: {choice.message.content}")
-    check(choice.finish_reason == "content_filter", f"finish_reason {choice.finish_reason}")
+    quoted = answer.choices[0]
+    _say(f"   answer: {quoted.message.content}")
+    check(quoted.finish_reason == "content_filter", f"finish_reason {quoted.finish_reason}")
     _say()
 
     token_path = Path(".gateway/admin-token")

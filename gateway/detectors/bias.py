@@ -512,7 +512,7 @@ class BiasDetector:
         # before it even when that names no group term ("The chess player
         # was new. He was shy.")
         refers_back = previous is not None and (previous.groups or cfg.classify == "all")
-        if not groups and refers_back and _REFERS_BACK.match(folded):
+        if previous is not None and not groups and refers_back and _REFERS_BACK.match(folded):
             groups = list(previous.groups)
             text = f"{previous.text} {sent.text}"
             signals["context"] = "previous sentence"

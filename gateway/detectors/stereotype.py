@@ -88,14 +88,14 @@ class StereotypeClassifier:
                 self.coef = data["coef"].astype(np.float32)
                 self.intercept = float(data["intercept"][0])
                 self._scale = float(data["scale"][0])
-                self._adapters = {
-                    key[len("adapter/") : -2]: None for key in data.files if key.endswith("/a")
-                }
-                for name in self._adapters:
-                    self._adapters[name] = (
+                names = [key[len("adapter/") : -2] for key in data.files if key.endswith("/a")]
+                self._adapters: dict[str, tuple[np.ndarray, np.ndarray]] = {
+                    name: (
                         data[f"adapter/{name}/a"].astype(np.float32),
                         data[f"adapter/{name}/b"].astype(np.float32),
                     )
+                    for name in names
+                }
         except (
             OSError,
             KeyError,

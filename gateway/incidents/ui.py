@@ -13,7 +13,7 @@ from gateway.incidents.api import INCIDENTS, LEAD_ACTIONS, apply_action, markdow
 from gateway.incidents.model import BUCKET_SECONDS, STATES
 from gateway.records.containment import MODES
 from gateway.severity import SEVERITIES
-from gateway.web.pages import PAGES, FormRefused, field, need_viewer, posted_form, redirect
+from gateway.web.pages import PAGES, field, need_viewer, posted_form, redirect
 
 UI = "/incidents"
 
@@ -104,17 +104,12 @@ async def incident_page(request: web.Request) -> web.Response:
 
 
 async def incident_action(request: web.Request) -> web.StreamResponse:
-    viewer = need_viewer(request)
-    pages = request.app[PAGES]
-    try:
-        form = await posted_form(request, viewer)
-    except FormRefused as refused:
-        return pages.error(request, viewer, 403, "Forbidden", str(refused))
+    viewer, form = await posted_form(request)
     service = request.app[INCIDENTS]
     incident_id = request.match_info["id"]
     action = field(form, "action")
     if action in LEAD_ACTIONS and not viewer.principal.has("lead"):
-        return pages.error(request, viewer, 403, "Forbidden", f"{action} needs the lead role.")
+        raise request.app[PAGES].refuse(request, viewer, f"{action} needs the lead role.")
     await service.settle()
     message = "done"
     try:
@@ -131,14 +126,7 @@ async def incident_action(request: web.Request) -> web.StreamResponse:
 
 
 async def containment_action(request: web.Request) -> web.StreamResponse:
-    viewer = need_viewer(request)
-    pages = request.app[PAGES]
-    try:
-        form = await posted_form(request, viewer)
-    except FormRefused as refused:
-        return pages.error(request, viewer, 403, "Forbidden", str(refused))
-    if not viewer.principal.has("lead"):
-        return pages.error(request, viewer, 403, "Forbidden", "Containment needs the lead role.")
+    viewer, form = await posted_form(request, "lead")
     service = request.app[INCIDENTS]
     route, mode, reason = field(form, "route"), field(form, "mode"), field(form, "reason")
     try:
@@ -147,7 +135,7 @@ async def containment_action(request: web.Request) -> web.StreamResponse:
         else:
             await service.contain_route(route, mode, viewer.principal.name, reason=reason)
     except GatewayError as err:
-        return pages.error(request, viewer, err.status, "Not applied", err.message)
+        return request.app[PAGES].error(request, viewer, err.status, "Not applied", err.message)
     raise redirect(f"{UI}/")
 
 

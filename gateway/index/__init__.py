@@ -1,4 +1,4 @@
-"""Copyright indexes: build, load, update and hot-swap, plus the ``index`` CLI.
+"""Copyright indexes: build, load, update and hot-swap.
 
 See ``docs/copyright.md``. The app owns an ``IndexManager``; detectors look
 indexes up through it when a response segment starts.

@@ -28,7 +28,7 @@ import math
 import re
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -519,7 +519,7 @@ class MonitorSet:
         with self._lock:
             return {self.key(mid): mon.snapshot() for mid, mon in self.monitors.items()}
 
-    def restore(self, states: dict[str, dict[str, Any] | None]) -> None:
+    def restore(self, states: Mapping[str, dict[str, Any] | None]) -> None:
         with self._lock:
             for mid, mon in self.monitors.items():
                 state = states.get(self.key(mid))

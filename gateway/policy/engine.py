@@ -72,9 +72,10 @@ class PolicyResult:
             status=self.status.value,
             action=cfg.action.value,
             severity=cfg.severity.value,
-            elapsed_ms=self.elapsed_ms,
+            # rounded here as in the JSON form, so a record equals its own round trip
+            elapsed_ms=round(self.elapsed_ms, 3),
             findings=tuple(
-                FindingRecord(seg, f.start, f.end, f.score, f.message, f.evidence)
+                FindingRecord(seg, f.start, f.end, round(float(f.score), 4), f.message, f.evidence)
                 for seg, f in self.findings
             ),
             finding_count=self.finding_count,

@@ -30,16 +30,23 @@ TEST_SUFFIX = "_test"
 SectionParser = Callable[[list[tuple[str, Any]]], Any]
 
 
-@cache
-def default_sections() -> Mapping[str, SectionParser]:
-    """Sections besides ``policies`` that installed subsystems parse (monitors…)."""
+def sections_of(subsystems: Iterable[Any]) -> dict[str, SectionParser]:
+    """The sections besides ``policies`` that ``subsystems`` (classes) parse."""
     out: dict[str, SectionParser] = {}
-    for name, subsystem in load_group(SUBSYSTEMS):
+    for subsystem in subsystems:
         for section, parser in subsystem.policy_sections().items():
             if section == "policies" or section in out:
-                raise ConfigError(f"subsystem {name} claims policy section {section!r} again")
+                raise ConfigError(
+                    f"subsystem {subsystem.name} claims policy section {section!r} again"
+                )
             out[section] = parser
     return out
+
+
+@cache
+def default_sections() -> Mapping[str, SectionParser]:
+    """Sections that the installed subsystems (the ``gateway.subsystems`` group) parse."""
+    return sections_of(cls for _, cls in load_group(SUBSYSTEMS))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from gateway.contract.kind import Resources
 from gateway.errors import ConfigError
 from gateway.events import EventBus
 from gateway.policy.kinds import Registry
-from gateway.policy.loader import PolicySet, load_policies, policy_files
+from gateway.policy.loader import PolicySet, SectionParser, load_policies, policy_files
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,24 @@ class PolicyHolder:
         events: EventBus,
         registry: Registry | None = None,
         resources: Resources | None = None,
+        sections: Mapping[str, SectionParser] | None = None,
     ):
         self.paths = paths
         self.registry = registry
+        # top-level sections of policy files besides ``policies``, and their parsers
+        self.sections = sections
         self.resources = resources if resources is not None else Resources()
         self.events = events
         self.current: PolicySet | None = None
         self.last_error: list[str] | None = None
         self.last_reload: float | None = None
         self._lock = asyncio.Lock()
+
+    def load(self, paths: list[str]) -> PolicySet:
+        """Load ``paths`` as this holder does: same kinds, resources and sections."""
+        return load_policies(
+            paths, registry=self.registry, resources=self.resources, sections=self.sections
+        )
 
     @property
     def serving(self) -> PolicySet:
@@ -64,7 +74,7 @@ class PolicyHolder:
 
     def load_now(self) -> PolicySet:
         """First load at start: errors are fatal here, the gateway has nothing to serve."""
-        self.current = load_policies(self.paths, registry=self.registry, resources=self.resources)
+        self.current = self.load(self.paths)
         self.last_reload = time.time()
         self.events.publish(PolicySwap(self.current, None))
         return self.current
@@ -90,9 +100,7 @@ class PolicyHolder:
         """Load the files again; swap on success. Returns whether the swap happened."""
         async with self._lock:
             try:
-                new = await asyncio.to_thread(
-                    load_policies, self.paths, registry=self.registry, resources=self.resources
-                )
+                new = await asyncio.to_thread(self.load, self.paths)
             except ConfigError as exc:
                 self.last_error = exc.errors
                 log.error(

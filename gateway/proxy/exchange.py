@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -45,30 +45,6 @@ from gateway.records.decision import Attempt, Containment, DecisionRecord
 from gateway.records.review import Ticket
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Try:
-    """An attempt while it runs; it becomes an ``Attempt`` in the record."""
-
-    route: str
-    upstream: str
-    status: int | None = None
-    error: str | None = None
-    fell_back: str | None = None
-    action: str | None = None
-    skipped: str | None = None
-
-    def freeze(self) -> Attempt:
-        return Attempt(
-            self.route,
-            self.upstream,
-            self.status,
-            self.error,
-            self.fell_back,
-            self.action,
-            self.skipped,
-        )
 
 
 @dataclass(slots=True)
@@ -112,7 +88,7 @@ class Exchange:
         self.decision_id = decision_id
         self.began = time.perf_counter()
         self.busy = Stopwatch()
-        self.attempts: list[_Try] = []
+        self.attempts: list[Attempt] = []
         self.policy_set = gw.policies.current
         self.guard: ResponseGuard | None = None
         self.outcome: _Outcome | None = None
@@ -133,6 +109,10 @@ class Exchange:
         self.switch: Switch | None = None
         # the review item a hold stored
         self.ticket: Ticket | None = None
+
+    def note_attempt(self, **changes: Any) -> None:
+        """Record what became of the attempt under way."""
+        self.attempts[-1] = replace(self.attempts[-1], **changes)
 
     @property
     def route_name(self) -> str:
@@ -158,7 +138,7 @@ class Exchange:
                 if switch.mode == "fallback" and self.route.fallback:
                     used.add(self.route.name)
                     self.attempts.append(
-                        _Try(self.route.name, self.route.upstream, skipped="containment")
+                        Attempt(self.route.name, self.route.upstream, skipped="containment")
                     )
                     route = self.gw.settings.route(self.route.fallback)
             while route is not None:
@@ -170,9 +150,9 @@ class Exchange:
                 except UpstreamError as err:
                     self.gw.metrics.upstream_errors.labels(route.name, err.code).inc()
                     if self.attempts and self.attempts[-1].route == route.name:
-                        self.attempts[-1].error = err.code
+                        self.note_attempt(error=err.code)
                     else:
-                        self.attempts.append(_Try(route.name, route.upstream, error=err.code))
+                        self.attempts.append(Attempt(route.name, route.upstream, error=err.code))
                     if can_fall_back and not self.started_answer:
                         log.warning(
                             "upstream %s failed (%s); falling back to %s",
@@ -193,7 +173,7 @@ class Exchange:
                 if isinstance(result, _FallBack):
                     if not can_fall_back:
                         raise AssertionError("fallback wanted without a fallback route")
-                    self.attempts[-1].fell_back = result.reason
+                    self.note_attempt(fell_back=result.reason)
                     route = nxt
                     continue
                 return result
@@ -226,7 +206,7 @@ class Exchange:
         )
 
     async def attempt(self, route: Route) -> web.StreamResponse | _FallBack:
-        self.attempts.append(_Try(route.name, route.upstream))
+        self.attempts.append(Attempt(route.name, route.upstream))
         headers = up.upstream_headers(self.request.headers, route, self.adapter.credential_header)
         url = up.upstream_url(route, self.request.path, self.request.query_string)
         loop = asyncio.get_running_loop()
@@ -235,7 +215,7 @@ class Exchange:
         sent = time.perf_counter()
         resp = await up.send(self.gw.http, route, "POST", url, headers, self.body)
         self.busy.start()
-        self.attempts[-1].status = resp.status
+        self.note_attempt(status=resp.status)
         try:
             if resp.status >= 500:
                 detail = await up.error_detail(resp)
@@ -293,7 +273,7 @@ class Exchange:
             self.gw.events.publish(AnswerBody(route.name, body))
         action = guard.action()
         if action is Action.FALLBACK and self.can_fall_back(route):
-            self.attempts[-1].action = action.value
+            self.note_attempt(action=action.value)
             return _FallBack(self.breach_summary(guard))
         headers = up.response_headers(resp.headers)
         out: web.StreamResponse
@@ -534,7 +514,7 @@ class Exchange:
         guard.close()
         action = guard.action()
         if action is Action.FALLBACK and self.response is None and self.can_fall_back(route):
-            self.attempts[-1].action = action.value
+            self.note_attempt(action=action.value)
             return _FallBack(self.breach_summary(guard))
         stopper = guard.stopped_by
         config = stopper.config if stopper else None
@@ -580,7 +560,7 @@ class Exchange:
                 if out and not guard.stopped:
                     await self.send_text(key, out)
         guard.close()
-        self.attempts[-1].error = err.code
+        self.note_attempt(error=err.code)
         await self.send_error(err)
         self.finish(action=guard.action().value, stream=True, error=err)
         return self.response
@@ -674,7 +654,7 @@ class Exchange:
             breached=tuple(guard.breached()) if guard else (),
             chars_released=guard.chars_released() if guard else 0,
             cut=outcome.cut,
-            attempts=tuple(a.freeze() for a in self.attempts),
+            attempts=tuple(self.attempts),
             upstream_status=outcome.upstream_status,
             added_latency_ms=round(self.busy.total * 1000, 3),
             upstream_ms=round(self.upstream_seconds * 1000, 3),

@@ -94,6 +94,14 @@ def held_answer(
     )
 
 
+def _held_error(site: HoldSite, message: str, ticket: Ticket) -> web.Response:
+    """A hold told as an error, for policies with ``error_response``."""
+    held = HeldForReview(message)
+    return json_response(
+        site.adapter.error_body(held), status=held.status, headers=review_headers(ticket)
+    )
+
+
 async def _wait(site: HoldSite, ticket: Ticket, options: ReviewOptions) -> ReviewOutcome | None:
     if options.mode != "wait" or options.wait_seconds <= 0:
         return None
@@ -125,9 +133,7 @@ async def hold_whole(
         body = site.adapter.blocked(site.info, upstream, decided.reason or message)
         return json_response(body, headers=headers), ticket
     if config is not None and config.error_response:
-        err = HeldForReview(message)
-        body = site.adapter.error_body(err)
-        return json_response(body, status=err.status, headers=review_headers(ticket)), ticket
+        return _held_error(site, message, ticket), ticket
     body = site.adapter.held(site.info, upstream, message, ticket)
     return json_response(body, headers=review_headers(ticket)), ticket
 
@@ -160,11 +166,7 @@ async def hold_stream(
     first = open_keys[0] if open_keys else "0"
     if not channel.started:
         if config is not None and config.error_response:
-            err = HeldForReview(message)
-            response = json_response(
-                site.adapter.error_body(err), status=err.status, headers=review_headers(ticket)
-            )
-            return response, ticket
+            return _held_error(site, message, ticket), ticket
         # nothing sent yet: the review id can still go in the response headers
         channel.set_headers(review_headers(ticket))
         decided = await _wait(site, ticket, answer.options)

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class Installed(Protocol):
     """What the gateway calls on an installed subsystem (the hooks of ``hookspecs.Subsystem``)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def proxy_routes(self, app: web.Application) -> None: ...
 

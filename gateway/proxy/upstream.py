@@ -52,9 +52,7 @@ def upstream_headers(incoming: Mapping[str, str], route: Route, auto_header: str
                 f"route {route.name} injects its upstream key from ${route.api_key.env}, "
                 "which is not set"
             )
-        header = route.api_key.header
-        if header == "auto":
-            header = auto_header
+        header = auto_header if route.api_key.header == "auto" else route.api_key.header
         headers[header] = f"Bearer {secret}" if header == "authorization" else secret
     return headers
 

@@ -26,6 +26,7 @@ class Switch:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "schema": SCHEMA,
             "route": self.route,
             "mode": self.mode,
             "incident_id": self.incident_id,
@@ -37,6 +38,7 @@ class Switch:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Switch:
+        """From the JSON form or from a ``route_containment`` row."""
         return cls(
             route=data["route"],
             mode=data["mode"],

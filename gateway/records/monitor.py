@@ -23,8 +23,8 @@ class MonitorEvent:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(asdict(self), schema=SCHEMA)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MonitorEvent:
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k != "schema"})

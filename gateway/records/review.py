@@ -81,39 +81,9 @@ class HeldDecision:
         )
 
 
-# fields a queue listing carries: never the texts, which may be large or private
-SUMMARY_FIELDS = (
-    "id",
-    "decision_id",
-    "created_at",
-    "updated_at",
-    "state",
-    "outcome",
-    "route",
-    "protocol",
-    "model",
-    "stream",
-    "policy",
-    "policies",
-    "severity",
-    "severity_rank",
-    "priority",
-    "sla_deadline",
-    "expires_at",
-    "overdue",
-    "escalations",
-    "assignee",
-    "tenant",
-    "text_stored",
-    "decided_by",
-    "decided_at",
-    "version",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class ReviewSummary:
-    """An item as the queue lists it: its state and routing, no text."""
+    """An item as the queue lists it: its state and routing, never its text."""
 
     id: str
     decision_id: str
@@ -125,6 +95,7 @@ class ReviewSummary:
     protocol: str
     model: str | None
     stream: bool
+    # the policy whose action held the answer, and every policy that breached
     policy: str
     policies: tuple[str, ...]
     severity: str
@@ -136,6 +107,7 @@ class ReviewSummary:
     escalations: int
     assignee: str | None
     tenant: str | None
+    # False in privacy mode: no request or response text is kept
     text_stored: bool
     decided_by: str | None
     decided_at: float | None
@@ -149,42 +121,21 @@ class ReviewSummary:
         return self.state == OPEN and self.sla_deadline < now
 
     def to_json(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in SUMMARY_FIELDS}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["policies"] = list(self.policies)
+        out.setdefault("schema", SCHEMA)
         return out
 
 
 @dataclass(frozen=True, slots=True)
-class ReviewItem:
-    id: str
-    decision_id: str
-    created_at: float
-    updated_at: float
-    state: str
-    outcome: str | None
-    route: str
-    protocol: str
+class ReviewItem(ReviewSummary):
+    """The whole item: the summary plus the answer, the request and the evidence."""
+
     path: str
-    model: str | None
-    stream: bool
-    # the policy whose action held the answer, and every policy that breached
-    policy: str
-    policies: tuple[str, ...]
-    severity: str
-    severity_rank: int
-    priority: int
-    sla_deadline: float
-    expires_at: float
     expire_action: str
     retain_until: float
-    overdue: bool
-    escalations: int
-    assignee: str | None
     # a hash of the client's API key: only that key may poll the result
     key_id: str | None
-    tenant: str | None
-    # False in privacy mode: no request or response text is kept
-    text_stored: bool
     text_hash: str
     # method, path, query and (unless private) safe headers and body
     request: dict[str, Any]
@@ -195,34 +146,19 @@ class ReviewItem:
     # segment key -> the reviewer's replacement text
     edited: dict[str, str] | None = None
     reason: str | None = None
-    decided_by: str | None = None
-    decided_at: float | None = None
-    version: int = 1
     schema: int = SCHEMA
-
-    @property
-    def open(self) -> bool:
-        return self.state == OPEN
 
     @property
     def approved(self) -> bool:
         """Approved by a person, or expired with ``expire_action: approve``."""
         return self.state == "approved" or (self.state == "expired" and self.outcome == "approved")
 
-    def overdue_at(self, now: float) -> bool:
-        return self.state == OPEN and self.sla_deadline < now
-
     def replace(self, **changes: Any) -> ReviewItem:
         return dataclasses.replace(self, **changes)
 
-    def summary(self) -> ReviewSummary:
-        return ReviewSummary(**{name: getattr(self, name) for name in SUMMARY_FIELDS})
-
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            out[f.name] = getattr(self, f.name)
-        out["policies"] = list(self.policies)
+        # not super(): slotted dataclasses are rebuilt, which zero-argument super() cannot follow
+        out = ReviewSummary.to_json(self)
         out["record"] = self.record.to_json()
         return out
 
@@ -235,6 +171,10 @@ class ReviewItem:
         for flag in ("stream", "overdue", "text_stored"):
             values[flag] = bool(values.get(flag))
         return cls(**values)
+
+
+# columns a queue listing reads
+SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(ReviewSummary))
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +239,7 @@ class ReviewOutcome:
     sla_deadline: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The body of ``GET /governance/v1/reviews/{id}/result``."""
+        """The body of ``GET /governance/v1/reviews/{id}/result``, exactly as clients know it."""
         out: dict[str, Any] = {
             "id": self.review_id,
             "decision_id": self.decision_id,

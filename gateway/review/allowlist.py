@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import BadRequest, ConfigError, NotFound
-from gateway.policy.loader import load_policies, policy_files
+from gateway.policy.loader import policy_files
 from gateway.policy.reload import PolicyHolder
 from gateway.records.decision import FindingRecord
 from gateway.records.review import ReviewItem
@@ -121,7 +121,7 @@ def _validate_and_write(holder: PolicyHolder, target: Path, new_text: str) -> li
             for p in policy_files(holder.paths)
         ]
         try:
-            load_policies(paths, registry=holder.registry, resources=holder.resources)
+            holder.load(paths)
         except ConfigError as exc:
             return [e.replace(str(tmp), str(target)) for e in exc.errors]
         os.replace(tmp, target)

@@ -9,6 +9,7 @@ callback are written only when that change applied.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -33,43 +34,9 @@ SNAPSHOT_FIELDS = (
     "version",
     "reason",
 )
+# every field of an item, and the token that ties an audit row to the change it records
 INSERT_COLUMNS = (
-    "id",
-    "decision_id",
-    "created_at",
-    "updated_at",
-    "state",
-    "outcome",
-    "route",
-    "protocol",
-    "path",
-    "model",
-    "stream",
-    "policy",
-    "policies",
-    "severity",
-    "severity_rank",
-    "priority",
-    "sla_deadline",
-    "expires_at",
-    "expire_action",
-    "retain_until",
-    "overdue",
-    "escalations",
-    "assignee",
-    "key_id",
-    "tenant",
-    "text_stored",
-    "text_hash",
-    "request",
-    "response",
-    "segments",
-    "record",
-    "edited",
-    "reason",
-    "decided_by",
-    "decided_at",
-    "version",
+    *(f.name for f in dataclasses.fields(ReviewItem) if f.name != "schema"),
     "op_token",
 )
 

@@ -17,7 +17,7 @@ from gateway.review import render
 from gateway.review.allowlist import SUPPORTED, add_to_allowlist, what_it_adds
 from gateway.review.api import parse_filters
 from gateway.review.service import REVIEW
-from gateway.web.pages import PAGES, FormRefused, field, need_viewer, posted_form, redirect
+from gateway.web.pages import PAGES, field, need_viewer, posted_form, redirect
 
 UI = "/review"
 PAGE_SIZE = 100
@@ -68,14 +68,7 @@ async def queue(request: web.Request) -> web.Response:
 
 
 async def bulk(request: web.Request) -> web.StreamResponse:
-    viewer = need_viewer(request)
-    pages = request.app[PAGES]
-    try:
-        form = await posted_form(request, viewer)
-    except FormRefused as refused:
-        return pages.error(request, viewer, 403, "Forbidden", str(refused))
-    if not viewer.principal.has("lead"):
-        return pages.error(request, viewer, 403, "Forbidden", "Bulk actions need the lead role.")
+    viewer, form = await posted_form(request, "lead")
     entries = []
     for value in form.getall("sel", []):
         item_id, _, version = str(value).partition(":")
@@ -143,12 +136,7 @@ async def item_page(
 
 
 async def item_action(request: web.Request) -> web.StreamResponse:
-    viewer = need_viewer(request)
-    pages = request.app[PAGES]
-    try:
-        form = await posted_form(request, viewer)
-    except FormRefused as refused:
-        return pages.error(request, viewer, 403, "Forbidden", str(refused))
+    viewer, form = await posted_form(request)
     svc = request.app[REVIEW]
     actions = svc.actions
     item_id = request.match_info["id"]
@@ -185,8 +173,8 @@ async def item_action(request: web.Request) -> web.StreamResponse:
             msg = "Comment added."
         elif do == "allowlist":
             if not principal.has("lead"):
-                return pages.error(
-                    request, viewer, 403, "Forbidden", "Changing a policy needs the lead role."
+                raise request.app[PAGES].refuse(
+                    request, viewer, "Changing a policy needs the lead role."
                 )
             item = await actions.get(item_id)
             out = await add_to_allowlist(

@@ -144,6 +144,15 @@ class Pages:
             request, "error.html", viewer=viewer, title=title, status=status, message=message
         )
 
+    def refuse(
+        self, request: web.Request, viewer: Viewer | None, message: str
+    ) -> web.HTTPForbidden:
+        """A 403 page to raise: the form or the role does not allow what was asked."""
+        page = self.error(request, viewer, 403, "Forbidden", message)
+        return web.HTTPForbidden(
+            body=page.body, content_type="text/html", headers=dict(SECURITY_HEADERS)
+        )
+
     def safe_next(self, value: Any) -> str:
         """A page of ours to return to after login; anything else could bounce off-site."""
         text = value if isinstance(value, str) else ""
@@ -190,18 +199,25 @@ def same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
-class FormRefused(Exception):
-    """A posted form came from elsewhere or without its CSRF token."""
+async def posted_form(
+    request: web.Request, role: str = "reviewer"
+) -> tuple[Viewer, MultiDictProxy[Any]]:
+    """Who posted, and the form once its origin, CSRF token and ``role`` are checked.
 
-
-async def posted_form(request: web.Request, viewer: Viewer) -> MultiDictProxy[Any]:
-    """The posted form, once its origin and CSRF token are checked."""
+    Raises the login redirect or a 403 page.
+    """
+    viewer = need_viewer(request)
+    pages = request.app[PAGES]
     form = await request.post()
     if not same_origin(request):
-        raise FormRefused("This form was posted from another site.")
+        raise pages.refuse(request, viewer, "This form was posted from another site.")
     if viewer.csrf is not None and not same(form.get("csrf"), viewer.csrf):
-        raise FormRefused("Missing or wrong form token; reload the page and try again.")
-    return form
+        raise pages.refuse(
+            request, viewer, "Missing or wrong form token; reload the page and try again."
+        )
+    if not viewer.principal.has(role):
+        raise pages.refuse(request, viewer, f"This needs the {role} role.")
+    return viewer, form
 
 
 def field(form: MultiDictProxy[Any], name: str) -> str:
@@ -272,11 +288,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    viewer = need_viewer(request)
-    try:
-        await posted_form(request, viewer)
-    except FormRefused as refused:
-        return request.app[PAGES].error(request, viewer, 403, "Forbidden", str(refused))
+    await posted_form(request)
     request.app[SESSIONS].drop(request.cookies.get(COOKIE))
     resp = redirect("/login")
     resp.del_cookie(COOKIE, path="/")

@@ -107,7 +107,7 @@ class AnthropicAdapter(Adapter):
 
     def stream_answer(self, info: RequestInfo, message: str, decision_id: str) -> bytes:
         whole = self.blocked(info, None, message)
-        events = [
+        events: list[dict[str, Any]] = [
             {"type": "message_start", "message": dict(whole, content=[], stop_reason=None)},
             {
                 "type": "content_block_start",
