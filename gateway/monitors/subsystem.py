@@ -83,7 +83,7 @@ class Monitors(Subsystem):
             registry=registry,
         )
         self.gw.events.subscribe(PolicySwap, self.rebuild)
-        self.gw.events.subscribe(AnswerBody, self.observe)
+        self._watching = False
 
     def rebuild(self, swap: PolicySwap) -> None:
         """A new policy revision: new monitors, with the windows of those that stay."""
@@ -94,6 +94,13 @@ class Monitors(Subsystem):
         routes = {r for c in configs for r in c.routes}
         self.all_routes = "*" in routes
         self.routes = frozenset(routes)
+        # without monitors the proxy need not hand over any answer at all
+        if bool(configs) != self._watching:
+            if configs:
+                self.gw.events.subscribe(AnswerBody, self.observe)
+            else:
+                self.gw.events.unsubscribe(AnswerBody, self.observe)
+            self._watching = bool(configs)
 
     def watches(self, route: str) -> bool:
         return bool(self.set.monitors) and (self.all_routes or route in self.routes)

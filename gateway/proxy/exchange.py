@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -45,6 +45,30 @@ from gateway.records.decision import Attempt, Containment, DecisionRecord
 from gateway.records.review import Ticket
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Try:
+    """An attempt while it runs (mutable, cheap); it becomes an ``Attempt`` in the record."""
+
+    route: str
+    upstream: str
+    status: int | None = None
+    error: str | None = None
+    fell_back: str | None = None
+    action: str | None = None
+    skipped: str | None = None
+
+    def frozen(self) -> Attempt:
+        return Attempt(
+            self.route,
+            self.upstream,
+            self.status,
+            self.error,
+            self.fell_back,
+            self.action,
+            self.skipped,
+        )
 
 
 @dataclass(slots=True)
@@ -88,7 +112,7 @@ class Exchange:
         self.decision_id = decision_id
         self.began = time.perf_counter()
         self.busy = Stopwatch()
-        self.attempts: list[Attempt] = []
+        self.attempts: list[_Try] = []
         self.policy_set = gw.policies.current
         self.guard: ResponseGuard | None = None
         self.outcome: _Outcome | None = None
@@ -109,10 +133,6 @@ class Exchange:
         self.switch: Switch | None = None
         # the review item a hold stored
         self.ticket: Ticket | None = None
-
-    def note_attempt(self, **changes: Any) -> None:
-        """Record what became of the attempt under way."""
-        self.attempts[-1] = replace(self.attempts[-1], **changes)
 
     @property
     def route_name(self) -> str:
@@ -138,7 +158,7 @@ class Exchange:
                 if switch.mode == "fallback" and self.route.fallback:
                     used.add(self.route.name)
                     self.attempts.append(
-                        Attempt(self.route.name, self.route.upstream, skipped="containment")
+                        _Try(self.route.name, self.route.upstream, skipped="containment")
                     )
                     route = self.gw.settings.route(self.route.fallback)
             while route is not None:
@@ -150,9 +170,9 @@ class Exchange:
                 except UpstreamError as err:
                     self.gw.metrics.upstream_errors.labels(route.name, err.code).inc()
                     if self.attempts and self.attempts[-1].route == route.name:
-                        self.note_attempt(error=err.code)
+                        self.attempts[-1].error = err.code
                     else:
-                        self.attempts.append(Attempt(route.name, route.upstream, error=err.code))
+                        self.attempts.append(_Try(route.name, route.upstream, error=err.code))
                     if can_fall_back and not self.started_answer:
                         log.warning(
                             "upstream %s failed (%s); falling back to %s",
@@ -173,7 +193,7 @@ class Exchange:
                 if isinstance(result, _FallBack):
                     if not can_fall_back:
                         raise AssertionError("fallback wanted without a fallback route")
-                    self.note_attempt(fell_back=result.reason)
+                    self.attempts[-1].fell_back = result.reason
                     route = nxt
                     continue
                 return result
@@ -186,7 +206,9 @@ class Exchange:
         finally:
             if self.outcome is None:
                 self.finish(action="error")
-            self.publish()
+            # after the answer is on its way: the record is built and handed on
+            # off the response path, from state nothing changes any more
+            asyncio.get_running_loop().call_soon(self.publish)
 
     @property
     def started_answer(self) -> bool:
@@ -206,7 +228,7 @@ class Exchange:
         )
 
     async def attempt(self, route: Route) -> web.StreamResponse | _FallBack:
-        self.attempts.append(Attempt(route.name, route.upstream))
+        self.attempts.append(_Try(route.name, route.upstream))
         headers = up.upstream_headers(self.request.headers, route, self.adapter.credential_header)
         url = up.upstream_url(route, self.request.path, self.request.query_string)
         loop = asyncio.get_running_loop()
@@ -215,7 +237,7 @@ class Exchange:
         sent = time.perf_counter()
         resp = await up.send(self.gw.http, route, "POST", url, headers, self.body)
         self.busy.start()
-        self.note_attempt(status=resp.status)
+        self.attempts[-1].status = resp.status
         try:
             if resp.status >= 500:
                 detail = await up.error_detail(resp)
@@ -273,7 +295,7 @@ class Exchange:
             self.gw.events.publish(AnswerBody(route.name, body))
         action = guard.action()
         if action is Action.FALLBACK and self.can_fall_back(route):
-            self.note_attempt(action=action.value)
+            self.attempts[-1].action = action.value
             return _FallBack(self.breach_summary(guard))
         headers = up.response_headers(resp.headers)
         out: web.StreamResponse
@@ -514,7 +536,7 @@ class Exchange:
         guard.close()
         action = guard.action()
         if action is Action.FALLBACK and self.response is None and self.can_fall_back(route):
-            self.note_attempt(action=action.value)
+            self.attempts[-1].action = action.value
             return _FallBack(self.breach_summary(guard))
         stopper = guard.stopped_by
         config = stopper.config if stopper else None
@@ -560,7 +582,7 @@ class Exchange:
                 if out and not guard.stopped:
                     await self.send_text(key, out)
         guard.close()
-        self.note_attempt(error=err.code)
+        self.attempts[-1].error = err.code
         await self.send_error(err)
         self.finish(action=guard.action().value, stream=True, error=err)
         return self.response
@@ -654,7 +676,7 @@ class Exchange:
             breached=tuple(guard.breached()) if guard else (),
             chars_released=guard.chars_released() if guard else 0,
             cut=outcome.cut,
-            attempts=tuple(self.attempts),
+            attempts=tuple(a.frozen() for a in self.attempts),
             upstream_status=outcome.upstream_status,
             added_latency_ms=round(self.busy.total * 1000, 3),
             upstream_ms=round(self.upstream_seconds * 1000, 3),
@@ -673,7 +695,11 @@ class Exchange:
 
     def publish(self) -> None:
         """Count the exchange in the metrics and hand its record to the event bus."""
-        record = self.record()
+        try:
+            record = self.record()
+        except Exception:  # a bug here must not take the loop's callback down silently
+            log.exception("could not build the decision record of %s", self.decision_id)
+            return
         child = self.gw.metrics.child
         child("requests", record.route, record.action).inc()
         child("added_latency", record.route, "true" if record.stream else "false").observe(
