@@ -1,7 +1,7 @@
-"""The one backoff policy for every retry in the gateway, on tenacity.
+"""The one backoff policy for every retry in the gateway, tenacity's exponential jitter.
 
 Two shapes of retry share it. A background loop (the decision log writer,
-incident processing, the outbox reader) retries its step forever with
+incident processing, the outbox reader) retries its step with
 ``retry_forever``; a delivery whose attempts are counted in the store (an
 incident event, a review callback) asks ``delay(attempts)`` when to try
 again. Both wait exponentially longer, capped, with jitter so replicas that
@@ -10,15 +10,11 @@ failed together do not retry together.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +41,23 @@ async def retry_forever(
 ) -> bool:
     """Run ``step`` until it succeeds (True) or ``give_up()`` says stop (False).
 
-    A failure is logged as a warning naming ``what``; cancellation (shutdown)
-    goes straight through.
+    Each failure is logged as a warning naming ``what``, then waited out
+    with ``delay``; cancellation (shutdown) goes straight through. The
+    first try costs nothing extra, which matters for loops that run once
+    a request.
     """
-
-    def warn(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s failed, retrying in %.2fs: %s", what, wait, exc)
-
-    try:
-        async for attempt in AsyncRetrying(
-            wait=_wait(first, cap),
-            retry=retry_if_exception_type(Exception),
-            stop=lambda state: give_up(),
-            before_sleep=warn,
-            reraise=True,
-        ):
-            with attempt:
-                await step()
-    except Exception as exc:
-        log.warning("%s failed; giving up for now: %s", what, exc)
-        return False
-    return True
+    failures = 0
+    while True:
+        try:
+            await step()
+            return True
+        except Exception as exc:
+            failures += 1
+            if give_up():
+                log.warning("%s failed; giving up for now: %s", what, exc)
+                return False
+            wait = delay(failures, first=first, cap=cap)
+            log.warning("%s failed, retrying in %.2fs: %s", what, wait, exc)
+        await asyncio.sleep(wait)
+        if give_up():
+            return False
