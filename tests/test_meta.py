@@ -131,6 +131,10 @@ def coverage(shipped) -> Coverage:
 @pytest.mark.slow
 def test_every_shipped_policy_case_passes(coverage):
     assert len(coverage.results) >= 30
+    # every shipped case file is read, none skipped by a name mismatch
+    files = {Path(r.file).name for r in coverage.results}
+    shipped_cases = {p.name for p in (ROOT / "policies").glob("*_test.yaml")}
+    assert files == shipped_cases
     failures = [
         f"{r.outcome} {Path(r.file).name}: {r.name}: {r.detail}"
         for r in coverage.results

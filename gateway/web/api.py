@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import BadRequest, GatewayError
+from gateway.proxy.adapters.base import openai_error
 
 
 def json_response(
@@ -24,8 +25,7 @@ def json_response(
 
 
 def error_json(err: GatewayError) -> web.Response:
-    body = {"error": {"message": err.message, "type": err.type, "param": None, "code": err.code}}
-    return json_response(body, err.status)
+    return json_response(openai_error(err), err.status)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
