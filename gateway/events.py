@@ -49,11 +49,15 @@ class EventBus:
             self._resolved[event_type] = found
         return found
 
-    def publish(self, event: object) -> None:
+    def publish(self, event: object, *, strict: bool = False) -> None:
+        """Hand ``event`` to its handlers; ``strict`` lets a handler's error through
+        (for start-up, where a subsystem that cannot take the event must stop it)."""
         for handler in self._for(type(event)):
             try:
                 result = handler(event)
             except Exception:
+                if strict:
+                    raise
                 log.exception("handler %r failed on %s", handler, type(event).__name__)
                 continue
             if inspect.isawaitable(result):

@@ -190,3 +190,57 @@ async def test_injected_key_replaces_client_key(make_gateway, fake, monkeypatch)
     body = await resp.json()
     assert resp.status == 500 and body["error"]["code"] == "upstream-credential-missing"
     assert "sk-from-env" not in json.dumps(body)
+
+
+async def test_an_injected_key_goes_where_the_clients_protocol_puts_it(
+    make_gateway, fake, monkeypatch
+):
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", "sk-from-env")
+    inject = {"mode": "inject", "env": "TEST_UPSTREAM_KEY"}
+    proxy, _, _ = await make_gateway([Route(name="default", upstream=fake.url, api_key=inject)])
+    messages = {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    await proxy.post("/v1/messages", json=messages, headers={"x-api-key": "sk-client"})
+    assert fake.requests[-1]["headers"]["x-api-key"] == "sk-from-env"
+    assert "authorization" not in fake.requests[-1]["headers"]
+    # a path no adapter governs: an Anthropic SDK (its version header) gets x-api-key too,
+    # any other client the bearer header
+    await proxy.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
+    assert fake.requests[-1]["headers"]["x-api-key"] == "sk-from-env"
+    await proxy.get("/v1/models")
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-from-env"
+
+
+async def test_a_stream_that_breaks_off_releases_its_tail_before_the_error_in_order(
+    make_gateway, aiohttp_server
+):
+    """Text held back for scanning goes out when the stream breaks; what came after it
+    upstream (a usage chunk) is not sent ahead of it."""
+    from aiohttp import web
+
+    text = "Plain words that hold no forbidden term at all, said slowly."
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        for i in range(0, len(text), 5):
+            delta = {"content": text[i : i + 5]}
+            chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": None}])
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = dict(base, choices=[], usage={"prompt_tokens": 1, "completion_tokens": 12})
+        await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
+        return resp  # ends with no [DONE]: the gateway reports the break
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    proxy, _, _ = await make_gateway(route(str(server.make_url("")).rstrip("/")))
+    resp = await proxy.post(CHAT, json=chat_body(stream=True))
+    _, events = await read_sse(resp)
+    assert stream_text(events) == text
+    errors = [i for i, e in enumerate(events) if isinstance(e, dict) and "error" in e]
+    texts = [i for i, e in enumerate(events) if isinstance(e, dict) and e.get("choices")]
+    assert len(errors) == 1 and errors[0] > max(texts)
+    assert events[errors[0]]["error"]["code"] == "upstream-malformed-response"
+    # the usage chunk came after the held tail upstream: it never jumps ahead of it
+    assert not any(isinstance(e, dict) and "usage" in e for e in events[: max(texts)])

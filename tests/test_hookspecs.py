@@ -551,3 +551,21 @@ def test_two_subsystems_cannot_plug_one_port(tmp_path, policy_dir):
         build_gateway(settings, [Review, RivalQueue])
     # either one alone is fine
     assert build_gateway(settings, [RivalQueue]).hold is not None
+
+
+def test_a_subsystem_failing_on_the_first_policies_stops_the_gateway(tmp_path, policy_dir):
+    from gateway.policy.reload import PolicySwap
+
+    class Fussy(Subsystem):
+        name = "fussy"
+
+        def install(self) -> None:
+            self.gw.events.subscribe(PolicySwap, self.take)
+
+        def take(self, swap: PolicySwap) -> None:
+            raise ValueError("cannot use these policies")
+
+    routes = [Route(name="default", upstream="http://upstream.test")]
+    settings = settings_for(tmp_path, routes, [str(policy_dir)])
+    with pytest.raises(ValueError, match="cannot use these policies"):
+        build_gateway(settings, [Fussy])

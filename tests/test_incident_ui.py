@@ -78,8 +78,9 @@ async def test_token_login_session_and_csrf(make_gateway, fake, policy_dir):
         allow_redirects=False,
         data={"csrf": csrf, "token": REVIEWER_TOKEN, "next": "https://evil.example/"},
     )
+    # an off-site destination is never followed: the login lands on the first UI page
     assert resp.status == 303
-    assert resp.headers["location"] == "/incidents/"
+    assert resp.headers["location"] == "/review/"
     page = await admin.get(f"/incidents/{inc['id']}")
     assert page.status == 200
     html = await page.text()

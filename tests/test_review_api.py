@@ -652,3 +652,40 @@ async def test_responses_stream_names_the_review_in_metadata(make_gateway, fake)
     item = await review_of(gw).db.get(review_id)
     assert item.segments == {"0.0": fake.script.text}
     assert "secret sauce" not in raw
+
+
+async def test_a_client_gone_while_waiting_leaves_the_item_named_in_the_record(
+    aiohttp_client, fake, tmp_path, policy_dir
+):
+    """The record names the stored item even when the client leaves during the wait."""
+    from gateway.app import build_gateway, create_app
+    from gateway.records.decision import DecisionRecord
+    from tests.conftest import settings_for
+
+    fake.script.text = "Please wait for me while I check."
+    settings = settings_for(tmp_path, [Route(name="default", upstream=fake.url)], [str(policy_dir)])
+    gw = build_gateway(settings)
+    # as the real server runs: a client that hangs up cancels its handler
+    proxy = await aiohttp_client(create_app(gw), server_kwargs={"handler_cancellation": True})
+    records: list[DecisionRecord] = []
+    gw.events.subscribe(DecisionRecord, records.append)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY)), 1.0)
+    for _ in range(200):
+        if records:
+            break
+        await asyncio.sleep(0.02)
+    [record] = records
+    items, _ = await review_of(gw).db.list_items({"state": "pending"})
+    assert [i.id for i in items] == [record.review_id]
+    assert record.action == "cancelled" and record.client_disconnected
+
+
+def test_an_edited_private_responses_answer_keeps_its_model():
+    from gateway.proxy.adapters import RequestInfo
+    from gateway.proxy.adapters.openai_responses import ResponsesAdapter
+
+    # privacy mode kept no body: the approved answer is built from the edit alone
+    body = ResponsesAdapter().with_texts(RequestInfo({}, model="gpt-x"), None, {"0.0": "Edited."})
+    assert body["model"] == "gpt-x" and body["status"] == "completed"
+    assert body["output"][0]["content"][0]["text"] == "Edited."

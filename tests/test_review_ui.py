@@ -255,3 +255,16 @@ async def test_copyright_finding_shows_source_side_by_side(make_gateway, fake):
     assert "verbatim copy of dickens-1" in html
     # copyright findings offer the allowlist to leads only
     assert "Allow: add" not in html
+
+
+async def test_a_login_without_a_destination_lands_on_the_queue(make_gateway, fake):
+    _, admin, _ = await make_gateway(upstream=fake)
+    form = await admin.get("/login")
+    csrf = _CSRF.search(await form.text()).group(1)
+    done = await admin.post(
+        "/login", data={"csrf": csrf, "token": REVIEWER_TOKEN}, allow_redirects=False
+    )
+    assert done.status == 303 and done.headers["location"] == "/review/"
+    # the navigation lists the queue first, then the incidents
+    html = await (await admin.get("/review/")).text()
+    assert html.index('href="/review/"') < html.index('href="/incidents/"')

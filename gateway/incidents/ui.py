@@ -152,7 +152,8 @@ async def old_login(request: web.Request) -> web.StreamResponse:
 
 
 def install(app: web.Application) -> None:
-    app[PAGES].add_section("incidents", "Incidents", f"{UI}/", Path(__file__).parent / "templates")
+    here = Path(__file__).parent
+    app[PAGES].add_section("incidents", "Incidents", f"{UI}/", here / "templates", order=20)
     app.router.add_get(f"{UI}/", incidents_page)
     app.router.add_get(f"{UI}/login", old_login)
     app.router.add_post(f"{UI}/containment", containment_action)

@@ -132,7 +132,7 @@ class Monitors(Subsystem):
 
     async def start(self) -> None:
         await self.set.aload(self.state)
-        self._task = asyncio.create_task(self._save_loop(), name="monitor-state")
+        self._task = self.gw.spawn(self._save_loop(), "monitor-state")
 
     async def _save_loop(self) -> None:
         while True:

@@ -76,7 +76,8 @@ class PolicyHolder:
         """First load at start: errors are fatal here, the gateway has nothing to serve."""
         self.current = self.load(self.paths)
         self.last_reload = time.time()
-        self.events.publish(PolicySwap(self.current, None))
+        # at start a subsystem that cannot take the policies must stop the gateway
+        self.events.publish(PolicySwap(self.current, None), strict=True)
         return self.current
 
     def _fingerprint(self) -> dict[str, float]:

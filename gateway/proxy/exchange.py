@@ -301,7 +301,7 @@ class Exchange:
         out: web.StreamResponse
         if action is Action.REVIEW and self.gw.hold is not None:
             # stored durably before the client hears anything
-            out, self.ticket = await holding.hold_whole(self.hold_site(self.gw.hold), guard, body)
+            out = await holding.hold_whole(self.hold_site(self.gw.hold), guard, body)
         elif action in (Action.BLOCK, Action.REVIEW, Action.FALLBACK):
             out = self.blocked_response(guard, action, body)
         elif action is Action.REDACT:
@@ -547,7 +547,7 @@ class Exchange:
             left = route.timeouts.total - (time.perf_counter() - self.began)
             texts, complete = await read_rest(seen, translator, self.unread, left, route.name)
             self.busy.start()
-            held, self.ticket = await holding.hold_stream(
+            held = await holding.hold_stream(
                 self.hold_site(self.gw.hold), guard, texts, complete, self.open_keys(guard)
             )
             self.finish(action=action.value, stream=True, cut=held is None)
@@ -575,12 +575,13 @@ class Exchange:
         self.gw.metrics.upstream_errors.labels(route.name, err.code).inc()
         if self.response is None:
             raise err
-        # text already scanned to its end is safe to release before the error
+        # text already scanned to its end is safe to release before the error;
+        # events queued behind it came after it upstream and are not sent
         for key, seg in list(guard.segments.items()):
             if not seg.closed and not guard.stopped:
                 out = await guard.finish(key)
                 if out and not guard.stopped:
-                    await self.send_text(key, out)
+                    await self.emit(translator.render_text(key, out))
         guard.close()
         self.attempts[-1].error = err.code
         await self.send_error(err)
@@ -599,7 +600,11 @@ class Exchange:
             revision=self.policy_set.revision if self.policy_set else None,
             route=self.route_name,
             busy=self.busy,
+            on_ticket=self.note_ticket,
         )
+
+    def note_ticket(self, ticket: Ticket) -> None:
+        self.ticket = ticket
 
     def new_guard(self, route: Route, sources: list, errors: list) -> ResponseGuard:
         policies = self.policy_set.for_route(route.name) if self.policy_set else []

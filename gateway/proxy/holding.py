@@ -9,6 +9,7 @@ decides in time, the decision itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -37,6 +38,9 @@ class HoldSite:
     revision: str | None
     route: str
     busy: Stopwatch
+    # told the ticket as soon as the item is stored, so the decision record
+    # names it even if the client goes away while the hold goes on
+    on_ticket: Callable[[Ticket], None]
 
 
 def review_headers(ticket: Ticket, status: str = "pending") -> dict[str, str]:
@@ -112,16 +116,20 @@ async def _wait(site: HoldSite, ticket: Ticket, options: ReviewOptions) -> Revie
         site.busy.start()
 
 
-async def hold_whole(
-    site: HoldSite, guard: ResponseGuard, upstream: dict
-) -> tuple[web.Response, Ticket | None]:
+async def _hold(site: HoldSite, answer: HeldAnswer) -> Ticket:
+    ticket = await site.port.hold(answer)
+    site.on_ticket(ticket)
+    return ticket
+
+
+async def hold_whole(site: HoldSite, guard: ResponseGuard, upstream: dict) -> web.Response:
     """Hold a non-streamed answer; the placeholder, an error or the decision waited for."""
     texts = dict(site.adapter.segments(upstream))
     answer = held_answer(site, guard, texts, upstream, complete=True)
     try:
-        ticket = await site.port.hold(answer)
+        ticket = await _hold(site, answer)
     except ReviewUnavailable as err:
-        return error_response(err, site.adapter, site.decision_id), None
+        return error_response(err, site.adapter, site.decision_id)
     holder = guard.holder()
     config = holder.config if holder is not None else None
     message = client_message(config, Action.REVIEW)
@@ -129,13 +137,13 @@ async def hold_whole(
     if decided is not None:
         headers = review_headers(ticket, decided.status)
         if decided.response is not None:
-            return json_response(decided.response, headers=headers), ticket
+            return json_response(decided.response, headers=headers)
         body = site.adapter.blocked(site.info, upstream, decided.reason or message)
-        return json_response(body, headers=headers), ticket
+        return json_response(body, headers=headers)
     if config is not None and config.error_response:
-        return _held_error(site, message, ticket), ticket
+        return _held_error(site, message, ticket)
     body = site.adapter.held(site.info, upstream, message, ticket)
-    return json_response(body, headers=review_headers(ticket)), ticket
+    return json_response(body, headers=review_headers(ticket))
 
 
 async def hold_stream(
@@ -144,7 +152,7 @@ async def hold_stream(
     texts: dict[str, str],
     complete: bool,
     open_keys: list[str],
-) -> tuple[web.Response | None, Ticket | None]:
+) -> web.Response | None:
     """Hold a streamed answer read to its end.
 
     Returns a response when nothing had been sent yet and the answer is an
@@ -157,16 +165,16 @@ async def hold_stream(
     config = holder.config if holder is not None else None
     message = client_message(config, Action.REVIEW)
     try:
-        ticket = await site.port.hold(answer)
+        ticket = await _hold(site, answer)
     except ReviewUnavailable as err:
         if not channel.started:
-            return error_response(err, site.adapter, site.decision_id), None
+            return error_response(err, site.adapter, site.decision_id)
         await channel.send_error(err)
-        return None, None
+        return None
     first = open_keys[0] if open_keys else "0"
     if not channel.started:
         if config is not None and config.error_response:
-            return _held_error(site, message, ticket), ticket
+            return _held_error(site, message, ticket)
         # nothing sent yet: the review id can still go in the response headers
         channel.set_headers(review_headers(ticket))
         decided = await _wait(site, ticket, answer.options)
@@ -176,11 +184,11 @@ async def hold_stream(
                 for key in sorted(decided.texts):
                     await channel.send_text(key, decided.texts[key])
                 await channel.end("stop", sorted(decided.texts))
-                return None, ticket
+                return None
             await channel.send_text(first, decided.reason or message)
             await channel.end("content_filter", open_keys)
-            return None, ticket
+            return None
     if guard.chars_released() == 0:
         await channel.send_text(first, message)
     await channel.end("content_filter", open_keys, ticket)
-    return None, ticket
+    return None

@@ -71,4 +71,4 @@ class AnswerBody:
     body: Mapping[str, Any]
 
 
-__all__ = ["AnswerBody", "ClientChannel", "ContainmentPort", "HoldPort", "Switch", "Ticket"]
+__all__ = ["AnswerBody", "ClientChannel", "ContainmentPort", "HoldPort"]

@@ -205,7 +205,8 @@ async def old_login(request: web.Request) -> web.StreamResponse:
 
 
 def install(app: web.Application) -> None:
-    app[PAGES].add_section("review", "Review queue", f"{UI}/", Path(__file__).parent / "templates")
+    here = Path(__file__).parent
+    app[PAGES].add_section("review", "Review queue", f"{UI}/", here / "templates", order=10)
     app.router.add_get(UI, root)
     app.router.add_get(f"{UI}/", queue)
     app.router.add_get(f"{UI}/login", old_login)

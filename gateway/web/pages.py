@@ -82,6 +82,8 @@ class Section:
     label: str
     # the section's pages live under this path (a login may return there)
     root: str
+    # place in the navigation; the first section is where a login lands
+    order: int
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,13 @@ class Pages:
         self.env.filters["stamp"] = stamp
         self.env.filters["pretty"] = pretty
 
-    def add_section(self, name: str, label: str, root: str, templates: Path) -> None:
+    def add_section(
+        self, name: str, label: str, root: str, templates: Path, *, order: int = 100
+    ) -> None:
         """A UI's templates (``name/page.html``) and its place in the navigation."""
         self._loaders[name] = jinja2.FileSystemLoader(str(templates))
-        self.sections.append(Section(name, label, root))
+        self.sections.append(Section(name, label, root, order))
+        self.sections.sort(key=lambda s: (s.order, s.name))
 
     def render(
         self,

@@ -21,7 +21,6 @@ from gateway.proxy.adapters.base import Adapter, RequestInfo
 from gateway.proxy.adapters.openai_chat import ChatAdapter, CompletionsAdapter
 from gateway.proxy.adapters.openai_responses import ResponsesAdapter
 from gateway.proxy.adapters.rag_json import RagJsonAdapter
-from gateway.records.review import Ticket
 
 _CHAT = ChatAdapter()
 _COMPLETIONS = CompletionsAdapter()
@@ -130,6 +129,5 @@ __all__ = [
     "Adapters",
     "RequestInfo",
     "Sources",
-    "Ticket",
     "parse_answer",
 ]

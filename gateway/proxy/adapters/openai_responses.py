@@ -142,8 +142,10 @@ class ResponsesAdapter(Adapter):
     def with_texts(
         self, info: RequestInfo, body: dict[str, Any] | None, texts: dict[str, str]
     ) -> dict[str, Any]:
-        if body is None or not any(k in texts for k, _ in self.segments(body)):
-            return self.synthesize(RequestInfo({}, model=(body or {}).get("model")), texts)
+        if body is None:
+            return self.synthesize(info, texts)
+        if not any(k in texts for k, _ in self.segments(body)):
+            return self.synthesize(RequestInfo({}, model=body.get("model") or info.model), texts)
         return self.rebuild(body, texts, None)
 
 
