@@ -569,3 +569,13 @@ def test_a_subsystem_failing_on_the_first_policies_stops_the_gateway(tmp_path, p
     settings = settings_for(tmp_path, routes, [str(policy_dir)])
     with pytest.raises(ValueError, match="cannot use these policies"):
         build_gateway(settings, [Fussy])
+
+
+def test_a_tree_with_no_kinds_installed_says_how_to_fix_it(monkeypatch):
+    from gateway.policy import kinds
+
+    # as a source tree that was never pip-installed: the entry-point group is empty
+    monkeypatch.setattr(kinds, "load_group", lambda group: ())
+    monkeypatch.setattr(kinds, "_default", None)
+    with pytest.raises(ConfigError, match=r"no policy kinds are installed.*pip install"):
+        kinds.default_registry()

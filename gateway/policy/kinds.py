@@ -51,5 +51,12 @@ def default_registry() -> Registry:
                     "the two names must match"
                 )
             reg.register(kind)
+        if not reg.names():
+            # the gateway's own kinds are entry points too: a source tree that was
+            # never installed has none, and every policy would be an unknown kind
+            raise ConfigError(
+                f"no policy kinds are installed in the {POLICY_KINDS} entry-point group; "
+                "install the gateway (pip install -e .) so its entry points are registered"
+            )
         _default = reg
     return _default
