@@ -299,6 +299,10 @@ class Settings(Strict):
     def route(self, name: str) -> Route:
         return next(r for r in self.routes if r.name == name)
 
+    def find_route(self, name: str) -> Route | None:
+        """The route named ``name``, or None (a stored item may outlive its route)."""
+        return next((r for r in self.routes if r.name == name), None)
+
     def store_url(self) -> str:
         return os.environ.get("GATEWAY_STORE_URL") or self.store.url
 

@@ -41,7 +41,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     decision_id = new_decision_id()
     decision_id_var.set(decision_id)
-    adapter = gw.adapters.for_errors(request.path, request.headers)
+    # who the client is, from the path and headers alone: errors from here on are in its format
+    candidate = gw.adapters.candidate(request.path)
+    adapter = candidate or gw.adapters.by_headers(request.headers)
     try:
         if request.path.startswith("/governance/"):
             # never forward governance paths (and the tokens they carry) upstream
@@ -52,7 +54,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # a path an adapter governs is governed on POST; everything else passes through
         parsed: dict[str, Any] | None = None
         model = None
-        if request.method == "POST" and gw.adapters.candidate(request.path) is not None:
+        if request.method == "POST" and candidate is not None:
             parsed = parse_json_body(body)
             model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
         route = choose_route(gw, request.path, model)

@@ -179,7 +179,7 @@ class ReviewerActions:
         changes = dict(
             changes, state=state, outcome=outcome, decided_by=principal.name, decided_at=now
         )
-        route = next((r for r in self.settings.routes if r.name == item.route), None)
+        route = self.settings.find_route(item.route)
         callback = callback_for(route, item, state, outcome, now)
         after = await self.apply(item, principal, action, changes, detail, callback=callback)
         self.metrics.decisions.labels(item.policy, outcome).inc()

@@ -80,15 +80,12 @@ class Callbacks:
         if event.type == "review.decided":
             self._wake.set()
 
-    def _route(self, name: str) -> Route | None:
-        return next((r for r in self.settings.routes if r.name == name), None)
-
     async def deliver_due(self) -> int:
         """Send every due callback once; failed ones are retried later with backoff."""
         now = time.time()
         sent = 0
         for cb in await self.db.due_callbacks(now):
-            route = self._route(cb["route"])
+            route = self.settings.find_route(cb["route"])
             secret = os.environ.get(route.review.callback_secret_env or "") if route else None
             attempts = cb["attempts"] + 1
             error = None

@@ -43,7 +43,7 @@ class Holds:
         events.subscribe(ReviewEvent, self._decided)
 
     async def hold(self, answer: HeldAnswer) -> Ticket:
-        route = next((r for r in self.settings.routes if r.name == answer.decision.route), None)
+        route = self.settings.find_route(answer.decision.route)
         item = new_item(answer, self.settings.review, route)
         started = time.perf_counter()
         try:

@@ -80,11 +80,9 @@ class Adapters:
                     return adapter
         return None
 
-    def for_errors(self, path: str, headers: Mapping[str, str]) -> Adapter:
-        """Who renders an error for this client, known before the body is read."""
-        adapter = self.candidate(path)
-        if adapter is not None:
-            return adapter
+    @staticmethod
+    def by_headers(headers: Mapping[str, str]) -> Adapter:
+        """Who answers a client on a path no adapter governs (its errors, its key header)."""
         # an Anthropic SDK always sends its API version, on every path
         return _ANTHROPIC if "anthropic-version" in headers else _CHAT
 
