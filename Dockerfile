@@ -22,12 +22,15 @@ COPY gateway.example.yaml ./
 RUN python -c "from gateway.index import ensure_sample; ensure_sample('/app/indexes')" \
     && gateway policy validate policies/
 
+# the state folder holds the admin token and the database: the gateway user's only
 RUN useradd --system --uid 10001 --home /app gateway \
     && mkdir -p /app/.gateway \
-    && chown -R gateway /app/.gateway /app/indexes
+    && chown -R gateway /app/.gateway /app/indexes \
+    && chmod 700 /app/.gateway
 USER gateway
 
-EXPOSE 8080 8081
+# the proxy; the admin listener (8081) binds 127.0.0.1 unless --admin-host says otherwise
+EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=2)"
 ENTRYPOINT ["gateway"]

@@ -3,33 +3,91 @@
 Everything under ``/governance/`` needs a bearer token; health and metrics
 are open, as scrapers and orchestrators expect. Subsystems add their own API
 paths and pages through their ``admin_routes`` hook.
+
+Whatever goes wrong, the answer is ours: a JSON error with a stable code (an
+HTML error page on the UI's pages), never aiohttp's plain-text 404, 405 or
+500.
 """
 
 from __future__ import annotations
 
+import logging
+from http import HTTPStatus
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import (
+    BadRequest,
+    ConfigError,
+    GatewayError,
+    InternalError,
+    NotFound,
+    StoreUnavailable,
+)
 from gateway.policy.check import context_for, decision_json, evaluate
 from gateway.proxy.adapters import parse_answer
+from gateway.proxy.adapters.base import openai_error
 from gateway.proxy.state import GATEWAY, Gateway
-from gateway.web.api import error_json, json_body, json_response
+from gateway.web.api import error_json, from_http_exception, json_body, json_response
 from gateway.web.auth import PRINCIPAL, TOKENS, TokenBook
-from gateway.web.pages import Pages, install_pages
+from gateway.web.pages import PAGES, Pages, install_pages, viewer_of
 from gateway.web.sessions import SESSIONS, SessionBook
+
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
+# bodies of ours that an HTTP exception may carry (a 403 page); aiohttp's own are text/plain
+OUR_BODIES = ("text/html", "application/json")
+
 
 @web.middleware
-async def errors_and_auth(request: web.Request, handler):
+async def errors(request: web.Request, handler):
+    """The outermost middleware: every failure becomes an answer of ours."""
     try:
-        if request.path.startswith("/governance/"):
-            request[PRINCIPAL] = request.app[TOKENS].require(request, "reviewer")
         return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type in OUR_BODIES:
+            # a redirect, or an error page already rendered
+            raise
+        extra = {"allow": exc.headers["allow"]} if "allow" in exc.headers else None
+        return failure(request, from_http_exception(exc, request), extra)
+    except StoreUnavailable as err:
+        log.warning("%s %s: %s", request.method, request.path, err.message)
+        return failure(request, err)
     except GatewayError as err:
-        return error_json(err)
+        return failure(request, err)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return failure(
+            request, InternalError("the request failed; the gateway log has the details")
+        )
+
+
+def failure(
+    request: web.Request, err: GatewayError, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``err`` as the API's JSON error, or as an error page where a browser asked for a page."""
+    pages = request.app[PAGES]
+    if pages.owns(request.path):
+        try:
+            page = pages.error(
+                request, viewer_of(request), err.status, HTTPStatus(err.status).phrase, err.message
+            )
+        except Exception:
+            log.exception("could not render the error page for %s", request.path)
+        else:
+            page.headers.update(headers or {})
+            return page
+    return error_json(err, headers)
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler):
+    if request.path.startswith("/governance/"):
+        request[PRINCIPAL] = request.app[TOKENS].require(request, "reviewer")
+    return await handler(request)
 
 
 @routes.get("/healthz")
@@ -119,11 +177,18 @@ async def policies(request: web.Request) -> web.Response:
 async def reload_policies(request: web.Request) -> web.Response:
     request.app[TOKENS].require(request, "admin")
     holder = request.app[GATEWAY].policies
+    # reload() never raises: a failure is in last_error, and the old set still serves
     ok = await holder.reload()
-    status = 200 if ok else 422
-    return json_response(
-        {"reloaded": ok, "revision": holder.serving.revision, "errors": holder.last_error}, status
+    revision = holder.current.revision if holder.current else None
+    body = {"reloaded": ok, "revision": revision, "errors": None if ok else holder.last_error}
+    if ok:
+        return json_response(body)
+    # the error object every failed call carries, beside the lines a person reads
+    failed = ConfigError(
+        f"the policies did not reload ({len(holder.last_error or [])} error(s)); "
+        f"revision {revision} keeps serving"
     )
+    return json_response({**body, **openai_error(failed)}, 422)
 
 
 @routes.get("/governance/v1/decisions/{decision_id}")
@@ -155,7 +220,7 @@ async def decisions(request: web.Request) -> web.Response:
 
 
 def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_and_auth])
+    app = web.Application(middlewares=[bearer_auth])
     app[GATEWAY] = gw
     app[TOKENS] = tokens or TokenBook(gw.settings)
     app[SESSIONS] = SessionBook(gw.settings.review.session_ttl)
@@ -163,6 +228,8 @@ def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Applic
     app.add_routes(routes)
     for sub in gw.subsystems:
         sub.admin_routes(app)
+    # outermost, so the middlewares subsystems put in front are covered too
+    app.middlewares.insert(0, errors)
 
     async def lifecycle(app: web.Application):
         await gw.acquire()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -14,6 +15,7 @@ from gateway.contract.kind import Resources
 from gateway.errors import ConfigError
 from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
+from gateway.observability.journal import DecisionJournal
 from gateway.observability.metrics import Metrics
 from gateway.plugins import SUBSYSTEMS, load_group
 from gateway.policy.loader import sections_of
@@ -45,6 +47,8 @@ def build_gateway(
     resources = Resources()
     store = open_store(settings.store_url())
     decisions = DecisionLog(store, metrics)
+    journal = DecisionJournal(Path(settings.data_dir) / "journal")
+    journal.register(decisions)
     classes = installed_subsystems() if subsystems is None else list(subsystems)
     holder = PolicyHolder(
         settings.policies, events=events, resources=resources, sections=sections_of(classes)
@@ -55,10 +59,13 @@ def build_gateway(
         metrics=metrics,
         store=store,
         decisions=decisions,
+        journal=journal,
         events=events,
         adapters=Adapters(settings.routes),
         resources=resources,
     )
+    # the journal first: a record is in it before any consumer can commit it
+    events.subscribe(DecisionRecord, journal.record)
     events.subscribe(DecisionRecord, decisions.add)
 
     def swapped(swap: PolicySwap) -> None:

@@ -44,8 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="gateway.yaml (omit for the quick start)")
     serve.add_argument("--upstream", help="quick start: the upstream base URL")
     serve.add_argument("--policies", action="append", help="policy file or directory")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="quick start: the proxy listener's address"
+    )
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--admin-host",
+        default="127.0.0.1",
+        help="quick start: the admin listener's address (API, review and incident pages); "
+        "keep it on loopback unless TLS and access control stand in front",
+    )
     serve.add_argument("--admin-port", type=int, default=8081)
     serve.add_argument("--store", help="store URL (sqlite:///… or postgresql://…)")
     serve.set_defaults(func=cmd_serve)
@@ -100,6 +108,7 @@ def load_config(args) -> Settings:
         port=getattr(args, "port", 8080),
         admin_port=getattr(args, "admin_port", 8081),
         host=getattr(args, "host", "127.0.0.1"),
+        admin_host=getattr(args, "admin_host", "127.0.0.1"),
     )
     if getattr(args, "store", None):
         settings = settings.model_copy(
@@ -121,8 +130,11 @@ def cmd_serve(args) -> int:
 def cmd_policy_validate(args) -> int:
     from gateway.policy.loader import check_files, policy_files
 
-    files = policy_files(args.paths)
     errors = check_files(args.paths)
+    try:
+        files = policy_files(args.paths)
+    except OSError:
+        files = []  # check_files has said why the directory cannot be listed
     for line in errors:
         print(line)
     if errors:

@@ -28,9 +28,15 @@ class Listener(Strict):
     port: int = Field(ge=0, le=65535)
 
 
+class AdminListener(Listener):
+    # a TLS-terminating proxy stands in front of this listener: a host other than
+    # loopback is then deliberate, and the start does not warn about it
+    tls_in_front: bool = False
+
+
 class Listeners(Strict):
     proxy: Listener = Listener(port=8080)
-    admin: Listener = Listener(port=8081)
+    admin: AdminListener = AdminListener(port=8081)
 
 
 class Timeouts(Strict):
@@ -249,8 +255,25 @@ class ReviewSettings(Strict):
 
 
 class Limits(Strict):
+    """Bounds on what clients and upstreams can make one process hold or wait for."""
+
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_upstream_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # one SSE event from the upstream, buffered until its blank line
+    max_upstream_event_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # seconds for a client to send a request's headers, counted from the
+    # connection's start or the end of its previous response (slowloris)
+    header_timeout: float = Field(default=10.0, gt=0)
+    # seconds for a client to send the whole request body
+    body_timeout: float = Field(default=30.0, gt=0)
+    # seconds a keep-alive connection may sit idle between requests
+    keepalive_timeout: float = Field(default=15.0, gt=0)
+    # open client connections per listener; more are answered 503 and closed
+    max_connections: int = Field(default=1024, ge=1)
+    # streamed answers in flight; more are answered 503 with Retry-After
+    max_streams: int = Field(default=256, ge=1)
+    # what a shed client is told to wait before trying again, in seconds
+    retry_after: int = Field(default=1, ge=1)
 
 
 class Settings(Strict):
@@ -345,15 +368,20 @@ def quickstart(
     port: int = 8080,
     admin_port: int = 8081,
     host: str = "127.0.0.1",
+    admin_host: str = "127.0.0.1",
 ) -> Settings:
-    """Settings for ``gateway serve --upstream URL``: one route for OpenAI and Anthropic paths."""
+    """Settings for ``gateway serve --upstream URL``: one route for OpenAI and Anthropic paths.
+
+    ``host`` binds the proxy only: the admin listener has its own ``admin_host``.
+    """
     base = upstream.rstrip("/")
     # clients already send /v1/...; an upstream given as https://host/v1 would double it
     if base.endswith("/v1"):
         base = base[: -len("/v1")]
     return Settings(
         listeners=Listeners(
-            proxy=Listener(host=host, port=port), admin=Listener(host=host, port=admin_port)
+            proxy=Listener(host=host, port=port),
+            admin=AdminListener(host=admin_host, port=admin_port),
         ),
         routes=[Route(name="default", upstream=base, protocol="auto")],
         policies=policies or ["policies"],

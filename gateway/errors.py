@@ -69,6 +69,8 @@ class Diag(StrEnum):
     UNREADABLE = "unreadable"
     INVALID_ENCODING = "invalid-encoding"
     YAML_SYNTAX = "yaml-syntax"
+    YAML_TOO_DEEP = "yaml-too-deep"
+    YAML_TOO_LARGE = "yaml-too-large"
     DUPLICATE_KEY = "duplicate-key"
     EMPTY_FILE = "empty-file"
     MISSING_FIELD = "missing-field"
@@ -93,6 +95,33 @@ class PayloadTooLarge(GatewayError, ValueError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError, TimeoutError):
+    """The client took longer than ``limits.body_timeout`` to send its request."""
+
+    code = "request-timeout"
+    status = 408
+    type = "invalid_request_error"
+
+
+class MalformedHttp(GatewayError, ValueError):
+    """Bytes on the connection that are not a well-formed HTTP request."""
+
+    code = "malformed-http"
+    status = 400
+    type = "invalid_request_error"
+
+
+class Overloaded(GatewayError):
+    """A connection or stream limit is reached; the client should retry after a pause."""
+
+    code = "overloaded"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NoRoute(GatewayError, LookupError):
     code = "no-route"
     status = 404
@@ -114,6 +143,14 @@ class Forbidden(GatewayError, PermissionError):
 class NotFound(GatewayError, LookupError):
     code = "not-found"
     status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(GatewayError):
+    """The path exists on the admin listener, but not for this HTTP method."""
+
+    code = "method-not-allowed"
+    status = 405
     type = "invalid_request_error"
 
 
@@ -152,6 +189,20 @@ class ReviewUnavailable(GatewayError):
 
     code = "review-unavailable"
     status = 503
+
+
+# -- the store --------------------------------------------------------------------------
+class StoreUnavailable(GatewayError, ConnectionError):
+    """The store cannot be used right now: locked, closed, unreadable, or its server is down."""
+
+    code = "store-unavailable"
+    status = 503
+
+
+class ExchangeInterrupted(GatewayError):
+    """The process stopped mid-exchange; its record was rebuilt from the journal."""
+
+    code = "interrupted"
 
 
 # -- the upstream ---------------------------------------------------------------------

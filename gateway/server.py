@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
 from aiohttp import web
 
 from gateway.app import build_gateway, create_admin_app, create_app
-from gateway.config import Settings
+from gateway.config import AdminListener, Settings
+from gateway.listeners import GuardedSite
+from gateway.store.files import tighten_dir
 
 log = logging.getLogger("gateway")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # a hostname, or "" (every interface): assume it can be reached from elsewhere
+        return False
+
+
+def warn_if_exposed(admin: AdminListener) -> None:
+    """Say loudly when the admin listener can be reached from the network in plain HTTP."""
+    if is_loopback(admin.host) or admin.tls_in_front:
+        return
+    log.warning(
+        "the admin listener on %s:%d is reachable beyond this machine, in plain HTTP: the "
+        "governance API, the review and incident pages and their tokens and cookies travel "
+        "unencrypted. Put TLS and access control in front and set "
+        "listeners.admin.tls_in_front: true, or bind it to 127.0.0.1 (--admin-host)",
+        admin.host or "*",
+        admin.port,
+        extra={"fields": {"admin_host": admin.host, "admin_port": admin.port}},
+    )
 
 
 def run_loop(coro) -> None:
@@ -28,16 +56,20 @@ async def serve(
     settings: Settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ):
     """Run both listeners until SIGINT/SIGTERM (or ``stop``), then drain and flush."""
+    # the admin token and, by default, the database live here: the owner's only
+    tighten_dir(settings.data_dir)
     gw = build_gateway(settings)
-    proxy_runner = web.AppRunner(create_app(gw), handler_cancellation=True, access_log=None)
+    proxy_runner = web.AppRunner(
+        create_app(gw), handler_cancellation=True, access_log=None, shutdown_timeout=10
+    )
     admin_runner = web.AppRunner(create_admin_app(gw), handler_cancellation=True, access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()
-    listeners = settings.listeners
-    await web.TCPSite(
-        proxy_runner, listeners.proxy.host, listeners.proxy.port, shutdown_timeout=10
-    ).start()
-    await web.TCPSite(admin_runner, listeners.admin.host, listeners.admin.port).start()
+    listeners, limits = settings.listeners, settings.limits
+    count = gw.metrics.shed.labels
+    for runner, listener in ((proxy_runner, listeners.proxy), (admin_runner, listeners.admin)):
+        site = GuardedSite(runner, listener.host, listener.port, limits, lambda r: count(r).inc())
+        await site.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,6 +88,7 @@ async def serve(
             }
         },
     )
+    warn_if_exposed(listeners.admin)
     if ready is not None:
         ready.set()
     await stop.wait()

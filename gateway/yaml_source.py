@@ -8,6 +8,7 @@ and turn pydantic's error locations back into positions.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,43 +65,241 @@ class Source:
         return f"{self.path}:{line}:{col}: {code}: {message}"
 
 
-def load_source(path: str | Path, text: str | None = None) -> Source:
-    """Parse one YAML file; raise ``YamlSyntaxError`` with ``file:line:col`` messages."""
+# Nesting deeper than this is refused before the composer, which recurses once
+# per level, can exhaust Python's stack; no real config comes near it.
+MAX_DEPTH = 100
+# Values that aliases may add in total: anchors are handy for shared settings,
+# but nested aliases expand exponentially (the "billion laughs" file).
+MAX_ALIAS_NODES = 10_000
+
+# YAML's line breaks, as PyYAML counts them in its marks
+_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+class _Refused(Exception):
+    """A document past one of our limits, with the place where it went past it."""
+
+    def __init__(self, code: Diag, mark: Any, message: str):
+        super().__init__(message)
+        self.code = code
+        self.mark = mark
+        self.message = message
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that bounds nesting and alias expansion while it composes.
+
+    The limits are checked on the way in, so a hostile file is refused at the
+    node that crosses them instead of ending in ``RecursionError`` or a loader
+    that expands aliases for ever.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_nodes = 0
+        # id(node) -> (values it stands for with aliases expanded, levels of nesting)
+        self._shape: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._check_alias(event)
+            return super().compose_node(parent, index)
+        nested = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _Refused(
+                    Diag.YAML_TOO_DEEP,
+                    event.start_mark,
+                    f"more than {MAX_DEPTH} levels of nested lists and mappings",
+                )
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+        if node is not None:
+            self._shape[id(node)] = self._measure(node)
+        return node
+
+    def _check_alias(self, event: yaml.AliasEvent) -> None:
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # the composer reports the undefined alias
+        shape = self._shape.get(id(target))
+        if shape is None:
+            raise _Refused(
+                Diag.YAML_TOO_LARGE,
+                event.start_mark,
+                f"alias *{event.anchor} is inside the value it names, so it never ends",
+            )
+        size, height = shape
+        self._alias_nodes += size
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _Refused(
+                Diag.YAML_TOO_LARGE,
+                event.start_mark,
+                f"aliases expand to more than {MAX_ALIAS_NODES} values",
+            )
+        if self._depth + height > MAX_DEPTH:
+            raise _Refused(
+                Diag.YAML_TOO_DEEP,
+                event.start_mark,
+                f"alias *{event.anchor} nests values more than {MAX_DEPTH} levels deep",
+            )
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            return 1, 0
+        shapes = [self._shape.get(id(child), (1, 0)) for child in children]
+        return 1 + sum(s for s, _ in shapes), 1 + max((h for _, h in shapes), default=0)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:
+            # PyYAML's scalar constructors let int(), datetime() and friends
+            # raise as they like (``0b_``, ``2024-13-45``): pin it on the value
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {exc}", node.start_mark
+            ) from None
+
+
+def load_source(path: str | Path, text: str | bytes | None = None) -> Source:
+    """Parse one YAML file; raise ``YamlSyntaxError`` with ``file:line:col`` messages.
+
+    ``text`` (the file's contents, as text or bytes) saves reading ``path``.
+    Whatever the input, the only error raised is ``YamlSyntaxError``.
+    """
     shown = str(path)
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise YamlSyntaxError([f"{shown}:1:1: {Diag.FILE_NOT_FOUND}: no such file"]) from None
-        except UnicodeDecodeError as exc:
-            problem = f"not UTF-8 ({exc.reason} at byte {exc.start})"
-            raise YamlSyntaxError([f"{shown}:1:1: {Diag.INVALID_ENCODING}: {problem}"]) from None
+        text = _read(shown, Path(path))
+    if isinstance(text, bytes | bytearray | memoryview):
+        text = _decode(shown, bytes(text))
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
+        return _parse(shown, text)
+    except RecursionError:
+        # the limits above should make this unreachable; a stack that is
+        # already deep when we are called may still run out
+        raise YamlSyntaxError(
+            [f"{shown}:1:1: {Diag.YAML_TOO_DEEP}: nested too deeply to read"]
+        ) from None
+
+
+def load_text(path: str | Path) -> str:
+    """The file's text; raise ``YamlSyntaxError`` when it is missing, unreadable or not UTF-8."""
+    return _decode(str(path), _read(str(path), Path(path)))
+
+
+def compose_tree(path: str | Path, text: str) -> yaml.Node | None:
+    """The node tree of ``text`` (for tools that edit a file in place), within our limits."""
+    shown = str(path)
+    loader = _open(shown, text)
+    try:
+        return _compose(shown, loader)
+    finally:
+        loader.dispose()
+
+
+def _read(shown: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise YamlSyntaxError([f"{shown}:1:1: {Diag.FILE_NOT_FOUND}: no such file"]) from None
+    except IsADirectoryError:
+        raise YamlSyntaxError([f"{shown}:1:1: {Diag.UNREADABLE}: is a directory"]) from None
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+        raise YamlSyntaxError([f"{shown}:1:1: {Diag.UNREADABLE}: {problem}"]) from None
+
+
+def _decode(shown: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+        line_start = raw.rfind(b"\n", 0, start) + 1
+        line = raw.count(b"\n", 0, start) + 1
+        col = len(raw[line_start:start].decode("utf-8", "replace")) + 1
+        problem = f"not UTF-8 ({exc.reason} at byte {start})"
+        raise YamlSyntaxError(
+            [f"{shown}:{line}:{col}: {Diag.INVALID_ENCODING}: {problem}"]
+        ) from None
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of ``text[index]``, counting breaks as PyYAML's marks do."""
+    line, line_start = 1, 0
+    for match in _BREAKS.finditer(text, 0, index):
+        line += 1
+        line_start = match.end()
+    return line, index - line_start + 1
+
+
+def _open(shown: str, text: str) -> _Loader:
+    try:
+        # the reader refuses control characters as soon as it is built
+        return _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        if isinstance(exc.character, int):
+            char = exc.character
+            problem = f"character U+{char:04X} is not allowed in YAML"
+            if char < 0x20 or 0x7F <= char < 0xA0:
+                problem += " (write control characters as escapes in a double-quoted string)"
+        else:
+            problem = exc.reason
+        raise YamlSyntaxError([f"{shown}:{line}:{col}: {Diag.YAML_SYNTAX}: {problem}"]) from None
+
+
+def _compose(shown: str, loader: _Loader) -> yaml.Node | None:
+    try:
+        return loader.get_single_node()
+    except _Refused as exc:
+        line, col = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (1, 1)
+        raise YamlSyntaxError([f"{shown}:{line}:{col}: {exc.code}: {exc.message}"]) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError([_yaml_error(shown, exc)]) from None
+
+
+def _yaml_error(shown: str, exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        raise YamlSyntaxError([f"{shown}:{line}:{col}: {Diag.YAML_SYNTAX}: {problem}"]) from None
-    source = Source(shown, None)
-    if node is None:
-        return source
-    duplicates: list[str] = []
-    _record(node, (), source.positions, duplicates, shown)
-    if duplicates:
-        raise YamlSyntaxError(duplicates)
-    loader = yaml.SafeLoader("")
+        if exc.problem and exc.context and exc.context_mark:
+            where = f"{exc.context_mark.line + 1}:{exc.context_mark.column + 1}"
+            problem = f"{problem} ({exc.context} at {where})"
+        return f"{shown}:{line}:{col}: {Diag.YAML_SYNTAX}: {problem}"
+    return f"{shown}:1:1: {Diag.YAML_SYNTAX}: {exc}"
+
+
+def _parse(shown: str, text: str) -> Source:
+    loader = _open(shown, text)
     try:
-        source.data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlSyntaxError(
-            [f"{shown}:{line}:{col}: {Diag.YAML_SYNTAX}: {exc.problem}"]
-        ) from None
+        node = _compose(shown, loader)
+        source = Source(shown, None)
+        if node is None:
+            return source
+        duplicates: list[str] = []
+        _record(node, (), source.positions, duplicates, shown, set())
+        if duplicates:
+            raise YamlSyntaxError(duplicates)
+        try:
+            source.data = loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            raise YamlSyntaxError([_yaml_error(shown, exc)]) from None
+        return source
     finally:
         loader.dispose()
-    return source
 
 
 def _record(
@@ -109,13 +308,22 @@ def _record(
     positions: dict[Loc, tuple[int, int]],
     duplicates: list[str],
     shown: str,
+    seen_nodes: set[int],
 ) -> None:
     positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    # an alias walks its anchor's nodes again (the loader has bounded how many
+    # that can be); their duplicate keys are reported once, where they are
+    first_visit = id(node) not in seen_nodes
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            if key in seen:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value
+            else:
+                # a list or mapping as key; the constructor refuses it later
+                key = f"<{key_node.id} at {key_node.start_mark.line + 1}>"
+            if key in seen and first_visit:
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 dotted = ".".join(str(p) for p in loc + (key,))
                 duplicates.append(f"{shown}:{line}:{col}: {Diag.DUPLICATE_KEY}: {dotted}")
@@ -124,10 +332,10 @@ def _record(
                 key_node.start_mark.line + 1,
                 key_node.start_mark.column + 1,
             )
-            _record(value_node, loc + (key,), positions, duplicates, shown)
+            _record(value_node, loc + (key,), positions, duplicates, shown, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record(item, loc + (index,), positions, duplicates, shown)
+            _record(item, loc + (index,), positions, duplicates, shown, seen_nodes)
 
 
 _CODES = {

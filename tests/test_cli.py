@@ -232,3 +232,95 @@ web.run_app(DemoUpstream(1).app, host="127.0.0.1", port={up_port}, print=None)
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_host_binds_the_proxy_and_admin_host_the_admin_listener():
+    from gateway.cli import build_parser, load_config
+
+    def listeners(*flags: str):
+        args = build_parser().parse_args(["serve", "--upstream", "http://127.0.0.1:9", *flags])
+        s = load_config(args).listeners
+        return s.proxy.host, s.admin.host
+
+    assert listeners() == ("127.0.0.1", "127.0.0.1")
+    assert listeners("--host", "0.0.0.0") == ("0.0.0.0", "127.0.0.1")
+    assert listeners("--admin-host", "10.1.2.3") == ("127.0.0.1", "10.1.2.3")
+
+
+def reachable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def serve_briefly(tmp_path: Path, *flags: str, check) -> list[dict]:
+    """Run ``gateway serve`` with ``flags``, call ``check`` once it is up, stop it; its log."""
+    policies = write_policies(
+        tmp_path / "pol", "policies:\n  - {id: p, kind: phrases, phrases: [x]}\n"
+    )
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            *GATEWAY,
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--policies",
+            str(policies),
+            "--store",
+            f"sqlite:///{tmp_path / 'g.db'}",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin),
+            *flags,
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # both listeners are up once the second, the admin one, answers
+        wait_for(f"http://127.0.0.1:{admin}/healthz")
+        check(port, admin)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        return [
+            json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def exposure_warnings(log: list[dict]) -> list[dict]:
+    return [r for r in log if r["level"] == "warning" and "admin listener" in r["msg"]]
+
+
+@pytest.mark.slow
+def test_host_all_interfaces_leaves_the_admin_listener_on_loopback(tmp_path):
+    # 127.0.0.2 is loopback too, but a socket bound to 127.0.0.1 does not answer there:
+    # it stands in for "another address of this machine"
+    def check(port: int, admin: int) -> None:
+        assert reachable("127.0.0.2", port)
+        assert reachable("127.0.0.1", admin)
+        assert not reachable("127.0.0.2", admin)
+
+    log = serve_briefly(tmp_path, "--host", "0.0.0.0", check=check)
+    assert not exposure_warnings(log)
+
+
+@pytest.mark.slow
+def test_an_admin_listener_beyond_loopback_is_warned_about(tmp_path):
+    def check(port: int, admin: int) -> None:
+        assert reachable("127.0.0.2", admin)
+        assert not reachable("127.0.0.2", port)
+
+    log = serve_briefly(tmp_path, "--admin-host", "0.0.0.0", check=check)
+    (warning,) = exposure_warnings(log)
+    assert "0.0.0.0" in warning["msg"] and "tls_in_front" in warning["msg"]

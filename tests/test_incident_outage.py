@@ -7,66 +7,20 @@ local PagerDuty fake that is not even listening during the first part.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.gateway_process import free_port, start_gateway
 from tests.test_sinks import PD_KEY, FakeSinks
 
 pytestmark = pytest.mark.slow
 
-GATEWAY = Path(sys.executable).with_name("gateway")
 TOKEN = "outage-admin-token"
 HEADERS = {"authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Process:
-    def __init__(self, config: Path, log: Path, port: int, admin: int):
-        self.config, self.log, self.port, self.admin = config, log, port, admin
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_STORE_URL"}
-        env["PD_KEY"] = PD_KEY
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [str(GATEWAY), "serve", "--config", str(self.config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        async with aiohttp.ClientSession() as http:
-            for _ in range(600):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"gateway exited: {self.log.read_text()[-3000:]}")
-                try:
-                    async with http.get(f"http://127.0.0.1:{self.admin}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("gateway did not become ready")
-
-    def kill(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
 
 
 async def breach(http: aiohttp.ClientSession, port: int, model: str) -> None:
@@ -140,16 +94,15 @@ async def test_sink_outage_and_sigkill_lose_no_event(tmp_path, fake):
           outbox: {{base_delay: 0.05, max_delay: 0.5, poll_interval: 0.1}}
         """)
     )
-    gateway = Process(config, tmp_path / "gateway.log", port, admin)
-    await gateway.start()
+    gateway = await start_gateway(config, admin, port, env={"PD_KEY": PD_KEY})
     try:
         await breaches(port, 100)
         # every breach so far has been processed and written before the kill
         before = await admin_json(admin, "GET", "/governance/v1/incidents")
         assert sum(i["breach_count"] for i in before["incidents"]) == 100
-        gateway.kill(signal.SIGKILL)
+        await gateway.kill()
 
-        await gateway.start()
+        gateway = await start_gateway(config, admin, port, env={"PD_KEY": PD_KEY})
         await breaches(port, 100)
         listed = (await admin_json(admin, "GET", "/governance/v1/incidents"))["incidents"]
         assert len(listed) == 2
@@ -173,11 +126,8 @@ async def test_sink_outage_and_sigkill_lose_no_event(tmp_path, fake):
             assert left == 0, "the outbox never drained"
         finally:
             await runner.cleanup()
-        gateway.kill(signal.SIGTERM)
     finally:
-        if gateway.proc is not None and gateway.proc.poll() is None:
-            gateway.proc.kill()
-            gateway.proc.wait()
+        await gateway.stop()
 
     assert sink.rejected == []
     keys = {i["dedup_key"] for i in listed}

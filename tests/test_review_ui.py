@@ -166,6 +166,7 @@ async def test_allowlist_from_the_item_page_edits_validates_and_reloads(
     make_gateway, fake, tmp_path
 ):
     policy_file = write_policies(tmp_path / "policies", BIAS_POLICIES)
+    policy_file.chmod(0o600)
     fake.script.text = "Most immigrants are lazy."
     proxy, admin, gw = await make_gateway(upstream=fake)
     review_id = await held(proxy)
@@ -182,6 +183,7 @@ async def test_allowlist_from_the_item_page_edits_validates_and_reloads(
     assert done.status == 303, await done.text()
     text = policy_file.read_text()
     assert text.startswith("# reviewed, not blocked")  # the file keeps its comments
+    assert policy_file.stat().st_mode & 0o777 == 0o600  # and its permissions
     assert 'extra_allow_patterns: ["^Most\\\\ immigrants\\\\ are\\\\ lazy\\\\.$"]' in text
     assert gw.policies.current.revision != before
     again = await proxy.post(CHAT, json=chat(), headers=auth(CLIENT_KEY))

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 # the ``regex`` engine runs these alternations of group terms several times faster
 import regex as re
-import yaml
 from pydantic import Field, field_validator
 from rapidfuzz import fuzz, process
 
@@ -37,8 +36,9 @@ from gateway.contract.detector import Finding, ScanContext
 from gateway.contract.kind import BuildContext, PolicyKind
 from gateway.contract.policy import PolicyBase, check_patterns
 from gateway.detectors.stereotype import StereotypeClassifier
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, YamlSyntaxError
 from gateway.textnorm import fold
+from gateway.yaml_source import load_source
 
 HERE = Path(__file__).parent
 LEXICON_DIR = HERE / "lexicons"
@@ -148,11 +148,9 @@ class Lexicon:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read lexicon: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: lexicon is not valid YAML: {exc}") from None
+        data = load_source(path).data
+    except YamlSyntaxError as exc:
+        raise ConfigError(f"lexicon {'; '.join(exc.errors)}", exc.errors) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a lexicon must be a mapping")
     return data

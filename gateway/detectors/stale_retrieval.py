@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator
 
 from gateway.contract.detector import Finding, ScanContext
 from gateway.contract.kind import BuildContext, PolicyKind
 from gateway.contract.policy import PolicyBase, check_patterns
-from gateway.errors import ConfigError, SourceMetadataError
+from gateway.errors import ConfigError, SourceMetadataError, YamlSyntaxError
+from gateway.yaml_source import load_source
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,10 @@ def read_registry(path: Path, table: str = "sources") -> dict[str, DocumentRecor
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            try:
+                data = load_source(path).data or {}
+            except YamlSyntaxError as exc:
+                raise ConfigError(f"source registry {'; '.join(exc.errors)}", exc.errors) from None
             rows = data.get("documents") if isinstance(data, dict) else None
             if not isinstance(rows, list):
                 raise ConfigError(f"{path}: a YAML registry needs a `documents:` list")
@@ -215,7 +218,7 @@ def read_registry(path: Path, table: str = "sources") -> dict[str, DocumentRecor
             raise ConfigError(f"{path}: registry must be .yaml, .yml, .csv or .sqlite")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read source registry: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, sqlite3.Error, csv.Error) as exc:
+    except (sqlite3.Error, csv.Error, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot parse source registry: {exc}") from None
     out: dict[str, DocumentRecord] = {}
     for i, row in enumerate(rows):

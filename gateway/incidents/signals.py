@@ -25,6 +25,7 @@ from gateway.policy.loader import PolicySet
 from gateway.proxy.containment import INTERNAL_PREFIX
 from gateway.records.decision import Attempt, DecisionRecord, PolicyVerdict
 from gateway.records.monitor import MonitorEvent
+from gateway.secretmask import mask_evidence, mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,15 @@ def sample_of(rec: DecisionRecord, policy: PolicyVerdict | None) -> Sample:
     if policy is not None:
         sample["policy"] = policy.id
         sample["policy_severity"] = policy.severity
+        # masked before cutting, so a cut never leaves a secret unrecognised; the
+        # record's evidence is already masked, this keeps samples safe whatever fed them
         if policy.error:
-            sample["error"] = policy.error[:300]
+            sample["error"] = mask_secrets(policy.error)[:300]
         if policy.findings:
             first = policy.findings[0]
-            sample["finding"] = first.message[:300]
+            sample["finding"] = mask_secrets(first.message)[:300]
             sample["evidence"] = {
-                k: (v[:200] if isinstance(v, str) else v)
+                k: (mask_evidence(v, k)[:200] if isinstance(v, str) else v)
                 for k, v in list(first.evidence.items())[:8]
                 if isinstance(v, str | int | float | bool)
             }

@@ -35,6 +35,8 @@ class Incidents(Subsystem):
         )
         gw.containment = self.service.table
         gw.events.subscribe(DecisionRecord, self.service.on_decision)
+        # a record the process had not applied when it died is applied on the next start
+        gw.journal.register(self.service)
         gw.events.subscribe(MonitorEvent, self.service.on_monitor_event)
 
     async def start(self) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from gateway.errors import ConfigError, YamlSyntaxError
+from gateway.errors import ConfigError, Diag, YamlSyntaxError
 from gateway.records.monitor import MonitorEvent
 from gateway.strict import Strict
 from gateway.yaml_source import load_source, validation_messages
@@ -136,8 +136,20 @@ def _positioned(where: str, raw: Any, exc: ValidationError) -> list[str]:
     try:
         source = load_source(where)
     except YamlSyntaxError:
-        return [f"{where}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        # the file changed since it was read; say what is wrong without a place
+        return [
+            f"{where}:1:1: {Diag.INVALID_VALUE}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in exc.errors()
+        ]
     return validation_messages(source, exc, model=MonitorsSection, data={"monitors": raw})
+
+
+def _at(where: str, loc: tuple[str | int, ...], code: Diag, message: str) -> str:
+    """``message`` placed at ``loc`` of the file ``where``."""
+    try:
+        return load_source(where).error(loc, code, message)
+    except YamlSyntaxError:
+        return f"{where}:1:1: {code}: {message}"
 
 
 def parse_monitors(sections: Iterable[tuple[str, Any]]) -> list[MonitorConfig]:
@@ -154,10 +166,15 @@ def parse_monitors(sections: Iterable[tuple[str, Any]]) -> list[MonitorConfig]:
         except ValidationError as exc:
             errors.extend(_positioned(where, raw, exc))
             continue
-        for mon in section.monitors:
+        for index, mon in enumerate(section.monitors):
             if mon.id in seen:
                 errors.append(
-                    f"{where}: monitor id {mon.id!r} is already defined in {seen[mon.id]}"
+                    _at(
+                        where,
+                        ("monitors", index, "id"),
+                        Diag.DUPLICATE_ID,
+                        f"monitor id {mon.id!r} is already defined in {seen[mon.id]}",
+                    )
                 )
                 continue
             seen[mon.id] = where

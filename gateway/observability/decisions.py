@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from gateway.observability.metrics import Metrics
 from gateway.records.decision import DecisionRecord
@@ -20,7 +21,15 @@ from gateway.store.base import Store
 log = logging.getLogger(__name__)
 
 
+def _ignore(count: int) -> None:
+    """The commit hook until a journal registers the log."""
+
+
 class DecisionLog:
+    """The store's consumer of decision records (a ``Durable`` of the journal)."""
+
+    name = "decisions"
+
     def __init__(
         self,
         store: Store,
@@ -43,8 +52,12 @@ class DecisionLog:
         # (GET /decisions/{id}) both call flush(); one writer at a time keeps
         # a batch from being inserted twice.
         self._writing = asyncio.Lock()
+        # records taken from the bus; ``committed`` hears how many of them are written
+        self._received = 0
+        self.committed: Callable[[int], None] = _ignore
 
     def add(self, record: DecisionRecord) -> None:
+        self._received += 1
         if len(self._queue) >= self._max:
             self._queue.popleft()
             self.metrics.decisions_dropped.inc()
@@ -83,6 +96,12 @@ class DecisionLog:
                     self._requeue(batch)
                     raise
                 self.metrics.decision_queue.set(len(self._queue))
+                # no batch is in flight now: all but the queued ones are written (or dropped)
+                self.committed(self._received - len(self._queue))
+
+    async def replay(self, records: list[DecisionRecord]) -> None:
+        """Write records recovered from a journal (the store ignores ids it already has)."""
+        await self.store.insert_decisions(records)
 
     def _requeue(self, batch: list[DecisionRecord]) -> None:
         """Put an unwritten batch back in front, still honouring the bound."""

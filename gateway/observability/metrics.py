@@ -26,6 +26,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.shed = Counter(
+            "gateway_shed_total",
+            "Connections and requests refused or closed to protect the gateway",
+            ["reason"],
+            registry=r,
+        )
         self.added_latency = Histogram(
             "gateway_added_latency_seconds",
             "Time spent in the gateway itself per request",

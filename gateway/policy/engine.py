@@ -24,6 +24,7 @@ from gateway.contract.policy import STOPPING_ACTIONS as STOPPING
 from gateway.contract.policy import Action, Status
 from gateway.policy.loader import CompiledPolicy
 from gateway.records.decision import FindingRecord, PolicyVerdict
+from gateway.secretmask import mask_evidence, mask_secrets
 from gateway.severity import Severity
 
 # a policy keeps at most this many findings in the record; the count is kept
@@ -74,12 +75,21 @@ class PolicyResult:
             severity=cfg.severity.value,
             # rounded here as in the JSON form, so a record equals its own round trip
             elapsed_ms=round(self.elapsed_ms, 3),
+            # evidence identifies a leaked secret but never repeats it: the record
+            # is read far more widely (audit, incidents, sinks) than the answer
             findings=tuple(
-                FindingRecord(seg, f.start, f.end, round(float(f.score), 4), f.message, f.evidence)
+                FindingRecord(
+                    seg,
+                    f.start,
+                    f.end,
+                    round(float(f.score), 4),
+                    mask_secrets(f.message),
+                    mask_evidence(f.evidence),
+                )
                 for seg, f in self.findings
             ),
             finding_count=self.finding_count,
-            error=self.error,
+            error=mask_secrets(self.error) if self.error else None,
         )
 
 

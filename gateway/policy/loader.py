@@ -8,6 +8,7 @@ its detectors are built, so serving it cannot fail on configuration.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +23,8 @@ from gateway.errors import ConfigError, Diag, YamlSyntaxError
 from gateway.plugins import SUBSYSTEMS, load_group
 from gateway.policy.kinds import Registry, default_registry
 from gateway.yaml_source import Source, load_source, validation_messages
+
+log = logging.getLogger(__name__)
 
 TEST_SUFFIX = "_test"
 
@@ -104,13 +107,24 @@ def load_policies(
     registry = registry or default_registry()
     sections = default_sections() if sections is None else sections
     resources = resources if resources is not None else Resources()
-    files = policy_files(paths)
+    paths = list(paths)
+    try:
+        files = policy_files(paths)
+    except OSError as exc:
+        # a directory that vanished or may not be listed between two looks
+        where = exc.filename or ", ".join(map(str, paths))
+        problem = exc.strerror or str(exc)
+        raise ConfigError(
+            "policy files cannot be listed", [f"{where}:1:1: {Diag.UNREADABLE}: {problem}"]
+        ) from None
     errors: list[str] = []
     compiled: list[CompiledPolicy] = []
     found: dict[str, list[tuple[str, Any]]] = {}
     digest = hashlib.sha256()
     mtimes: dict[str, float] = {}
     seen_ids: dict[str, str] = {}
+    # the first file holding each section, to place a parser's unexpected failure
+    section_sources: dict[str, Source] = {}
     if not files:
         raise ConfigError(
             "no policy files found", [f"{', '.join(map(str, paths))}: no policy files"]
@@ -124,10 +138,7 @@ def load_policies(
             continue
         digest.update(str(path).encode() + b"\0" + raw + b"\0")
         try:
-            source = load_source(path, raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            errors.append(f"{path}:1:1: {Diag.INVALID_ENCODING}: not UTF-8 (byte {exc.start})")
-            continue
+            source = load_source(path, raw)
         except YamlSyntaxError as exc:
             errors.extend(exc.errors)
             continue
@@ -136,6 +147,7 @@ def load_policies(
         for name in sections:
             if isinstance(source.data, dict) and name in source.data:
                 found.setdefault(name, []).append((str(path), source.data[name]))
+                section_sources.setdefault(name, source)
         ctx = BuildContext(base_dir=path.parent.resolve(), resources=resources)
         for index, item in items:
             policy, item_errors = _validate_item(source, index, item, registry)
@@ -159,12 +171,31 @@ def load_policies(
                     source.error(("policies", index), Diag.BUILD_FAILED, f"{policy.id}: {exc}")
                 )
                 continue
+            except Exception as exc:
+                # a detector factory that breaks on a value it accepted is a bug,
+                # but it must not take the whole load (or a hot reload) with it
+                log.exception("building policy %s failed", policy.id)
+                errors.append(
+                    source.error(
+                        ("policies", index),
+                        Diag.BUILD_FAILED,
+                        f"{policy.id}: {type(exc).__name__}: {exc}",
+                    )
+                )
+                continue
             compiled.append(CompiledPolicy(policy, detector, str(path)))
     for name, pairs in found.items():
         try:
             sections[name](pairs)
         except ConfigError as exc:
             errors.extend(exc.errors)
+        except Exception as exc:
+            log.exception("parsing the %s section failed", name)
+            errors.append(
+                section_sources[name].error(
+                    (name,), Diag.INVALID_VALUE, f"{name}: {type(exc).__name__}: {exc}"
+                )
+            )
     if errors:
         raise ConfigError(f"{len(errors)} error(s) in policy files", errors)
     return PolicySet(compiled, digest.hexdigest()[:12], mtimes, found)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.contract.kind import Resources
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InternalError
 from gateway.events import EventBus
 from gateway.policy.kinds import Registry
 from gateway.policy.loader import PolicySet, SectionParser, load_policies, policy_files
@@ -82,36 +82,41 @@ class PolicyHolder:
 
     def _fingerprint(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for path in policy_files(self.paths):
+        try:
+            files = policy_files(self.paths)
+        except OSError:
+            # the directory is gone or unreadable for now; the load says why
+            files = []
+        for path in files:
             try:
                 out[str(path)] = path.stat().st_mtime_ns
             except OSError:
                 out[str(path)] = -1
         # a changed lexicon or registry file named in the same directory counts too
         for raw in self.paths:
-            base = Path(raw)
-            if base.is_dir():
-                try:
-                    out[str(base)] = base.stat().st_mtime_ns
-                except OSError:
-                    pass
+            try:
+                out[str(raw)] = Path(raw).stat().st_mtime_ns
+            except OSError:
+                out[str(raw)] = -1
         return out
 
     async def reload(self) -> bool:
-        """Load the files again; swap on success. Returns whether the swap happened."""
+        """Load the files again; swap on success. Returns whether the swap happened.
+
+        Never raises: whatever stops the load is kept in ``last_error`` (as
+        ``file:line:col`` lines when it is in a file), logged, and published as
+        ``PolicyReloadFailed``, and the previous set keeps serving.
+        """
         async with self._lock:
             try:
                 new = await asyncio.to_thread(self.load, self.paths)
             except ConfigError as exc:
-                self.last_error = exc.errors
-                log.error(
-                    "policy reload failed; still serving revision %s",
-                    self.current.revision if self.current else None,
-                    extra={"fields": {"errors": exc.errors}},
-                )
-                for line in exc.errors:
-                    log.error(line)
-                self.events.publish(PolicyReloadFailed(tuple(exc.errors)))
+                self._failed(exc.errors)
+                return False
+            except Exception as exc:
+                log.exception("policy reload crashed")
+                shown = ", ".join(map(str, self.paths))
+                self._failed([f"{shown}: {InternalError.code}: {type(exc).__name__}: {exc}"])
                 return False
             old = self.current
             self.current = new
@@ -130,13 +135,32 @@ class PolicyHolder:
             self.events.publish(PolicySwap(new, old))
             return True
 
+    def _failed(self, errors: list[str]) -> None:
+        self.last_error = errors
+        log.error(
+            "policy reload failed; still serving revision %s",
+            self.current.revision if self.current else None,
+            extra={"fields": {"errors": errors}},
+        )
+        for line in errors:
+            log.error(line)
+        self.events.publish(PolicyReloadFailed(tuple(errors)))
+
     async def watch(self, interval: float = 0.5) -> None:
+        """Reload whenever a policy file changes, until cancelled.
+
+        Nothing a file holds may end this loop: a watcher that died would
+        ignore every later edit until a restart.
+        """
         seen = self._fingerprint()
         while True:
             await asyncio.sleep(interval)
-            now = self._fingerprint()
-            if now != seen:
-                # let an editor finish writing before we read
-                await asyncio.sleep(min(interval, 0.1))
-                seen = self._fingerprint()
-                await self.reload()
+            try:
+                now = self._fingerprint()
+                if now != seen:
+                    # let an editor finish writing before we read
+                    await asyncio.sleep(min(interval, 0.1))
+                    seen = self._fingerprint()
+                    await self.reload()
+            except Exception:
+                log.exception("policy watcher: checking the files failed; still watching")

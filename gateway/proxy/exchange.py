@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,50 @@ class _FallBack:
         self.reason = reason
 
 
+# what reading an upstream shape an adapter did not foresee raises: still the
+# upstream's malformed answer to the client (502), never our internal error (500)
+_SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _unreadable(adapter: Adapter, route: Route, exc: Exception) -> UpstreamMalformed:
+    log.error(
+        "the %s adapter could not read an answer of upstream %s",
+        adapter.protocol,
+        route.name,
+        exc_info=exc,
+    )
+    return UpstreamMalformed(
+        f"upstream {route.name} sent a {adapter.protocol} answer of a shape the gateway "
+        f"cannot read ({type(exc).__name__})"
+    )
+
+
+@contextmanager
+def _reading(adapter: Adapter, route: Route) -> Iterator[None]:
+    try:
+        yield
+    except GatewayError:
+        raise
+    except _SHAPE_ERRORS as exc:
+        raise _unreadable(adapter, route, exc) from None
+
+
+def _checked_parse(
+    translator: StreamTranslator, adapter: Adapter, route: Route
+) -> Callable[[Any], list[Any]]:
+    parse = translator.parse
+
+    def checked(ev: Any) -> list[Any]:
+        try:
+            return parse(ev)
+        except GatewayError:
+            raise
+        except _SHAPE_ERRORS as exc:
+            raise _unreadable(adapter, route, exc) from None
+
+    return checked
+
+
 class Exchange:
     """One governed request, across its attempts (primary, then fallback)."""
 
@@ -133,6 +178,8 @@ class Exchange:
         self.switch: Switch | None = None
         # the review item a hold stored
         self.ticket: Ticket | None = None
+        # the journal holds this exchange's begin line
+        self.begun = False
 
     @property
     def route_name(self) -> str:
@@ -281,8 +328,9 @@ class Exchange:
             raise UpstreamMalformed(f"upstream {route.name} sent invalid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise UpstreamMalformed(f"upstream {route.name} sent JSON that is not an object")
-        segments = self.adapter.segments(body)
-        sources = self.adapter.sources(body)
+        with _reading(self.adapter, route):
+            segments = self.adapter.segments(body)
+            sources = self.adapter.sources(body)
         self.add_header_sources(resp, sources.items, sources.errors)
         guard = self.new_guard(route, sources.items, sources.errors)
         for key, text in segments:
@@ -306,7 +354,8 @@ class Exchange:
             out = self.blocked_response(guard, action, body)
         elif action is Action.REDACT:
             texts = {key: guard.segments[key].released_text for key, _ in segments}
-            out = json_response(self.adapter.rebuild(body, texts, None), headers=headers)
+            with _reading(self.adapter, route):
+                out = json_response(self.adapter.rebuild(body, texts, None), headers=headers)
         else:
             # served byte for byte as the upstream sent it
             out = web.Response(body=raw, content_type="application/json", headers=headers)
@@ -337,10 +386,11 @@ class Exchange:
                 f"upstream {route.name} answered a stream request with {ctype or 'no content type'}"
             )
         translator = self.translator = self.adapter.translator(self.info)
+        parse = _checked_parse(translator, self.adapter, route)
         sources = translator.sources
         self.add_header_sources(resp, sources.items, sources.errors)
         guard = self.new_guard(route, sources.items, sources.errors)
-        parser = SSEParser()
+        parser = SSEParser(self.gw.settings.limits.max_upstream_event_bytes)
         pending = self.pending
         self.pending_headers = up.response_headers(resp.headers)
         done = False
@@ -350,7 +400,7 @@ class Exchange:
                 self.busy.stop()
                 async for chunk in resp.content.iter_any():
                     self.busy.start()
-                    items = [item for ev in parser.feed(chunk) for item in translator.parse(ev)]
+                    items = [item for ev in parser.feed(chunk) for item in parse(ev)]
                     done = await self.on_items(coalesce(items), translator, guard, pending)
                     if guard.stopped:
                         # a review hold reads on from here to keep the whole answer
@@ -360,7 +410,7 @@ class Exchange:
                     self.busy.stop()
                 self.busy.start()
                 if not guard.stopped and not done:
-                    items = [item for ev in parser.close() for item in translator.parse(ev)]
+                    items = [item for ev in parser.close() for item in parse(ev)]
                     done = await self.on_items(items, translator, guard, pending)
         except asyncio.CancelledError:
             raise
@@ -464,6 +514,7 @@ class Exchange:
         response.headers["cache-control"] = "no-cache"
         response.headers.update(self.decision_headers(decision))
         self.response = response
+        self.begin(decision)
         self.busy.stop()
         await response.prepare(self.request)
         self.busy.start()
@@ -657,8 +708,41 @@ class Exchange:
         error: GatewayError | None = None,
     ) -> None:
         """Say how the exchange ended; the record is built once, when it is over."""
-        self.busy.stop()
         self.outcome = _Outcome(action, upstream_status, scanned, stream, cut, error)
+        if not self.begun:
+            # a whole answer is about to leave
+            self.begin(action, error)
+        self.busy.stop()
+
+    def begin(self, action: str, error: GatewayError | None = None) -> None:
+        """Journal what a record needs if the process dies before the answer is over."""
+        self.begun = True
+        guard = self.guard
+        last = self.attempts[-1] if self.attempts else None
+        self.gw.journal.begin(
+            {
+                "decision_id": self.decision_id,
+                "ts": time.time(),
+                "route": last.route if last else self.route.name,
+                "upstream": last.upstream if last else self.route.upstream,
+                "protocol": self.adapter.protocol,
+                "path": self.request.path,
+                "model": self.info.model,
+                "stream": self.info.stream,
+                "action": action,
+                # the verdicts an incident rule may act on
+                "policies": [
+                    (c.id, c.kind, c.mode, r.status.value, c.action.value, c.severity.value)
+                    for r in guard.results
+                    if r.status is not Status.PASS
+                    for c in (r.config,)
+                ]
+                if guard is not None
+                else [],
+                "breached": guard.breached() if guard is not None else [],
+                **({"error": {"code": error.code, "message": error.message}} if error else {}),
+            }
+        )
 
     def record(self) -> DecisionRecord:
         assert self.outcome is not None

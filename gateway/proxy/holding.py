@@ -19,10 +19,13 @@ from gateway.errors import HeldForReview, ReviewUnavailable
 from gateway.policy.engine import ResponseGuard
 from gateway.proxy.adapters import Adapter, RequestInfo
 from gateway.proxy.answers import client_message, error_response, json_response
-from gateway.proxy.credentials import api_key_id, safe_headers, tenant_of
+from gateway.proxy.credentials import api_key_id, clean_text, query_names, safe_headers, tenant_of
 from gateway.proxy.ports import ClientChannel, HoldPort
 from gateway.proxy.stopwatch import Stopwatch
 from gateway.records.review import HeldAnswer, HeldDecision, HeldRequest, ReviewOutcome, Ticket
+
+# a held path is cut to this many characters
+MAX_PATH_CHARS = 2048
 
 
 @dataclass(slots=True)
@@ -63,13 +66,15 @@ def held_answer(
     breached = tuple(guard.breached())
     policies = breached or ((config.id,) if config else ("unknown",))
     request = site.request
+    # the path without its query; stored text must be valid UTF-8
+    path = clean_text(request.path, MAX_PATH_CHARS)
     return HeldAnswer(
         decision=HeldDecision(
             decision_id=site.decision_id,
             revision=site.revision,
             route=site.route,
             protocol=site.adapter.protocol,
-            path=request.path,
+            path=path,
             model=site.info.model,
             stream=site.info.stream,
             action=Action.REVIEW.value,
@@ -86,8 +91,10 @@ def held_answer(
         policies=policies,
         request=HeldRequest(
             method=request.method,
-            path=request.path,
-            query=request.query_string,
+            path=path,
+            # names only: a query value may be a credential (``?api-key=``), and
+            # nothing replays a held request from the store
+            query=query_names(request.query_string),
             headers=safe_headers(request.headers),
             body=site.info.body,
         ),

@@ -17,14 +17,16 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.config import Route
+from gateway.config import Limits, Route
 from gateway.errors import (
     BadRequest,
     GatewayError,
     InternalError,
     NoRoute,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from gateway.observability.logs import decision_id_var
 from gateway.policy.engine import new_decision_id
@@ -50,7 +52,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             raise NotFound("the governance API is served on the admin listener")
         body = b""
         if request.method in ("POST", "PUT", "PATCH"):
-            body = await read_request_body(request, gw.settings.limits.max_body_bytes)
+            body = await read_request_body(request, gw.settings.limits)
         # a path an adapter governs is governed on POST; everything else passes through
         parsed: dict[str, Any] | None = None
         model = None
@@ -62,10 +64,25 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if governed is None or parsed is None:
             return await passthrough(gw, request, route, body, decision_id, adapter)
         adapter = governed
-        exchange = Exchange(
-            gw, request, route, adapter, adapter.request_info(parsed), body, decision_id
-        )
-        return await exchange.run()
+        info = adapter.request_info(parsed)
+        exchange = Exchange(gw, request, route, adapter, info, body, decision_id)
+        if not info.stream:
+            return await exchange.run()
+        limits = gw.settings.limits
+        if gw.streams >= limits.max_streams:
+            gw.metrics.shed.labels("streams").inc()
+            raise Overloaded(
+                f"{gw.streams} streamed answers are in flight, the limit; retry shortly",
+                limits.retry_after,
+            )
+        gw.streams += 1
+        try:
+            return await exchange.run()
+        finally:
+            gw.streams -= 1
+    except Overloaded as err:
+        retry = {"retry-after": str(err.retry_after)}
+        return error_response(err, adapter, decision_id, headers=retry)
     except GatewayError as err:
         return error_response(err, adapter, decision_id)
     except (asyncio.CancelledError, web.HTTPException):
@@ -77,16 +94,24 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(failure, adapter, decision_id)
 
 
-async def read_request_body(request: web.Request, limit: int) -> bytes:
+async def read_request_body(request: web.Request, limits: Limits) -> bytes:
+    limit = limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"request body is {request.content_length} bytes; the limit is {limit}"
         )
     body = bytearray()
-    async for chunk in request.content.iter_chunked(65536):
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    try:
+        # a client trickling its body must not hold the connection and the buffer forever
+        async with asyncio.timeout(limits.body_timeout):
+            async for chunk in request.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {limits.body_timeout:g}s"
+        ) from None
     return bytes(body)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from gateway.errors import UpstreamMalformed
 
 # an event larger than this is a broken upstream, not a big answer
+# (the default of ``limits.max_upstream_event_bytes``)
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
@@ -38,9 +39,20 @@ def encode_event(data: str, event: str | None = None, id: str | None = None) -> 
 
 
 class SSEParser:
-    def __init__(self) -> None:
+    """Bytes in, events out, holding at most ``max_event_bytes`` of one event.
+
+    Both an unfinished line and the ``data`` lines of an event not yet ended
+    by a blank line count against the cap, so an upstream that never ends
+    its event cannot make the gateway buffer without bound.
+    """
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
         self._buffer = b""
-        self._data: list[str] = []
+        # the event's data lines, joined by LF as they come: one buffer, not
+        # one object per line, so a flood of tiny lines costs what its bytes do
+        self._data = bytearray()
+        self._has_data = False
         self._event: str | None = None
         self._id: str | None = None
 
@@ -55,41 +67,51 @@ class SSEParser:
         # one split per read, not one slice per line: reads can hold many events
         lines = data.split(b"\n")
         self._buffer = lines.pop() + tail
-        if len(self._buffer) > MAX_EVENT_BYTES:
-            raise UpstreamMalformed("upstream sent an SSE line over 4 MiB")
         events: list[SSEEvent] = []
         for raw in lines:
             event = self._line(raw)
             if event is not None:
                 events.append(event)
+        if len(self._data) + len(self._buffer) > self.max_event_bytes:
+            self._too_big()
         return events
 
+    def _too_big(self) -> None:
+        self._buffer = b""
+        self._data = bytearray()
+        self._has_data = False
+        raise UpstreamMalformed(
+            f"upstream sent an SSE event over {self.max_event_bytes} bytes without ending it"
+        )
+
     def _line(self, raw: bytes) -> SSEEvent | None:
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UpstreamMalformed(f"upstream sent an SSE line that is not UTF-8: {exc}") from None
-        if not line:
+        if not raw:
             return self._dispatch()
-        if line.startswith(":"):
+        if raw[:1] == b":":
             return None
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
+        name, _, value = raw.partition(b":")
+        if value[:1] == b" ":
             value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            self._id = value
+        if name == b"data":
+            if self._has_data:
+                self._data += b"\n"
+            self._data += value
+            self._has_data = True
+            if len(self._data) > self.max_event_bytes:
+                self._too_big()
+        elif name == b"event":
+            self._event = _text(value)
+        elif name == b"id":
+            self._id = _text(value)
         return None
 
     def _dispatch(self) -> SSEEvent | None:
-        if not self._data:
+        if not self._has_data:
             self._event = None
             return None
-        event = SSEEvent("\n".join(self._data), self._event, self._id)
-        self._data = []
+        event = SSEEvent(_text(self._data), self._event, self._id)
+        self._data = bytearray()
+        self._has_data = False
         self._event = None
         return event
 
@@ -107,3 +129,10 @@ class SSEParser:
         if last is not None:
             events.append(last)
         return events
+
+
+def _text(raw: bytes | bytearray) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UpstreamMalformed(f"upstream sent an SSE line that is not UTF-8: {exc}") from None

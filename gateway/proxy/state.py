@@ -21,10 +21,12 @@ from gateway.config import Settings
 from gateway.contract.kind import Resources
 from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
+from gateway.observability.journal import DecisionJournal
 from gateway.observability.metrics import Metrics
 from gateway.policy.reload import PolicyHolder, PolicySwap
 from gateway.proxy.adapters import Adapters
 from gateway.proxy.ports import ContainmentPort, HoldPort
+from gateway.retry import retry_forever
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Gateway:
     metrics: Metrics
     store: Store
     decisions: DecisionLog
+    journal: DecisionJournal
     events: EventBus
     adapters: Adapters
     resources: Resources
@@ -71,6 +74,8 @@ class Gateway:
     _users: int = 0
     # model loads in progress (see ``_warm``); /readyz is "loading" meanwhile
     warming: int = 0
+    # streamed answers in flight, against ``limits.max_streams``
+    streams: int = 0
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -104,6 +109,7 @@ class Gateway:
         if self._users > 1:
             return
         await self.store.open()
+        self.journal.open()
         self.decisions.start()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -112,9 +118,17 @@ class Gateway:
         self.spawn(self.policies.watch(self.settings.reload_interval), "policy-watch")
         for sub in self.subsystems:
             await sub.start()
+        # what a killed process answered but had not committed
+        self.spawn(self._replay(), "journal-replay")
         self.events.subscribe(PolicySwap, self._warm_swapped)
         if self.policies.current is not None:
             self._warm_soon(self.policies.current, gate_readiness=True)
+
+    async def _replay(self) -> None:
+        async def step() -> None:
+            await self.journal.replay()
+
+        await retry_forever(step, what="journal replay", first=0.5, cap=30.0)
 
     def _warm_swapped(self, swap: PolicySwap) -> None:
         self._warm_soon(swap.policy_set)
@@ -178,6 +192,7 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         await self.decisions.close()
+        self.journal.close()
         await self.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

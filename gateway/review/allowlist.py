@@ -24,13 +24,14 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import BadRequest, ConfigError, NotFound
+from gateway.errors import BadRequest, ConfigError, NotFound, YamlSyntaxError
 from gateway.policy.loader import policy_files
 from gateway.policy.reload import PolicyHolder
 from gateway.records.decision import FindingRecord
 from gateway.records.review import ReviewItem
 from gateway.review.store import ReviewStore
 from gateway.web.auth import Principal
+from gateway.yaml_source import compose_tree, load_text
 
 # kind -> (list field, how to get the entry from a finding and the response text)
 SUPPORTED = {
@@ -75,9 +76,15 @@ def _find_policy(root: yaml.Node, policy_id: str) -> yaml.MappingNode | None:
     return None
 
 
-def add_entry(text: str, policy_id: str, field: str, entry: str) -> str:
-    """``text`` with ``entry`` appended to ``field`` of policy ``policy_id``; layout kept."""
-    root = yaml.compose(text)
+def add_entry(
+    text: str, policy_id: str, field: str, entry: str, path: str = "<policy file>"
+) -> str:
+    """``text`` with ``entry`` appended to ``field`` of policy ``policy_id``; layout kept.
+
+    A file that does not parse (edited by hand since it loaded) raises
+    ``YamlSyntaxError`` with positions in ``path``.
+    """
+    root = compose_tree(path, text)
     policy = _find_policy(root, policy_id) if root is not None else None
     if policy is None:
         raise NotFound(f"policy {policy_id} is not in the file")
@@ -115,6 +122,8 @@ def add_entry(text: str, policy_id: str, field: str, entry: str) -> str:
 def _validate_and_write(holder: PolicyHolder, target: Path, new_text: str) -> list[str]:
     tmp = target.with_name(f".{target.name}.review-{os.getpid()}.tmp")
     tmp.write_text(new_text, encoding="utf-8")
+    # the replacement keeps the file's permissions (a 0600 policy file stays private)
+    os.chmod(tmp, target.stat().st_mode & 0o7777)
     try:
         paths = [
             str(tmp) if Path(p).resolve() == target.resolve() else str(p)
@@ -159,8 +168,11 @@ async def add_to_allowlist(
     if compiled is None:
         return {"applied": False, "reason": f"policy {policy_id} is no longer loaded"}
     target = Path(compiled.file)
-    text = target.read_text(encoding="utf-8")
-    new_text = add_entry(text, policy_id, field, entry)
+    try:
+        text = load_text(target)
+        new_text = add_entry(text, policy_id, field, entry, str(target))
+    except YamlSyntaxError as exc:
+        return {"applied": False, "reason": "the policy file does not load", "errors": exc.errors}
     if new_text == text:
         return {"applied": False, "reason": f"{entry} is already on {field}"}
     errors = await asyncio.to_thread(_validate_and_write, holder, target, new_text)

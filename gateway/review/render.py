@@ -14,6 +14,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from gateway.records.review import ReviewItem
+from gateway.secretmask import mask_evidence, mask_secrets
 from gateway.severity import Severity
 
 
@@ -42,8 +43,11 @@ def findings_of(item: ReviewItem) -> list[FindingView]:
     texts = item.segments or {}
     for policy in item.record.policies:
         for local, f in enumerate(policy.findings):
-            evidence = f.evidence
+            # the record's evidence is masked when it is made; masked again here
+            # for items held before that, and for the text the span points at
+            evidence = mask_evidence(f.evidence)
             text = texts.get(f.segment)
+            matched = text[f.start : f.end] if text is not None else evidence.get("match")
             view = FindingView(
                 index=len(out),
                 policy=policy.id,
@@ -52,10 +56,10 @@ def findings_of(item: ReviewItem) -> list[FindingView]:
                 segment=f.segment,
                 span=(f.start, f.end),
                 score=f.score,
-                message=f.message,
+                message=mask_secrets(f.message),
                 evidence=evidence,
                 local_index=local,
-                matched=text[f.start : f.end] if text is not None else evidence.get("match"),
+                matched=mask_secrets(matched) if matched else matched,
                 source_text=evidence.get("source_text"),
                 source_id=evidence.get("source_id"),
                 evidence_json=json.dumps(evidence, indent=2, ensure_ascii=False, default=str),

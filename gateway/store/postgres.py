@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from gateway.errors import StoreUnavailable
 from gateway.store.base import Row, Statement, Store
 from gateway.store.migrations import MIGRATIONS
 
 _PLACEHOLDER = re.compile(r"\?")
 # one advisory lock id, so two gateways starting together migrate one at a time
 _MIGRATION_LOCK = 7_341_001
+# the server cannot be reached or used now (down, restarting, out of connections or
+# disk), as opposed to a statement of ours that is wrong
+_OUTAGE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 
 
 def to_dollar(sql: str) -> str:
@@ -76,9 +88,23 @@ class PostgresStore(Store):
 
     @property
     def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("store is not open")
+        if self._pool is None or self._pool.is_closing():
+            raise StoreUnavailable("the store is not open")
         return self._pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; an outage while using it raises ``StoreUnavailable``."""
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except StoreUnavailable:
+            raise
+        except _OUTAGE as exc:
+            # the class only: asyncpg's messages can carry the host and user
+            raise StoreUnavailable(
+                f"the PostgreSQL store is unavailable ({type(exc).__name__})"
+            ) from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -86,19 +112,19 @@ class PostgresStore(Store):
             self._pool = None
 
     async def execute(self, sql: str, *params: Any) -> int:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             return _count(await conn.execute(to_dollar(sql), *params))
 
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.executemany(to_dollar(sql), rows)
 
     async def fetchall(self, sql: str, *params: Any) -> list[Row]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             return [dict(r) for r in await conn.fetch(to_dollar(sql), *params)]
 
     async def transaction(self, statements: list[Statement]) -> list[int]:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             return [
                 _count(await conn.execute(to_dollar(sql), *params)) for sql, params in statements
             ]

@@ -1,16 +1,49 @@
-"""SQLite backend: one connection on one dedicated thread, WAL, fsync on commit."""
+"""SQLite backend: one connection on one dedicated thread, WAL, fsync on commit.
+
+The database holds request and response text, so it and its ``-wal`` and
+``-shm`` files are mode 0600 (SQLite gives those the database's own mode).
+A database that cannot be used right now (locked, closed, unreadable,
+corrupt, disk full) raises ``StoreUnavailable``; a wrong statement keeps its
+own ``sqlite3`` error, as it is a bug and not an outage.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import StoreUnavailable
 from gateway.store.base import Row, Statement, Store
+from gateway.store.files import open_private, private_dir, tighten_file
 from gateway.store.migrations import MIGRATIONS
+
+# primary result codes that say the database cannot be used now, not that our SQL is wrong
+_OUTAGE = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+    sqlite3.SQLITE_NOTADB,
+}
+# files SQLite keeps beside the database, with the same contents at times
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _is_outage(exc: sqlite3.Error) -> bool:
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return "closed" in str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _OUTAGE
 
 
 def sqlite_path(url: str) -> str:
@@ -26,19 +59,27 @@ class SQLiteStore(Store):
     def __init__(self, url: str):
         self.path = sqlite_path(url)
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
         # sqlite3 objects must stay on the thread that made them
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
     async def _run(self, fn, *args):
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            if _is_outage(exc):
+                raise StoreUnavailable(f"the SQLite store is unavailable: {exc}") from exc
+            raise
 
     async def open(self) -> None:
         await self._run(self._open)
 
     def _open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._private_files()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -48,6 +89,17 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
         self._migrate(conn)
+
+    def _private_files(self) -> None:
+        path = Path(self.path)
+        if not path.parent.exists():
+            # a folder we make is ours; an existing one may be shared, so it keeps its mode
+            private_dir(path.parent)
+        # made 0600 before SQLite writes a byte into it (SQLite's own default is 0644)
+        if not path.exists():
+            os.close(open_private(path, os.O_RDWR | os.O_CREAT))
+        for suffix in ("", *_SIDE_FILES):
+            tighten_file(path.with_name(path.name + suffix))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -74,12 +126,13 @@ class SQLiteStore(Store):
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
+        self._closed = True
         self._executor.shutdown(wait=True)
 
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise RuntimeError("store is not open")
+            raise StoreUnavailable("the store is not open")
         return self._conn
 
     async def execute(self, sql: str, *params: Any) -> int:

@@ -19,11 +19,27 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.errors import Forbidden, Unauthorized
+from gateway.store.files import open_private, private_dir, tighten_file
 
 log = logging.getLogger(__name__)
 
 # a role includes every role below it
 ROLE_ORDER = {"reviewer": 0, "lead": 1, "admin": 2}
+
+
+def _token_bytes(secret: str) -> bytes | None:
+    """``secret`` as bytes to compare, or None when it cannot be a token.
+
+    A header's bytes that are not UTF-8 reach us as lone surrogates, which
+    cannot be encoded; such a value, or one with control characters, is no
+    token, and the request is simply unauthenticated.
+    """
+    if not secret or any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
+        return None
+    try:
+        return secret.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -54,23 +70,28 @@ class TokenBook:
             self._generate(Path(settings.data_dir))
 
     def _generate(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         path = data_dir / "admin-token"
+        # older versions, copies and restores can leave the token readable by others
+        tighten_file(path)
         secret = path.read_text().strip() if path.exists() else ""
         if not secret:
             secret = secrets.token_urlsafe(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
+            with os.fdopen(open_private(path), "w") as fh:
                 fh.write(secret + "\n")
         self._tokens.append((secret, Principal("admin", frozenset({"admin"}))))
         self.generated_path = path
         log.info("no tokens configured; an admin token is in %s", path)
 
     def lookup(self, secret: str) -> Principal | None:
+        """The principal of ``secret``; None for an unknown or malformed one."""
+        presented = _token_bytes(secret)
+        if presented is None:
+            return None
         found = None
         for known, principal in self._tokens:
             # compare every token in constant time, so timing reveals nothing
-            if hmac.compare_digest(known.encode(), secret.encode()):
+            if hmac.compare_digest(known.encode(), presented):
                 found = principal
         return found
 

@@ -158,6 +158,12 @@ class Pages:
             body=page.body, content_type="text/html", headers=dict(SECURITY_HEADERS)
         )
 
+    def owns(self, path: str) -> bool:
+        """Whether ``path`` is a page for a browser, whose errors are pages too."""
+        if path in ("/login", "/logout") or path.startswith("/ui/"):
+            return True
+        return any(path == s.root.rstrip("/") or path.startswith(s.root) for s in self.sections)
+
     def safe_next(self, value: Any) -> str:
         """A page of ours to return to after login; anything else could bounce off-site."""
         text = value if isinstance(value, str) else ""

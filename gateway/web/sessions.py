@@ -67,17 +67,25 @@ class SessionBook:
             self._sessions.pop(sid, None)
 
     def login_csrf(self, nonce: str) -> str:
-        return hmac.new(self._login_key, nonce.encode(), "sha256").hexdigest()
+        # a cookie's undecodable bytes arrive as lone surrogates, which encode() refuses
+        return hmac.new(
+            self._login_key, nonce.encode("utf-8", "surrogatepass"), "sha256"
+        ).hexdigest()
 
     def check_login_csrf(self, nonce: str | None, token: str | None) -> bool:
         if not nonce or not token:
             return False
-        return hmac.compare_digest(self.login_csrf(nonce), token)
+        return same(token, self.login_csrf(nonce))
 
 
 def same(a: object, b: str | None) -> bool:
-    """Constant-time equality of two non-empty strings."""
-    return isinstance(a, str) and bool(a) and bool(b) and hmac.compare_digest(a, str(b))
+    """Constant-time equality of two non-empty strings (any characters, even malformed)."""
+    if not (isinstance(a, str) and a and b):
+        return False
+    # compare_digest refuses non-ASCII str; bytes compare whatever was sent
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), str(b).encode("utf-8", "surrogatepass")
+    )
 
 
 SESSIONS = web.AppKey("sessions", SessionBook)

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config import Route
 from gateway.contract.sources import Sources
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, UpstreamMalformed
 from gateway.proxy.adapters.anthropic import AnthropicAdapter
 from gateway.proxy.adapters.base import Adapter, RequestInfo
 from gateway.proxy.adapters.openai_chat import ChatAdapter, CompletionsAdapter
@@ -115,11 +115,19 @@ class Adapters:
 def parse_answer(
     payload: str | dict[str, Any], adapters: Adapters, route: str | None = None
 ) -> tuple[list[tuple[str, str]], Sources, str | None]:
-    """Segments, sources and protocol of a text or of a whole response body."""
+    """Segments, sources and protocol of a text or of a whole response body.
+
+    The body is the caller's own (``gateway check``, the check API), so a
+    shape the adapter cannot read is their bad request, not a bad upstream.
+    """
     if isinstance(payload, str):
         return [("0", payload)], Sources(), None
     adapter = adapters.detect(payload, route)
-    return adapter.segments(payload), adapter.sources(payload), adapter.protocol
+    try:
+        return adapter.segments(payload), adapter.sources(payload), adapter.protocol
+    except UpstreamMalformed as err:
+        message = err.message.replace("upstream sent", "the response has", 1)
+        raise BadRequest(f"{adapter.protocol} response: {message}") from None
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamMalformed
 from gateway.proxy.adapters.base import (
     Adapter,
     Done,
@@ -24,6 +24,17 @@ from gateway.proxy.adapters.base import (
     key_order,
     last_user_text,
     loads_event,
+)
+from gateway.proxy.adapters.shapes import (
+    body_list,
+    event_object,
+    index_of,
+    malformed,
+    opt_str,
+    picked,
+    request_flag,
+    request_messages,
+    request_model,
 )
 from gateway.proxy.sse import SSEEvent, encode_event
 from gateway.records.review import Ticket
@@ -49,6 +60,22 @@ def anthropic_error(err: GatewayError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": err.message, "code": err.code}}
 
 
+def _text_blocks(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """Position and block of every ``text`` content block, each block checked."""
+    out = []
+    for i, block in enumerate(body_list(body, "content")):
+        if type(block) is not dict:
+            raise malformed(f"content[{i}]", "an object")
+        kind = block.get("type")
+        if type(kind) is not str:
+            raise malformed(f"content[{i}].type", "a string")
+        if kind == "text":
+            if type(block.get("text")) is not str:
+                raise malformed(f"content[{i}].text", "a string")
+            out.append((i, block))
+    return out
+
+
 class AnthropicAdapter(Adapter):
     protocol = "anthropic-messages"
     credential_header = "x-api-key"
@@ -59,39 +86,37 @@ class AnthropicAdapter(Adapter):
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         return RequestInfo(
             body,
-            model=body.get("model"),
-            stream=bool(body.get("stream")),
-            query=last_user_text(body.get("messages")),
+            model=request_model(body),
+            stream=request_flag(body, "stream"),
+            query=last_user_text(request_messages(body)),
         )
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
-        return [
-            (str(i), block.get("text", ""))
-            for i, block in enumerate(body.get("content") or [])
-            if isinstance(block, dict) and block.get("type") == "text"
-        ]
+        return [(str(i), block["text"]) for i, block in _text_blocks(body)]
 
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
-        out = dict(body)
-        out["content"] = [
-            dict(block, text=texts[str(i)]) if str(i) in texts else block
-            for i, block in enumerate(body.get("content") or [])
-        ]
+        content = list(body_list(body, "content"))
+        for i, block in _text_blocks(body):
+            key = str(i)
+            if key in texts:
+                content[i] = dict(block, text=texts[key])
+        out = dict(body, content=content)
         if finish:
             out["stop_reason"] = STOP_REASON
         return out
 
     def blocked(self, info: RequestInfo, upstream: dict[str, Any] | None, message: str) -> dict:
+        # only well-typed fields of the upstream's answer are kept in ours
         base = upstream or {}
         return {
-            "id": base.get("id") or gateway_id("msg_gw"),
+            "id": picked(base, "id", str) or gateway_id("msg_gw"),
             "type": "message",
             "role": "assistant",
-            "model": base.get("model") or info.model or "unknown",
+            "model": picked(base, "model", str) or info.model or "unknown",
             "content": [{"type": "text", "text": message}],
             "stop_reason": STOP_REASON,
             "stop_sequence": None,
-            "usage": base.get("usage") or {"input_tokens": 0, "output_tokens": 0},
+            "usage": picked(base, "usage", dict) or {"input_tokens": 0, "output_tokens": 0},
         }
 
     def translator(self, info: RequestInfo) -> StreamTranslator:
@@ -139,16 +164,24 @@ class AnthropicStream(StreamTranslator):
         self.open_blocks: list[str] = []
 
     def parse(self, ev: SSEEvent) -> list[Any]:
-        obj = loads_event(ev)
-        kind = obj.get("type") if isinstance(obj, dict) else None
+        obj = event_object(loads_event(ev))
+        kind = obj.get("type")
+        if type(kind) is not str:
+            raise malformed("type", "a string")
         name = ev.event or kind
         if kind == "content_block_start":
-            key = str(obj.get("index", 0))
-            block = obj.get("content_block") or {}
-            if block.get("type") != "text":
+            key = str(index_of(obj.get("index"), "index", 0))
+            block = obj.get("content_block")
+            if type(block) is not dict:
+                raise malformed("content_block", "an object")
+            block_type = block.get("type")
+            if type(block_type) is not str:
+                raise malformed("content_block.type", "a string")
+            if block_type != "text":
+                self.text_blocks.discard(key)
                 return [Raw(key, obj, name)]
             self.text_blocks.add(key)
-            first = block.get("text") or ""
+            first = opt_str(block.get("text"), "content_block.text")
             items: list[Any] = [
                 Raw(key, dict(obj, content_block=dict(block, text="")), name, lead=True)
             ]
@@ -156,13 +189,24 @@ class AnthropicStream(StreamTranslator):
                 items.append(Text(key, first))
             return items
         if kind == "content_block_delta":
-            key = str(obj.get("index", 0))
-            delta = obj.get("delta") or {}
-            if delta.get("type") == "text_delta" and key in self.text_blocks:
-                return [Text(key, delta.get("text") or "")]
+            key = str(index_of(obj.get("index"), "index", 0))
+            delta = obj.get("delta")
+            if type(delta) is not dict:
+                raise malformed("delta", "an object")
+            delta_type = delta.get("type")
+            if type(delta_type) is not str:
+                raise malformed("delta.type", "a string")
+            if delta_type == "text_delta":
+                if key not in self.text_blocks:
+                    # text nobody started a text block for would go out unscanned
+                    raise UpstreamMalformed(
+                        f"upstream sent a text_delta for content block {key}, "
+                        "which is not a text block"
+                    )
+                return [Text(key, opt_str(delta.get("text"), "delta.text") or "")]
             return [Raw(key, obj, name)]
         if kind == "content_block_stop":
-            key = str(obj.get("index", 0))
+            key = str(index_of(obj.get("index"), "index", 0))
             if key in self.text_blocks:
                 return [End(key, obj, name)]
             return [Raw(key, obj, name)]
@@ -172,8 +216,9 @@ class AnthropicStream(StreamTranslator):
 
     def render(self, item, released: dict[str, str]) -> bytes:
         payload = item.payload
-        if isinstance(payload, dict):
-            key = str(payload.get("index", 0))
+        # block events carry the block's key, checked by ``parse``
+        key = item.key if isinstance(item, Raw | End) else None
+        if key is not None and isinstance(payload, dict):
             if payload.get("type") == "content_block_start":
                 self.open_blocks.append(key)
             elif payload.get("type") == "content_block_stop" and key in self.open_blocks:

@@ -29,7 +29,12 @@ SOURCE_FIELDS = ("sources", "citations", "context")
 
 
 def dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode("utf-8")
+    try:
+        return orjson.dumps(obj).decode("utf-8")
+    except orjson.JSONEncodeError as exc:
+        # orjson reads JSON nested 1024 deep but writes only 254: what an
+        # upstream nested deeper cannot be passed on
+        raise UpstreamMalformed(f"upstream sent JSON the gateway cannot re-encode: {exc}") from None
 
 
 def loads_event(ev: SSEEvent) -> Any:
@@ -121,7 +126,7 @@ def now() -> int:
 
 def key_order(key: str) -> tuple[int | str, ...]:
     """Sort key for segment keys such as ``"2"`` or ``"0.1"``."""
-    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    return tuple(int(p) if p.isdecimal() else p for p in key.split("."))
 
 
 # -- error bodies -------------------------------------------------------------

@@ -10,8 +10,10 @@ dropped because they would repeat the text the gateway holds back.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+from gateway.errors import UpstreamMalformed
 from gateway.proxy.adapters.base import (
     Adapter,
     Done,
@@ -27,15 +29,62 @@ from gateway.proxy.adapters.base import (
     now,
     text_of_content,
 )
+from gateway.proxy.adapters.shapes import (
+    MAX_CHOICES,
+    body_list,
+    event_object,
+    index_of,
+    invalid,
+    malformed,
+    picked,
+    request_flag,
+    request_messages,
+    request_model,
+    request_n,
+)
 from gateway.proxy.sse import SSEEvent, encode_event
 from gateway.records.review import Ticket
 
 _TEMPLATE_KEYS = ("id", "object", "created", "model", "system_fingerprint", "service_tier")
 
 
-def _n(body: dict[str, Any]) -> int:
-    n = body.get("n", 1)
-    return n if isinstance(n, int) and n > 0 else 1
+def choices_of(body: dict[str, Any]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Each choice of a whole answer with its position and segment key, checked.
+
+    Two choices with one index would be one segment: the second would go out
+    unscanned, so that is malformed too.
+    """
+    seen: set[str] = set()
+    for pos, choice in enumerate(body_list(body, "choices")):
+        if type(choice) is not dict:
+            raise malformed(f"choices[{pos}]", "an object")
+        key = str(index_of(choice.get("index"), f"choices[{pos}].index", pos))
+        if key in seen:
+            raise UpstreamMalformed(f'upstream sent two choices with "index" {key}')
+        seen.add(key)
+        yield pos, key, choice
+
+
+def message_of(choice: dict[str, Any], pos: int) -> dict[str, Any] | None:
+    message = choice.get("message")
+    if message is not None and type(message) is not dict:
+        raise malformed(f"choices[{pos}].message", "an object")
+    return message
+
+
+def content_text(content: Any, name: str) -> str | None:
+    """The text of a message ``content``: a string, or the text parts of a list."""
+    if content is None or type(content) is str:
+        return content
+    if type(content) is not list:
+        raise malformed(name, "a string or a list of parts")
+    for j, part in enumerate(content):
+        if type(part) is not dict:
+            raise malformed(f"{name}[{j}]", "an object")
+        text = part.get("text")
+        if text is not None and type(text) is not str:
+            raise malformed(f"{name}[{j}].text", "a string")
+    return text_of_content(content)
 
 
 class ChatAdapter(Adapter):
@@ -44,29 +93,28 @@ class ChatAdapter(Adapter):
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         return RequestInfo(
             body,
-            model=body.get("model"),
-            stream=bool(body.get("stream")),
-            query=last_user_text(body.get("messages")),
-            n=_n(body),
+            model=request_model(body),
+            stream=request_flag(body, "stream"),
+            query=last_user_text(request_messages(body)),
+            n=request_n(body),
         )
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
         out = []
-        for pos, choice in enumerate(body.get("choices") or []):
-            if not isinstance(choice, dict):
+        for pos, key, choice in choices_of(body):
+            message = message_of(choice, pos)
+            if message is None:
                 continue
-            index = choice.get("index", pos)
-            content = (choice.get("message") or {}).get("content")
-            if isinstance(content, str):
-                out.append((str(index), content))
-            elif isinstance(content, list):
-                out.append((str(index), text_of_content(content)))
+            text = content_text(message.get("content"), f"choices[{pos}].message.content")
+            if text is not None:
+                out.append((key, text))
         return out
 
     def sources(self, body: dict[str, Any]):
         found = super().sources(body)
-        for choice in body.get("choices") or []:
-            context = ((choice or {}).get("message") or {}).get("context")
+        for pos, _, choice in choices_of(body):
+            message = message_of(choice, pos)
+            context = message.get("context") if message is not None else None
             if context is not None:
                 found.extend(context, "message.context")
         return found
@@ -74,9 +122,9 @@ class ChatAdapter(Adapter):
     object_name = "chat.completion"
     id_prefix = "chatcmpl-gw"
 
-    def with_text(self, choice: dict[str, Any], text: str) -> dict[str, Any]:
+    def with_text(self, choice: dict[str, Any], pos: int, text: str) -> dict[str, Any]:
         """A copy of ``choice`` whose answer text is ``text``."""
-        message = dict(choice.get("message") or {}, content=text)
+        message = dict(message_of(choice, pos) or {}, content=text)
         return dict(choice, message=message)
 
     def blocked_choice(self, index: int, message: str) -> dict[str, Any]:
@@ -89,24 +137,24 @@ class ChatAdapter(Adapter):
 
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
         choices = []
-        for pos, choice in enumerate(body.get("choices") or []):
-            key = str(choice.get("index", pos))
+        for pos, key, choice in choices_of(body):
             if key in texts:
-                choice = self.with_text(choice, texts[key])
+                choice = self.with_text(choice, pos, texts[key])
                 if finish:
                     choice["finish_reason"] = finish
             choices.append(choice)
         return dict(body, choices=choices)
 
     def blocked(self, info: RequestInfo, upstream: dict[str, Any] | None, message: str) -> dict:
+        # only well-typed fields of the upstream's answer are kept in ours
         base = upstream or {}
         return {
-            "id": base.get("id") or gateway_id(self.id_prefix),
+            "id": picked(base, "id", str) or gateway_id(self.id_prefix),
             "object": self.object_name,
-            "created": base.get("created") or now(),
-            "model": base.get("model") or info.model or "unknown",
+            "created": picked(base, "created", int) or now(),
+            "model": picked(base, "model", str) or info.model or "unknown",
             "choices": [self.blocked_choice(i, message) for i in range(info.n)],
-            "usage": base.get("usage")
+            "usage": picked(base, "usage", dict)
             or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
 
@@ -114,13 +162,11 @@ class ChatAdapter(Adapter):
         return ChatStream(info)
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            body, choices=[dict(c, finish_reason="stop") for c in body.get("choices") or []]
-        )
+        return dict(body, choices=[dict(c, finish_reason="stop") for _, _, c in choices_of(body)])
 
     def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
         # as many choices as the client asked for, or as the held stream had
-        n = max([info.n, *[int(k) + 1 for k in texts if k.isdigit()]])
+        n = max([info.n, *[int(k) + 1 for k in texts if k.isdecimal()]])
         wide = RequestInfo(info.body, model=info.model, query=info.query, n=n)
         return super().synthesize(wide, texts)
 
@@ -142,36 +188,54 @@ class ChatStream(StreamTranslator):
     def parse(self, ev: SSEEvent) -> list[Any]:
         if ev.data.strip() == "[DONE]":
             return [Done("[DONE]")]
-        obj = loads_event(ev)
-        if not isinstance(obj, dict):
-            return [Raw(None, obj)]
+        obj = event_object(loads_event(ev))
         for name in ("sources", "citations", "context"):
             if name in obj:
                 self.sources.extend(obj[name], name)
         choices = obj.get("choices")
-        if not isinstance(choices, list) or not choices:
+        if choices is None or choices == []:
+            # a usage or sources chunk: passed on as it is
             return [Raw(None, obj)]
+        if type(choices) is not list:
+            raise malformed("choices", "a list")
+        usage = obj.get("usage")
+        if usage is not None and type(usage) is not dict:
+            raise malformed("usage", "an object")
         for k in _TEMPLATE_KEYS:
             if k in obj:
                 self.template[k] = obj[k]
         items: list[Any] = []
-        for choice in choices:
-            index = choice.get("index", 0)
+        for pos, choice in enumerate(choices):
+            if type(choice) is not dict:
+                raise malformed(f"choices[{pos}]", "an object")
+            index = choice.get("index")
+            if type(index) is not int or not 0 <= index < MAX_CHOICES:
+                # absent or null is the first choice; anything else is malformed
+                index = index_of(index, f"choices[{pos}].index", 0)
+            finish = choice.get("finish_reason")
+            if finish is not None and type(finish) is not str:
+                raise malformed(f"choices[{pos}].finish_reason", "a string")
             key = str(index)
             if key not in self.seen:
                 self.seen.append(key)
-            items.extend(self._choice_items(obj, choice, index, key))
+            items.extend(self._choice_items(obj, choice, pos, index, key))
         return items
 
-    def _choice_items(self, obj: dict, choice: dict, index: int, key: str) -> list[Any]:
+    def _choice_items(self, obj: dict, choice: dict, pos: int, index: int, key: str) -> list[Any]:
         items: list[Any] = []
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if delta is None:
+            delta = {}
+        elif type(delta) is not dict:
+            raise malformed(f"choices[{pos}].delta", "an object")
+        content = delta.get("content")
+        if content is not None and type(content) is not str:
+            raise malformed(f"choices[{pos}].delta.content", "a string")
         other = {k: v for k, v in delta.items() if k != "content"}
         if other:
             role_only = set(other) <= {"role", "refusal"} and not other.get("refusal")
             items.append(Raw(key, self._chunk(obj, index, other, None), lead=role_only))
-        content = delta.get("content")
-        if isinstance(content, str) and content:
+        if content:
             items.append(Text(key, content))
         if choice.get("finish_reason"):
             items.append(End(key, self._chunk(obj, index, {}, choice["finish_reason"])))
@@ -223,27 +287,36 @@ class CompletionsAdapter(ChatAdapter):
 
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         prompt = body.get("prompt")
-        if isinstance(prompt, list):
-            prompt = "\n".join(p for p in prompt if isinstance(p, str)) or None
+        if type(prompt) is list:
+            prompt = "\n".join(p for p in prompt if type(p) is str) or None
+        elif prompt is not None and type(prompt) is not str:
+            raise invalid("prompt", "a string or a list", prompt)
         return RequestInfo(
             body,
-            model=body.get("model"),
-            stream=bool(body.get("stream")),
-            query=prompt if isinstance(prompt, str) else None,
-            n=_n(body),
+            model=request_model(body),
+            stream=request_flag(body, "stream"),
+            query=prompt,
+            n=request_n(body),
         )
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
-        return [
-            (str(c.get("index", pos)), c["text"])
-            for pos, c in enumerate(body.get("choices") or [])
-            if isinstance(c, dict) and isinstance(c.get("text"), str)
-        ]
+        out = []
+        for pos, key, choice in choices_of(body):
+            text = choice.get("text")
+            if type(text) is str:
+                out.append((key, text))
+            elif text is not None:
+                raise malformed(f"choices[{pos}].text", "a string")
+        return out
+
+    def sources(self, body: dict[str, Any]):
+        # legacy completions have no message, so no ``message.context``
+        return Adapter.sources(self, body)
 
     object_name = "text_completion"
     id_prefix = "cmpl-gw"
 
-    def with_text(self, choice: dict[str, Any], text: str) -> dict[str, Any]:
+    def with_text(self, choice: dict[str, Any], pos: int, text: str) -> dict[str, Any]:
         return dict(choice, text=text)
 
     def blocked_choice(self, index: int, message: str) -> dict[str, Any]:
@@ -261,10 +334,12 @@ class CompletionsAdapter(ChatAdapter):
 class CompletionsStream(ChatStream):
     object_name = "text_completion"
 
-    def _choice_items(self, obj: dict, choice: dict, index: int, key: str) -> list[Any]:
+    def _choice_items(self, obj: dict, choice: dict, pos: int, index: int, key: str) -> list[Any]:
         items: list[Any] = []
         text = choice.get("text")
-        if isinstance(text, str) and text:
+        if text is not None and type(text) is not str:
+            raise malformed(f"choices[{pos}].text", "a string")
+        if text:
             items.append(Text(key, text))
         if choice.get("finish_reason"):
             chunk = {k: obj[k] for k in _TEMPLATE_KEYS if k in obj}

@@ -11,7 +11,7 @@ breach ends the stream with ``response.incomplete`` and
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.proxy.adapters.base import (
@@ -29,6 +29,20 @@ from gateway.proxy.adapters.base import (
     now,
     text_of_content,
 )
+from gateway.proxy.adapters.shapes import (
+    body_list,
+    event_object,
+    index_of,
+    invalid,
+    malformed,
+    opt_dict,
+    opt_list,
+    opt_str,
+    picked,
+    request_flag,
+    request_messages,
+    request_model,
+)
 from gateway.proxy.sse import SSEEvent, encode_event
 from gateway.records.review import Ticket
 
@@ -43,31 +57,68 @@ LEAD_EVENTS = (
 
 def _query(body: dict[str, Any]) -> str | None:
     data = body.get("input")
-    if isinstance(data, str):
+    if data is None or type(data) is str:
         return data
-    if isinstance(data, list):
-        for item in reversed(data):
-            if isinstance(item, dict) and item.get("role", "user") == "user":
-                text = text_of_content(item.get("content"))
-                if text:
-                    return text
+    if type(data) is not list:
+        raise invalid("input", "a string or a list of items", data)
+    for item in reversed(request_messages(body, "input") or []):
+        if item.get("role", "user") == "user":
+            text = text_of_content(item.get("content"))
+            if text:
+                return text
     return None
 
 
-def _text_parts(output: Any):
-    for i, item in enumerate(output or []):
-        if isinstance(item, dict) and item.get("type") == "message":
-            for j, part in enumerate(item.get("content") or []):
-                if isinstance(part, dict) and part.get("type") == "output_text":
-                    yield f"{i}.{j}", part
+def _text_parts(output: list[Any], name: str = "output") -> Iterator[tuple[int, int, dict]]:
+    """Position, part position and part of every ``output_text`` part, each item checked."""
+    for i, item in enumerate(output):
+        for j, part in _message_parts(item, f"{name}[{i}]"):
+            yield i, j, part
+
+
+def _message_parts(item: Any, name: str) -> Iterator[tuple[int, dict]]:
+    """The ``output_text`` parts of one output item (none unless it is a message)."""
+    if type(item) is not dict:
+        raise malformed(name, "an object")
+    kind = item.get("type")
+    if type(kind) is not str:
+        raise malformed(f"{name}.type", "a string")
+    if kind != "message":
+        return
+    content = item.get("content")
+    if content is None:
+        return
+    if type(content) is not list:
+        raise malformed(f"{name}.content", "a list")
+    for j, part in enumerate(content):
+        if type(part) is not dict:
+            raise malformed(f"{name}.content[{j}]", "an object")
+        if part.get("type") == "output_text":
+            if type(part.get("text")) is not str:
+                raise malformed(f"{name}.content[{j}].text", "a string")
+            yield j, part
 
 
 def _with_texts(response: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
-    out = copy.deepcopy(response)
-    for key, part in _text_parts(out.get("output")):
-        if key in texts:
-            part["text"] = texts[key]
-    return out
+    """A copy of ``response`` whose ``output_text`` parts carry ``texts``.
+
+    Only the items and parts that change are copied: the rest is shared with
+    ``response``, which is never modified.
+    """
+    output = response.get("output")
+    if type(output) is not list:
+        return dict(response)
+    new_output = list(output)
+    copied: set[int] = set()
+    for i, j, part in _text_parts(output):
+        key = f"{i}.{j}"
+        if key not in texts:
+            continue
+        if i not in copied:
+            copied.add(i)
+            new_output[i] = dict(output[i], content=list(output[i]["content"]))
+        new_output[i]["content"][j] = dict(part, text=texts[key])
+    return dict(response, output=new_output)
 
 
 class ResponsesAdapter(Adapter):
@@ -75,13 +126,17 @@ class ResponsesAdapter(Adapter):
 
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         return RequestInfo(
-            body, model=body.get("model"), stream=bool(body.get("stream")), query=_query(body)
+            body,
+            model=request_model(body),
+            stream=request_flag(body, "stream"),
+            query=_query(body),
         )
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(key, part.get("text") or "") for key, part in _text_parts(body.get("output"))]
+        return [(f"{i}.{j}", part["text"]) for i, j, part in _text_parts(body_list(body, "output"))]
 
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
+        body_list(body, "output")
         out = _with_texts(body, texts)
         if finish:
             out["status"] = "incomplete"
@@ -89,12 +144,14 @@ class ResponsesAdapter(Adapter):
         return out
 
     def blocked(self, info: RequestInfo, upstream: dict[str, Any] | None, message: str) -> dict:
+        # only well-typed fields of the upstream's answer are kept in ours
         base = upstream or {}
+        parallel = picked(base, "parallel_tool_calls", bool)
         return {
-            "id": base.get("id") or gateway_id("resp_gw"),
+            "id": picked(base, "id", str) or gateway_id("resp_gw"),
             "object": "response",
-            "created_at": base.get("created_at") or now(),
-            "model": base.get("model") or info.model or "unknown",
+            "created_at": picked(base, "created_at", int) or now(),
+            "model": picked(base, "model", str) or info.model or "unknown",
             "status": "incomplete",
             "incomplete_details": {"reason": "content_filter"},
             "error": None,
@@ -107,10 +164,12 @@ class ResponsesAdapter(Adapter):
                     "content": [{"type": "output_text", "text": message, "annotations": []}],
                 }
             ],
-            "parallel_tool_calls": base.get("parallel_tool_calls", True),
-            "tool_choice": base.get("tool_choice", "auto"),
-            "tools": base.get("tools", []),
-            "usage": base.get("usage"),
+            "parallel_tool_calls": True if parallel is None else parallel,
+            "tool_choice": picked(base, "tool_choice", str)
+            or picked(base, "tool_choice", dict)
+            or "auto",
+            "tools": picked(base, "tools", list) or [],
+            "usage": picked(base, "usage", dict),
         }
 
     def translator(self, info: RequestInfo) -> StreamTranslator:
@@ -125,8 +184,12 @@ class ResponsesAdapter(Adapter):
         return body
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        output = body_list(body, "output")
+        for i, item in enumerate(output):
+            if type(item) is not dict:
+                raise malformed(f"output[{i}]", "an object")
         out = dict(body, status="completed", incomplete_details=None)
-        out["output"] = [dict(o, status="completed") for o in body.get("output") or []]
+        out["output"] = [dict(o, status="completed") for o in output]
         return out
 
     def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
@@ -145,7 +208,8 @@ class ResponsesAdapter(Adapter):
         if body is None:
             return self.synthesize(info, texts)
         if not any(k in texts for k, _ in self.segments(body)):
-            return self.synthesize(RequestInfo({}, model=body.get("model") or info.model), texts)
+            model = picked(body, "model", str) or info.model
+            return self.synthesize(RequestInfo({}, model=model), texts)
         return self.rebuild(body, texts, None)
 
 
@@ -158,28 +222,49 @@ class ResponsesStream(StreamTranslator):
         self.item_ids: dict[str, str] = {}
 
     def parse(self, ev: SSEEvent) -> list[Any]:
-        obj = loads_event(ev)
-        if not isinstance(obj, dict):
-            return [Raw(None, obj, ev.event)]
+        obj = event_object(loads_event(ev))
         kind = obj.get("type")
+        if type(kind) is not str:
+            raise malformed("type", "a string")
         name = ev.event or kind
-        if kind in ("response.created", "response.in_progress") and isinstance(
-            obj.get("response"), dict
-        ):
-            self.response = obj["response"]
-        if kind == "response.output_text.delta":
-            key = f"{obj.get('output_index', 0)}.{obj.get('content_index', 0)}"
-            self.item_ids[key] = obj.get("item_id", "")
-            return [Text(key, obj.get("delta") or "")]
-        if kind == "response.output_text.done":
-            key = f"{obj.get('output_index', 0)}.{obj.get('content_index', 0)}"
+        if kind in ("response.created", "response.in_progress"):
+            response = opt_dict(obj.get("response"), "response")
+            if response is not None:
+                self.response = response
+        elif kind == "response.output_text.delta":
+            key = self._key(obj)
+            self.item_ids[key] = opt_str(obj.get("item_id"), "item_id") or ""
+            return [Text(key, opt_str(obj.get("delta"), "delta") or "")]
+        elif kind == "response.output_text.done":
+            key = self._key(obj)
+            opt_str(obj.get("text"), "text")
             return [End(key, obj, name)]
-        if kind == "response.content_part.done":
-            key = f"{obj.get('output_index', 0)}.{obj.get('content_index', 0)}"
+        elif kind == "response.content_part.done":
+            key = self._key(obj)
+            opt_dict(obj.get("part"), "part")
             return [Raw(key, obj, name)]
-        if kind in FINAL_EVENTS:
+        elif kind == "response.output_item.done":
+            # rewritten with the released text when it goes out
+            index_of(obj.get("output_index"), "output_index", 0)
+            item = opt_dict(obj.get("item"), "item")
+            if item is not None:
+                for _ in _message_parts(item, "item"):
+                    pass
+        elif kind in FINAL_EVENTS:
+            response = opt_dict(obj.get("response"), "response")
+            if response is not None:
+                output = opt_list(response.get("output"), "response.output") or []
+                for _ in _text_parts(output, "response.output"):
+                    pass
             return [Done(obj, name)]
         return [Raw(None, obj, name, lead=kind in LEAD_EVENTS)]
+
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> str:
+        """The segment key of a text event: its output and content positions."""
+        output_index = index_of(obj.get("output_index"), "output_index", 0)
+        content_index = index_of(obj.get("content_index"), "content_index", 0)
+        return f"{output_index}.{content_index}"
 
     def _emit(self, payload: dict[str, Any], name: str | None) -> bytes:
         if "sequence_number" in payload or self.sequence:
@@ -201,28 +286,36 @@ class ResponsesStream(StreamTranslator):
         return self._emit(payload, "response.output_text.delta")
 
     def render(self, item: Raw | End | Done, released: dict[str, str]) -> bytes:
+        # ``parse`` has checked the fields read here
         payload = item.payload
         if not isinstance(payload, dict):
             return super().render(item, released)
         kind = payload.get("type")
         if kind == "response.output_text.done":
-            key = f"{payload.get('output_index', 0)}.{payload.get('content_index', 0)}"
-            payload = dict(payload, text=released.get(key, payload.get("text", "")))
+            key = self._key(payload)
+            payload = dict(payload, text=released.get(key, payload.get("text") or ""))
         elif kind == "response.content_part.done" and isinstance(payload.get("part"), dict):
-            key = f"{payload.get('output_index', 0)}.{payload.get('content_index', 0)}"
+            key = self._key(payload)
             if payload["part"].get("type") == "output_text" and key in released:
                 payload = dict(payload, part=dict(payload["part"], text=released[key]))
         elif kind == "response.output_item.done" and isinstance(payload.get("item"), dict):
-            index = payload.get("output_index", 0)
+            index = payload.get("output_index") or 0
             texts = {
                 k.split(".", 1)[1]: v
                 for k, v in released.items()
                 if k.split(".", 1)[0] == str(index)
             }
-            item_copy = copy.deepcopy(payload["item"])
-            for j, part in enumerate(item_copy.get("content") or []):
-                if isinstance(part, dict) and part.get("type") == "output_text" and str(j) in texts:
-                    part["text"] = texts[str(j)]
+            item_copy = dict(payload["item"])
+            content = item_copy.get("content")
+            if content:
+                item_copy["content"] = [
+                    dict(part, text=texts[str(j)])
+                    if isinstance(part, dict)
+                    and part.get("type") == "output_text"
+                    and str(j) in texts
+                    else part
+                    for j, part in enumerate(content)
+                ]
             payload = dict(payload, item=item_copy)
         elif kind in FINAL_EVENTS and isinstance(payload.get("response"), dict):
             payload = dict(payload, response=_with_texts(payload["response"], released))

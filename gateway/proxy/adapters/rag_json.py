@@ -9,10 +9,9 @@ stream with an event ``{"finish_reason": "content_filter"}`` and ``[DONE]``.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from gateway.errors import UpstreamMalformed
+from gateway.errors import BadRequest, UpstreamMalformed
 from gateway.proxy.adapters.base import (
     Adapter,
     Done,
@@ -24,6 +23,7 @@ from gateway.proxy.adapters.base import (
     dumps,
     loads_event,
 )
+from gateway.proxy.adapters.shapes import json_type, request_flag
 from gateway.proxy.sse import SSEEvent, encode_event
 from gateway.records.review import Ticket
 
@@ -42,6 +42,28 @@ def get_path(obj: Any, path: str) -> Any:
         if obj is _MISSING:
             return _MISSING
     return obj
+
+
+def replaced(obj: Any, path: str, value: Any) -> Any:
+    """A copy of ``obj`` with ``value`` at ``path``, where ``get_path`` found something.
+
+    Only the containers along the path are copied; the rest is shared with
+    ``obj``, which is never modified.
+    """
+    return _replaced(obj, path.split(".") if path else [], value)
+
+
+def _replaced(obj: Any, parts: list[str], value: Any) -> Any:
+    if not parts:
+        return value
+    if isinstance(obj, list):
+        out_list = list(obj)
+        index = int(parts[0])
+        out_list[index] = _replaced(obj[index], parts[1:], value)
+        return out_list
+    out = dict(obj)
+    out[parts[0]] = _replaced(obj[parts[0]], parts[1:], value)
+    return out
 
 
 def set_path(obj: Any, path: str, value: Any) -> None:
@@ -77,14 +99,22 @@ class RagJsonAdapter(Adapter):
 
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         query = get_path(body, self.query_path)
+        if query is _MISSING or query is None:
+            query = None
+        elif type(query) is not str:
+            raise BadRequest(f'"{self.query_path}" must be a string, not {json_type(query)}')
+        model = body.get("model")
         return RequestInfo(
             body,
-            model=body.get("model") if isinstance(body.get("model"), str) else None,
-            stream=bool(body.get(self.stream_field)),
-            query=query if isinstance(query, str) else None,
+            model=model if type(model) is str else None,
+            stream=request_flag(body, self.stream_field),
+            query=query,
         )
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
+        return [("0", self._answer(body))]
+
+    def _answer(self, body: dict[str, Any]) -> str:
         text = get_path(body, self.text_path)
         if text is _MISSING:
             raise UpstreamMalformed(f"rag-json response has no answer at {self.text_path!r}")
@@ -92,7 +122,7 @@ class RagJsonAdapter(Adapter):
             raise UpstreamMalformed(
                 f"rag-json answer at {self.text_path!r} is {type(text).__name__}, not a string"
             )
-        return [("0", text)]
+        return text
 
     def sources(self, body: dict[str, Any]) -> Sources:
         found = Sources()
@@ -102,9 +132,8 @@ class RagJsonAdapter(Adapter):
         return found
 
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
-        out = copy.deepcopy(body)
-        if "0" in texts:
-            set_path(out, self.text_path, texts["0"])
+        self._answer(body)
+        out = replaced(body, self.text_path, texts["0"]) if "0" in texts else dict(body)
         if finish:
             out["finish_reason"] = finish
         return out
@@ -134,17 +163,26 @@ class RagJsonStream(StreamTranslator):
         if ev.data.strip() == "[DONE]":
             return [Done("[DONE]")]
         obj = loads_event(ev)
+        path = self.adapter.stream_text_path
+        if path and type(obj) is not dict and type(obj) is not list:
+            # a bare string would go out unscanned: the text lives at the path
+            raise UpstreamMalformed(
+                f"upstream sent an SSE event that is {json_type(obj)}, not a JSON object"
+            )
         raw_sources = get_path(obj, self.adapter.sources_path)
         if raw_sources is not _MISSING:
             self.sources.extend(raw_sources, self.adapter.sources_path)
-        text = get_path(obj, self.adapter.stream_text_path)
+        text = get_path(obj, path)
         if isinstance(text, str):
-            rest = copy.deepcopy(obj)
-            set_path(rest, self.adapter.stream_text_path, "")
+            rest = replaced(obj, path, "")
             items: list[Any] = [Text("0", text)] if text else []
-            if _has_more_than(rest, self.adapter.stream_text_path):
+            if _has_more_than(rest, path):
                 items.append(Raw("0", rest, ev.event))
             return items
+        if text is not _MISSING and text is not None:
+            raise UpstreamMalformed(
+                f"rag-json stream event has {json_type(text)} at {path!r}, not a string"
+            )
         # an event without answer text (the sources, say) may wait for the first text
         return [Raw(None, obj, ev.event, lead=True)]
 
