@@ -38,29 +38,30 @@ def record(n: int) -> DecisionRecord:
     )
 
 
-def begin(n: int, **extra) -> dict:
-    return {
-        "decision_id": f"d{n}",
-        "ts": 1000.0 + n,
-        "route": "default",
-        "upstream": "http://up",
-        "protocol": "openai-chat",
-        "path": "/v1/chat/completions",
-        "model": "gpt-test",
-        "stream": True,
-        "action": "block",
-        "policies": [["no-leak", "phrases", "enforce", "breach", "block", "high"]],
-        "breached": ["no-leak"],
-        **extra,
-    }
+def begin(n: int) -> tuple:
+    """A begin line's fields, as the exchange writes them."""
+    return (
+        f"d{n}",
+        1000.0 + n,
+        "default",
+        "http://up",
+        "openai-chat",
+        "/v1/chat/completions",
+        "gpt-test",
+        True,
+        "block",
+        [("no-leak", "phrases", "enforce", "breach", "block", "high")],
+        None,
+    )
 
 
 def die(journal: DecisionJournal) -> None:
     """What SIGKILL leaves: the files, and a lock nobody holds."""
-    assert journal._fd is not None and journal._lock_fd is not None
-    os.close(journal._fd)
+    assert journal._map is not None and journal._lock_fd is not None
+    journal._map.close()
     os.close(journal._lock_fd)
-    journal._fd = journal._lock_fd = None
+    journal._map = None
+    journal._lock_fd = None
 
 
 def new_journal(directory: Path, *names: str, **kw) -> tuple[DecisionJournal, list[Consumer]]:
@@ -92,6 +93,7 @@ async def test_each_consumer_gets_what_it_had_not_committed_and_interrupted_ones
     assert [(p.id, p.status, p.severity) for p in rebuilt.policies] == [
         ("no-leak", "breach", "high")
     ]
+    assert rebuilt.breached == ("no-leak",)
     # replayed once: the dead files are gone, a second replay finds nothing
     assert await live.replay() == 0
     assert len(list(tmp_path.glob("*.jsonl"))) == 1
@@ -112,8 +114,7 @@ async def test_a_live_process_journal_is_left_alone(tmp_path):
 async def test_a_torn_last_line_is_skipped(tmp_path):
     dead, _ = new_journal(tmp_path, "decisions")
     dead.record(record(1))
-    assert dead._fd is not None
-    os.write(dead._fd, b'{"r": {"decision_id": "d2", "ts": 10')
+    dead._write(b'{"r": {"decision_id": "d2", "ts": 10')
     die(dead)
     live, (log,) = new_journal(tmp_path, "decisions")
     await live.replay()

@@ -118,7 +118,7 @@ def _watcher(gw) -> asyncio.Task:
 
 
 async def test_watcher_survives_unreadable_files_and_takes_the_next_good_edit(
-    make_gateway, fake, policy_dir
+    make_gateway, fake, policy_dir, caplog
 ):
     fake.script.text = "I like tomatoes in summer."
     proxy, admin, gw = await make_gateway(upstream=fake)
@@ -129,6 +129,8 @@ async def test_watcher_survives_unreadable_files_and_takes_the_next_good_edit(
     state = await _until(admin, lambda s: s["last_reload_errors"])
     assert state["last_reload_errors"] == [f"{policy_dir}/{BELL_ERROR}"]
     assert state["revision"] == first
+    # the log says it too, with the position
+    assert any(r.getMessage() == f"{policy_dir}/{BELL_ERROR}" for r in caplog.records)
 
     write_policies(policy_dir, DEEP)
     state = await _until(admin, lambda s: s["last_reload_errors"] != [f"{policy_dir}/{BELL_ERROR}"])

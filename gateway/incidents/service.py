@@ -184,15 +184,14 @@ class IncidentService:
     async def _write(self, plan: Plan) -> None:
         pending = self._unwritten
         pending.merge(plan)
-        if not pending:
-            return
-        await self.store.transaction(pending.all())
-        self._unwritten = Plan()
-        # every record taken off the queue so far is in what was just written
+        if pending:
+            await self.store.transaction(pending.all())
+            self._unwritten = Plan()
+            self.book.update_gauges()
+            if pending.outbox:
+                self.outbox.wake()
+        # every record taken off the queue so far is applied, and what it changed written
         self.committed(self._received - self._queued)
-        self.book.update_gauges()
-        if pending.outbox:
-            self.outbox.wake()
 
     async def replay(self, records: list[DecisionRecord]) -> None:
         """Apply records recovered from a journal, as if they had just arrived, and write."""

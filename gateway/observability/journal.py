@@ -12,9 +12,13 @@ appends, with one ``write`` each, to journal files it holds a lock on:
 - a *checkpoint* line each time a durable consumer (the decision log, the
   incident service) has committed a prefix of the records it was handed.
 
-``write`` puts the bytes in the kernel's page cache, which outlives the
-process: a SIGKILL cannot take them (a power cut can; an fsync per request
-would put a disk flush on the request path). On start, the journals of dead
+A segment is a preallocated file mapped into memory (``MAP_SHARED``): a
+line is a copy into pages the kernel owns, which outlive the process, so a
+SIGKILL cannot take them (a power cut can; an fsync per request would put a
+disk flush on the request path). A ``write`` call would do the same, but
+it waits whenever the file system is busy committing, as it is after each
+SQLite transaction on the same disk: about 11 µs a line measured here,
+against well under one for the copy. On start, the journals of dead
 processes (their lock is free) are replayed: each consumer gets the records
 past its checkpoint, and a begin line without its record becomes a record of
 an interrupted exchange for every consumer. Journal files are deleted once
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import mmap
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +48,23 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 8 * 1024 * 1024
 INTERRUPTED = ExchangeInterrupted(
     "the gateway stopped before this exchange finished; the record was rebuilt from the journal"
+)
+
+
+# a begin line's fields, in order; ``policies`` holds the verdicts that were not a
+# pass as [id, kind, mode, status, action, severity], ``error`` is [code, message]
+BEGIN_FIELDS = (
+    "decision_id",
+    "ts",
+    "route",
+    "upstream",
+    "protocol",
+    "path",
+    "model",
+    "stream",
+    "action",
+    "policies",
+    "error",
 )
 
 
@@ -81,9 +103,10 @@ class DecisionJournal:
         self._marks: dict[str, int] = {}
         self._prefix = f"p{os.getpid()}-{time.time_ns()}"
         self._lock_fd: int | None = None
-        self._fd: int | None = None
+        # the mapped segment being written, and where its next line goes
+        self._map: mmap.mmap | None = None
+        self._pos = 0
         self._segment = 0
-        self._size = 0
         # sealed segments waiting for every consumer to pass their last record
         self._sealed: list[tuple[Path, int]] = []
         # begin lines whose record is not written yet: carried into a new segment
@@ -115,18 +138,37 @@ class DecisionJournal:
     def _path(self, number: int) -> Path:
         return self.directory / f"{self._prefix}.{number:06d}.jsonl"
 
-    def _start_segment(self) -> None:
+    def _start_segment(self, then: int = 0) -> None:
+        """A new mapped segment, room for its head and a line of ``then`` bytes after it."""
         self._segment += 1
-        self._fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._size = 0
-        head = {"seg": self.published, "ck": self._marks}
-        self._write(orjson.dumps(head) + b"\n" + b"".join(self._open.values()))
+        head = orjson.dumps({"seg": self.published, "ck": self._marks}) + b"\n"
+        # begin lines whose record is still to come move along with the segment
+        head += b"".join(self._open.values())
+        size = max(self.segment_bytes, len(head) + then + 4096)
+        fd = os.open(self._path(self._segment), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # blocks reserved now: a page written later can never meet a full
+            # disk (which would kill the process with SIGBUS)
+            os.write(fd, bytes(size))
+            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            self._map = None
+            self._disabled(exc)
+            return
+        finally:
+            os.close(fd)
+        self._map[: len(head)] = head
+        self._pos = len(head)
 
     # -- the request path ------------------------------------------------------------
-    def begin(self, record: dict[str, Any]) -> None:
-        """An answer is about to leave: keep enough to rebuild its record."""
-        line = orjson.dumps({"b": record}) + b"\n"
-        self._open[record["decision_id"]] = line
+    def begin(self, fields: tuple[Any, ...]) -> None:
+        """An answer is about to leave: keep enough to rebuild its record.
+
+        ``fields`` are, in order, what ``BEGIN_FIELDS`` names: positional,
+        as this runs on the request path.
+        """
+        line = b'{"b":' + orjson.dumps(fields) + b"}\n"
+        self._open[fields[0]] = line
         self._write(line)
 
     def record(self, record: DecisionRecord) -> None:
@@ -135,8 +177,6 @@ class DecisionJournal:
         self.published += 1
         self._open.pop(record.decision_id, None)
         self._write(orjson.dumps({"r": record.to_json(), "i": index}) + b"\n")
-        if self._size > self.segment_bytes and self._fd is not None:
-            self._roll()
 
     def _checkpoint(self, name: str, mark: int) -> None:
         if mark <= self._marks.get(name, 0):
@@ -146,25 +186,28 @@ class DecisionJournal:
         self._drop_sealed()
 
     def _write(self, data: bytes) -> None:
-        fd = self._fd
-        if fd is None:
+        if self._map is None:
             return
-        try:
-            os.write(fd, data)
-        except OSError as exc:
-            # a full disk must not fail requests; the records still go to the store
-            if not self._failed:
-                log.error("cannot write the decision journal: %s", exc)
-            self._failed = True
-            return
-        self._failed = False
-        self._size += len(data)
+        end = self._pos + len(data)
+        if end > len(self._map):
+            self._roll(len(data))
+            if self._map is None:
+                return
+            end = self._pos + len(data)
+        self._map[self._pos : end] = data
+        self._pos = end
 
-    def _roll(self) -> None:
-        assert self._fd is not None
-        os.close(self._fd)
+    def _disabled(self, exc: OSError) -> None:
+        # a full disk must not fail requests; the records still go to the store
+        if not self._failed:
+            log.error("cannot write the decision journal, records of a crash may be lost: %s", exc)
+        self._failed = True
+
+    def _roll(self, at_least: int = 0) -> None:
+        assert self._map is not None
+        self._map.close()
         self._sealed.append((self._path(self._segment), self.published))
-        self._start_segment()
+        self._start_segment(at_least)
         self._drop_sealed()
 
     def _low_mark(self) -> int:
@@ -179,10 +222,11 @@ class DecisionJournal:
     # -- stop ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop writing; delete this process's files if every consumer committed everything."""
-        if self._fd is None:
+        if self._map is None and self._lock_fd is None:
             return
-        os.close(self._fd)
-        self._fd = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         clean = not self._open and self._low_mark() >= self.published
         if clean:
             for path in self._own_files():
@@ -262,7 +306,8 @@ def _read(files: list[Path]) -> _Dead:
         except OSError as exc:
             log.error("cannot read decision journal %s: %s", path, exc)
             continue
-        for line in raw.split(b"\n"):
+        # a segment is preallocated: its unused tail is zeros
+        for line in raw.rstrip(b"\x00").split(b"\n"):
             if not line:
                 continue
             try:
@@ -278,7 +323,8 @@ def _take(dead: _Dead, entry: dict[str, Any]) -> None:
     if "r" in entry:
         dead.records.append((int(entry["i"]), DecisionRecord.from_json(entry["r"])))
     elif "b" in entry:
-        dead.begun[entry["b"]["decision_id"]] = entry["b"]
+        begun = dict(zip(BEGIN_FIELDS, entry["b"], strict=True))
+        dead.begun[begun["decision_id"]] = begun
     elif "c" in entry:
         name, mark = entry["c"], int(entry["n"])
         dead.checkpoints[name] = max(dead.checkpoints.get(name, 0), mark)
@@ -290,11 +336,18 @@ def _take(dead: _Dead, entry: dict[str, Any]) -> None:
 def interrupted_record(begun: dict[str, Any]) -> DecisionRecord:
     """The record of an exchange whose process died after its answer started."""
     data = dict(begun)
-    data["policies"] = [
+    verdicts = [
         PolicyVerdict(
             id=p[0], kind=p[1], mode=p[2], status=p[3], action=p[4], severity=p[5], elapsed_ms=0.0
-        ).to_json()
+        )
         for p in begun.get("policies") or ()
     ]
-    data.setdefault("error", {"code": INTERRUPTED.code, "message": INTERRUPTED.message})
+    data["policies"] = [v.to_json() for v in verdicts]
+    data["breached"] = [v.id for v in verdicts if v.status == "breach"]
+    error = begun.get("error")
+    data["error"] = (
+        {"code": error[0], "message": error[1]}
+        if error
+        else {"code": INTERRUPTED.code, "message": INTERRUPTED.message}
+    )
     return DecisionRecord.from_json(data)

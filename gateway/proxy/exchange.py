@@ -15,8 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from gateway.proxy.adapters import Adapter, RequestInfo
 from gateway.proxy.adapters.base import Done, End, Raw, StreamTranslator, Text
 from gateway.proxy.answers import client_message, error_response, json_response
 from gateway.proxy.ports import AnswerBody, HoldPort
-from gateway.proxy.sse import SSEParser
+from gateway.proxy.sse import SSEEvent, SSEParser
 from gateway.proxy.state import Gateway
 from gateway.proxy.stopwatch import Stopwatch
 from gateway.proxy.streaming import coalesce, read_rest
@@ -109,30 +108,22 @@ def _unreadable(adapter: Adapter, route: Route, exc: Exception) -> UpstreamMalfo
     )
 
 
-@contextmanager
-def _reading(adapter: Adapter, route: Route) -> Iterator[None]:
-    try:
-        yield
-    except GatewayError:
-        raise
-    except _SHAPE_ERRORS as exc:
-        raise _unreadable(adapter, route, exc) from None
-
-
-def _checked_parse(
+def _parser_of(
     translator: StreamTranslator, adapter: Adapter, route: Route
-) -> Callable[[Any], list[Any]]:
+) -> Callable[[list[SSEEvent]], list[Any]]:
+    """The items of a read's events; a shape the translator did not foresee is malformed."""
     parse = translator.parse
 
-    def checked(ev: Any) -> list[Any]:
+    def items(events: list[SSEEvent]) -> list[Any]:
+        # one guarded call per read, not per event: reads hold many events
         try:
-            return parse(ev)
+            return [item for ev in events for item in parse(ev)]
         except GatewayError:
             raise
         except _SHAPE_ERRORS as exc:
             raise _unreadable(adapter, route, exc) from None
 
-    return checked
+    return items
 
 
 class Exchange:
@@ -188,6 +179,27 @@ class Exchange:
 
     # -- the attempt loop ------------------------------------------------------
     async def run(self) -> web.StreamResponse:
+        try:
+            response = await self.answer()
+            if not response.prepared:
+                # sent from here, not after the handler returns, so that the
+                # record below is built once the answer is on the wire
+                await self.send_whole(response)
+            return response
+        finally:
+            # the record is built and handed on off the response path, from
+            # state nothing changes any more
+            asyncio.get_running_loop().call_soon(self.publish)
+
+    async def send_whole(self, response: web.StreamResponse) -> None:
+        try:
+            await response.prepare(self.request)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            self.client_gone = True
+
+    async def answer(self) -> web.StreamResponse:
+        """Try the route, then its fallback, until one answers (or fails for good)."""
         self.busy.start()
         route: Route | None = self.route
         used: set[str] = set()
@@ -253,9 +265,6 @@ class Exchange:
         finally:
             if self.outcome is None:
                 self.finish(action="error")
-            # after the answer is on its way: the record is built and handed on
-            # off the response path, from state nothing changes any more
-            asyncio.get_running_loop().call_soon(self.publish)
 
     @property
     def started_answer(self) -> bool:
@@ -328,9 +337,13 @@ class Exchange:
             raise UpstreamMalformed(f"upstream {route.name} sent invalid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise UpstreamMalformed(f"upstream {route.name} sent JSON that is not an object")
-        with _reading(self.adapter, route):
+        try:
             segments = self.adapter.segments(body)
             sources = self.adapter.sources(body)
+        except GatewayError:
+            raise
+        except _SHAPE_ERRORS as exc:
+            raise _unreadable(self.adapter, route, exc) from None
         self.add_header_sources(resp, sources.items, sources.errors)
         guard = self.new_guard(route, sources.items, sources.errors)
         for key, text in segments:
@@ -354,8 +367,12 @@ class Exchange:
             out = self.blocked_response(guard, action, body)
         elif action is Action.REDACT:
             texts = {key: guard.segments[key].released_text for key, _ in segments}
-            with _reading(self.adapter, route):
+            try:
                 out = json_response(self.adapter.rebuild(body, texts, None), headers=headers)
+            except GatewayError:
+                raise
+            except _SHAPE_ERRORS as exc:
+                raise _unreadable(self.adapter, route, exc) from None
         else:
             # served byte for byte as the upstream sent it
             out = web.Response(body=raw, content_type="application/json", headers=headers)
@@ -386,7 +403,7 @@ class Exchange:
                 f"upstream {route.name} answered a stream request with {ctype or 'no content type'}"
             )
         translator = self.translator = self.adapter.translator(self.info)
-        parse = _checked_parse(translator, self.adapter, route)
+        parse = _parser_of(translator, self.adapter, route)
         sources = translator.sources
         self.add_header_sources(resp, sources.items, sources.errors)
         guard = self.new_guard(route, sources.items, sources.errors)
@@ -400,7 +417,7 @@ class Exchange:
                 self.busy.stop()
                 async for chunk in resp.content.iter_any():
                     self.busy.start()
-                    items = [item for ev in parser.feed(chunk) for item in parse(ev)]
+                    items = parse(parser.feed(chunk))
                     done = await self.on_items(coalesce(items), translator, guard, pending)
                     if guard.stopped:
                         # a review hold reads on from here to keep the whole answer
@@ -410,7 +427,7 @@ class Exchange:
                     self.busy.stop()
                 self.busy.start()
                 if not guard.stopped and not done:
-                    items = [item for ev in parser.close() for item in parse(ev)]
+                    items = parse(parser.close())
                     done = await self.on_items(items, translator, guard, pending)
         except asyncio.CancelledError:
             raise
@@ -719,29 +736,32 @@ class Exchange:
         self.begun = True
         guard = self.guard
         last = self.attempts[-1] if self.attempts else None
+        route = self.route
+        # the verdicts an incident rule may act on
+        flagged = (
+            [
+                (c.id, c.kind, c.mode, r.status.value, c.action.value, c.severity.value)
+                for r in guard.results
+                if r.status is not Status.PASS
+                for c in (r.config,)
+            ]
+            if guard is not None
+            else None
+        )
         self.gw.journal.begin(
-            {
-                "decision_id": self.decision_id,
-                "ts": time.time(),
-                "route": last.route if last else self.route.name,
-                "upstream": last.upstream if last else self.route.upstream,
-                "protocol": self.adapter.protocol,
-                "path": self.request.path,
-                "model": self.info.model,
-                "stream": self.info.stream,
-                "action": action,
-                # the verdicts an incident rule may act on
-                "policies": [
-                    (c.id, c.kind, c.mode, r.status.value, c.action.value, c.severity.value)
-                    for r in guard.results
-                    if r.status is not Status.PASS
-                    for c in (r.config,)
-                ]
-                if guard is not None
-                else [],
-                "breached": guard.breached() if guard is not None else [],
-                **({"error": {"code": error.code, "message": error.message}} if error else {}),
-            }
+            (
+                self.decision_id,
+                time.time(),
+                last.route if last else route.name,
+                last.upstream if last else route.upstream,
+                self.adapter.protocol,
+                self.request.path,
+                self.info.model,
+                self.info.stream,
+                action,
+                flagged,
+                (error.code, error.message) if error is not None else None,
+            )
         )
 
     def record(self) -> DecisionRecord:
