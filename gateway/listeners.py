@@ -38,9 +38,6 @@ from gateway.proxy.adapters.base import openai_error
 
 log = logging.getLogger(__name__)
 
-# the end of a request's header block
-_HEADERS_END = b"\r\n\r\n"
-
 
 def raw_error(err: GatewayError, *, retry_after: int | None = None) -> bytes:
     """A whole HTTP/1.1 error response, for writing to a connection with no request object."""
@@ -87,10 +84,11 @@ class GuardedHandler(web.RequestHandler):
         self._limits = limits
         self._connections = connections
         self._counted = False
-        self._headers_seen = False
-        # the last bytes of the previous read, so a header end split across reads is found
-        self._tail = b""
         self._deadline: asyncio.TimerHandle | None = None
+        # aiohttp counts the requests its parser completed: that, not a byte
+        # pattern (leading blank lines, bare LFs), says the headers are in
+        if not isinstance(getattr(self, "_request_count", None), int):
+            raise RuntimeError("this aiohttp does not count parsed requests; pin aiohttp 3.x")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -107,14 +105,9 @@ class GuardedHandler(web.RequestHandler):
         self._deadline = loop.call_later(self._limits.header_timeout, self._headers_late)
 
     def data_received(self, data: bytes) -> None:
-        if not self._headers_seen:
-            seen = self._tail + data
-            if _HEADERS_END in seen:
-                self._headers_seen = True
-                self._cancel_deadline()
-            else:
-                self._tail = seen[-3:]
         super().data_received(data)
+        if self._deadline is not None and self._request_count:
+            self._cancel_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_deadline()
@@ -130,7 +123,7 @@ class GuardedHandler(web.RequestHandler):
 
     def _headers_late(self) -> None:
         self._deadline = None
-        if self._headers_seen or self.transport is None:
+        if self._request_count or self.transport is None:
             return
         self._connections.refuse("header_timeout")
         err = RequestTimeout(
@@ -205,13 +198,15 @@ class GuardedSite(web.BaseSite):
     def _protocol(self) -> GuardedHandler:
         server = self._runner.server
         assert server is not None
+        # the runner's own handler options (parser limits, logging…), then ours
+        options = {**getattr(server, "_kwargs", {}), "access_log": None}
+        options["keepalive_timeout"] = self._limits.keepalive_timeout
         return GuardedHandler(
             server,
             limits=self._limits,
             connections=self.connections,
             loop=asyncio.get_running_loop(),
-            keepalive_timeout=self._limits.keepalive_timeout,
-            access_log=None,
+            **options,
         )
 
     async def start(self) -> None:

@@ -92,7 +92,9 @@ class HostileUpstream:
                 await resp.write(data)
                 self.sent[mode] += len(data)
             await resp.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
+            self.hung_up[mode] = True
+        except asyncio.CancelledError:
             self.hung_up[mode] = True
             raise
         return resp
@@ -116,7 +118,9 @@ class HostileUpstream:
             for _ in range(1600):  # 100 MiB
                 await resp.write(piece)
                 self.sent["huge-body"] += len(piece)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
+            self.hung_up["huge-body"] = True
+        except asyncio.CancelledError:
             self.hung_up["huge-body"] = True
             raise
         return resp

@@ -306,6 +306,13 @@ def test_safe_headers_mask_a_secret_and_cut_long_values():
     assert len(out["accept"]) == 256
 
 
+def test_a_control_character_inside_a_secret_does_not_hide_it():
+    key = "sk-proj-abcdefghij" + "KLMNOPQRSTUVWXYZ0123"
+    out = safe_headers({"user-agent": f"x {key[:18]}\t{key[18:]}"})
+    assert key not in out["user-agent"]
+    assert "KLMNOPQRSTUVWXYZ" not in out["user-agent"]
+
+
 @pytest.mark.parametrize(
     ("query", "stored"),
     [

@@ -168,6 +168,28 @@ async def test_idle_and_slowloris_connections_are_closed_while_requests_succeed(
     assert peak - before < 32 * 2**20, (before, peak)
 
 
+async def test_leading_blank_lines_do_not_pass_for_headers(gateway):
+    """Blank lines before a request are skipped by the parser; they must not stop the clock."""
+    host, port = host_port(gateway.proxy)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\n")
+
+    async def trickle() -> None:
+        for n in range(100):
+            await asyncio.sleep(0.3)
+            writer.write(f"X-Slow-{n}: y\r\n".encode())
+
+    feeding = asyncio.create_task(trickle())
+    try:
+        raw = await read_all(reader, HEADER_TIMEOUT + 10)
+    finally:
+        feeding.cancel()
+        writer.close()
+    status, _, payload = split_response(raw)
+    assert status == 408
+    assert json.loads(payload)["error"]["code"] == "request-timeout"
+
+
 async def test_a_slow_body_is_timed_out(gateway):
     host, port = host_port(gateway.proxy)
     reader, writer = await asyncio.open_connection(host, port)

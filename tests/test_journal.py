@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from gateway.observability.journal import DecisionJournal
 from gateway.records.decision import DecisionRecord
 
@@ -150,4 +152,62 @@ def test_files_are_private(tmp_path):
     assert (tmp_path / "journal").stat().st_mode & 0o777 == 0o700
     for path in (tmp_path / "journal").iterdir():
         assert path.stat().st_mode & 0o777 == 0o600
+    journal.close()
+
+
+class Failing(Consumer):
+    """A consumer whose store is down for its first ``failures`` replays."""
+
+    def __init__(self, name: str, failures: int) -> None:
+        super().__init__(name)
+        self.failures = failures
+
+    async def replay(self, records: list[DecisionRecord]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store down")
+        await super().replay(records)
+
+
+async def test_a_replay_that_fails_half_way_hands_nothing_twice(tmp_path):
+    dead, _ = new_journal(tmp_path, "decisions", "incidents")
+    for n in range(3):
+        dead.record(record(n))
+    die(dead)
+    live = DecisionJournal(tmp_path)
+    log, incidents = Consumer("decisions"), Failing("incidents", failures=1)
+    live.register(log)
+    live.register(incidents)
+    live.open()
+    with pytest.raises(ConnectionError):
+        await live.replay()
+    assert len(list(tmp_path.glob("*.progress"))) == 1  # the dead journal is kept
+    await live.replay()
+    assert [r.decision_id for r in log.replayed] == ["d0", "d1", "d2"]
+    assert [r.decision_id for r in incidents.replayed] == ["d0", "d1", "d2"]
+    assert not list(tmp_path.glob("*.progress"))
+    # a process that dies during a replay leaves its progress for the next one
+    dead2, _ = new_journal(tmp_path, "decisions")
+    dead2.record(record(9))
+    die(dead2)
+    (tmp_path / f"{dead2._prefix}.progress").write_bytes(b'{"done": "decisions"}\n{"do')
+    await live.replay()
+    assert [r.decision_id for r in log.replayed] == ["d0", "d1", "d2"]
+    assert [r.decision_id for r in incidents.replayed][-1] == "d9"
+    live.close()
+
+
+async def test_a_journal_that_cannot_write_turns_off_without_failing_requests(tmp_path):
+    journal, (log,) = new_journal(tmp_path, "decisions", segment_bytes=2000)
+    journal.record(record(0))
+    # the next segment's file cannot be created
+    (tmp_path / f"{journal._prefix}.000002.jsonl").mkdir()
+    for n in range(1, 20):
+        journal.begin(begin(n))
+        journal.record(record(n))
+    assert journal._map is None
+    # nothing stale is left for a replay to hand out again (only the folder in the way)
+    left = [p for p in tmp_path.iterdir() if not p.is_dir()]
+    assert left == []
+    log.committed(20)
     journal.close()

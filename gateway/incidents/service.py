@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gateway.config import Settings
@@ -194,18 +195,37 @@ class IncidentService:
         self.committed(self._received - self._queued)
 
     async def replay(self, records: list[DecisionRecord]) -> None:
-        """Apply records recovered from a journal, as if they had just arrived, and write."""
+        """Apply records recovered from a journal, and return once what they changed is written.
+
+        They count as arriving now: the windows assume time only moves
+        forward, and a breach from before a crash belongs in the window the
+        incident rules see after it. Once applied they are never applied
+        again: a failed write is retried here, not by replaying them.
+        """
         async with self.lock:
             self.matcher.refresh(self.policies.current)
             now = time.time()
             plan = Plan()
             for record in records:
                 try:
-                    self.matcher.on_record(record, plan, now)
+                    self.matcher.on_record(replace(record, ts=now), plan, now)
                 except Exception:
                     log.exception("incident rules failed on a replayed record")
             self.book.tick(plan, now)
-            await self._write(plan)
+            self._unwritten.merge(plan)
+        written = await retry_forever(
+            self._write_pending,
+            what="writing replayed incident state",
+            first=self.cfg.tick,
+            cap=10.0,
+            give_up=lambda: self._stopping,
+        )
+        if not written:
+            raise RuntimeError("stopped before the replayed incident state was written")
+
+    async def _write_pending(self) -> None:
+        async with self.lock:
+            await self._write(Plan())
 
     async def settle(self) -> None:
         """Process everything queued so far (the API reads after it, and tests wait on it)."""

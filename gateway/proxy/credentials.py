@@ -80,7 +80,8 @@ def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
     for name, value in headers.items():
         low = name.lower()
         if low in SAFE_HEADERS:
-            out[low] = clean_text(mask_secrets(value))
+            # cleaned first: a control character inside a key would hide it from masking
+            out[low] = mask_secrets(clean_text(value))
     return out
 
 
@@ -88,7 +89,7 @@ def query_names(query: str) -> str:
     """The query string with every value replaced: ``api-key=<redacted>&debug``."""
     parts = []
     for name, value in parse_qsl(query, keep_blank_values=True)[:MAX_QUERY_NAMES]:
-        name = clean_text(mask_secrets(name), MAX_NAME_CHARS)
+        name = mask_secrets(clean_text(name, MAX_NAME_CHARS))
         parts.append(f"{name}={REDACTED}" if value else name)
     return "&".join(parts)
 

@@ -49,14 +49,31 @@ class SSEParser:
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
         self._buffer = b""
-        # the event's data lines, joined by LF as they come: one buffer, not
-        # one object per line, so a flood of tiny lines costs what its bytes do
-        self._data = bytearray()
-        self._has_data = False
+        # reads that carried no line break yet: joined once one does, so a
+        # long line arriving in small reads is copied once, not once a read
+        self._pieces: list[bytes] = []
+        self._pieces_len = 0
+        # the data lines of the event, as one block per read (joined by LF):
+        # a flood of tiny lines costs what its bytes do, not an object a line,
+        # and the blocks never need the copies a growing buffer makes
+        self._blocks: list[bytes] = []
+        self._values: list[bytes] = []
+        self._held = 0
         self._event: str | None = None
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._pieces.append(chunk)
+            self._pieces_len += len(chunk)
+            if self._held + len(self._buffer) + self._pieces_len > self.max_event_bytes:
+                self._too_big()
+            return []
+        if self._pieces:
+            self._pieces.append(chunk)
+            chunk = b"".join(self._pieces)
+            self._pieces = []
+            self._pieces_len = 0
         data = self._buffer + chunk
         # a CR at the very end may be the first half of a CRLF still in flight
         tail = b""
@@ -72,14 +89,25 @@ class SSEParser:
             event = self._line(raw)
             if event is not None:
                 events.append(event)
-        if len(self._data) + len(self._buffer) > self.max_event_bytes:
+        self._settle()
+        if self._held + len(self._buffer) > self.max_event_bytes:
             self._too_big()
         return events
 
+    def _settle(self) -> None:
+        """Fold this read's data lines of the unfinished event into one block."""
+        if self._values:
+            block = b"\n".join(self._values)
+            self._blocks.append(b"\n" + block if self._blocks else block)
+            self._values = []
+
     def _too_big(self) -> None:
         self._buffer = b""
-        self._data = bytearray()
-        self._has_data = False
+        self._pieces = []
+        self._pieces_len = 0
+        self._blocks = []
+        self._values = []
+        self._held = 0
         raise UpstreamMalformed(
             f"upstream sent an SSE event over {self.max_event_bytes} bytes without ending it"
         )
@@ -93,11 +121,9 @@ class SSEParser:
         if value[:1] == b" ":
             value = value[1:]
         if name == b"data":
-            if self._has_data:
-                self._data += b"\n"
-            self._data += value
-            self._has_data = True
-            if len(self._data) > self.max_event_bytes:
+            self._values.append(value)
+            self._held += len(value) + 1
+            if self._held > self.max_event_bytes:
                 self._too_big()
         elif name == b"event":
             self._event = _text(value)
@@ -106,18 +132,29 @@ class SSEParser:
         return None
 
     def _dispatch(self) -> SSEEvent | None:
-        if not self._has_data:
+        if not self._held:
             self._event = None
             return None
-        event = SSEEvent(_text(self._data), self._event, self._id)
-        self._data = bytearray()
-        self._has_data = False
+        values = self._values
+        if not self._blocks and len(values) == 1:
+            raw = values[0]  # the usual event: one data line, read whole
+        else:
+            self._settle()
+            raw = b"".join(self._blocks)
+            self._blocks = []
+        self._values = []
+        event = SSEEvent(_text(raw), self._event, self._id)
+        self._held = 0
         self._event = None
         return event
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a last event without its blank line still counts."""
         events = []
+        if self._pieces:
+            self._buffer += b"".join(self._pieces)
+            self._pieces = []
+            self._pieces_len = 0
         if self._buffer.endswith(b"\r"):
             self._buffer = self._buffer[:-1]
         if self._buffer:

@@ -76,6 +76,7 @@ class Gateway:
     warming: int = 0
     # streamed answers in flight, against ``limits.max_streams``
     streams: int = 0
+    _replaying: asyncio.Task[Any] | None = None
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -119,7 +120,7 @@ class Gateway:
         for sub in self.subsystems:
             await sub.start()
         # what a killed process answered but had not committed
-        self.spawn(self._replay(), "journal-replay")
+        self._replaying = self.spawn(self._replay(), "journal-replay")
         self.events.subscribe(PolicySwap, self._warm_swapped)
         if self.policies.current is not None:
             self._warm_soon(self.policies.current, gate_readiness=True)
@@ -178,6 +179,10 @@ class Gateway:
         self._users -= 1
         if self._users > 0:
             return
+        # a replay still running must not write into subsystems that are stopping
+        if self._replaying is not None:
+            self._replaying.cancel()
+            await asyncio.gather(self._replaying, return_exceptions=True)
         for sub in reversed(self.subsystems):
             try:
                 await sub.stop()
