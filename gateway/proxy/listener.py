@@ -100,18 +100,25 @@ async def read_request_body(request: web.Request, limits: Limits) -> bytes:
         raise PayloadTooLarge(
             f"request body is {request.content_length} bytes; the limit is {limit}"
         )
-    body = bytearray()
+    if request.content.is_eof():
+        # the usual case: the whole body came with the headers, nothing to wait for
+        return await _read_body(request, limit)
     try:
         # a client trickling its body must not hold the connection and the buffer forever
         async with asyncio.timeout(limits.body_timeout):
-            async for chunk in request.content.iter_chunked(65536):
-                body += chunk
-                if len(body) > limit:
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            return await _read_body(request, limit)
     except TimeoutError:
         raise RequestTimeout(
             f"the request body did not arrive within {limits.body_timeout:g}s"
         ) from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
     return bytes(body)
 
 
