@@ -63,7 +63,8 @@ class SSEParser:
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if b"\n" not in chunk and b"\r" not in chunk:
+        if b"\n" not in chunk and b"\r" not in chunk and not self._buffer.endswith(b"\r"):
+            # (a CR held back from the last read ends a line once this read shows no LF)
             self._pieces.append(chunk)
             self._pieces_len += len(chunk)
             if self._held + len(self._buffer) + self._pieces_len > self.max_event_bytes:
