@@ -40,22 +40,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the proxy and admin listeners")
-    serve.add_argument("--config", help="gateway.yaml (omit for the quick start)")
-    serve.add_argument("--upstream", help="quick start: the upstream base URL")
-    serve.add_argument("--policies", action="append", help="policy file or directory")
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="quick start: the proxy listener's address"
+    # with --config, every flag given wins over the file's value; the defaults in the
+    # help are the quick start's, and the file's own when the flag is left out
+    serve = sub.add_parser(
+        "serve",
+        help="run the proxy and admin listeners",
+        description="Run the proxy and admin listeners. With --config, a flag given on the "
+        "command line overrides the file's value.",
     )
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--config", help="gateway.yaml (omit for the quick start)")
+    serve.add_argument(
+        "--upstream", help="quick start: the upstream base URL (not with --config: set routes)"
+    )
+    serve.add_argument(
+        "--policies", action="append", help="policy file or directory (overrides policies:)"
+    )
+    serve.add_argument(
+        "--host",
+        help="the proxy listener's address (default 127.0.0.1; overrides listeners.proxy.host)",
+    )
+    serve.add_argument(
+        "--port",
+        type=port_number,
+        help="the proxy listener's port (default 8080; overrides listeners.proxy.port)",
+    )
     serve.add_argument(
         "--admin-host",
-        default="127.0.0.1",
-        help="quick start: the admin listener's address (API, review and incident pages); "
-        "keep it on loopback unless TLS and access control stand in front",
+        help="the admin listener's address (API, review and incident pages; default "
+        "127.0.0.1; overrides listeners.admin.host); keep it on loopback unless TLS and "
+        "access control stand in front",
     )
-    serve.add_argument("--admin-port", type=int, default=8081)
-    serve.add_argument("--store", help="store URL (sqlite:///… or postgresql://…)")
+    serve.add_argument(
+        "--admin-port",
+        type=port_number,
+        help="the admin listener's port (default 8081; overrides listeners.admin.port)",
+    )
+    serve.add_argument(
+        "--store", help="store URL (sqlite:///… or postgresql://…; overrides store.url)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     policy = sub.add_parser("policy", help="validate and test policy files")
@@ -77,12 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a guided tour against the bundled demo upstream")
     demo.add_argument("--serve", action="store_true", help="keep serving after the tour")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--admin-port", type=int, default=8081)
-    demo.add_argument("--upstream-port", type=int, default=9000)
+    demo.add_argument("--port", type=port_number, default=8080)
+    demo.add_argument("--admin-port", type=port_number, default=8081)
+    demo.add_argument("--upstream-port", type=port_number, default=9000)
     demo.add_argument("--pace-ms", type=float, default=15.0, help="delay between streamed tokens")
     demo.add_argument("--policies", action="append", help="policy files (default: policies/)")
     demo.set_defaults(func=cmd_demo)
+
+    from gateway.policy.schema import add_command as add_schema_command
+
+    add_schema_command(sub)
 
     # subsystems add their own commands (index, route, incident)
     from gateway.app import installed_subsystems
@@ -92,29 +118,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag(args, name: str):
+    """A flag's value, or None when it was not given (or the command has no such flag)."""
+    return getattr(args, name, None)
+
+
 def load_config(args) -> Settings:
+    """The settings ``gateway serve`` runs with: the file (or the quick start), then the flags.
+
+    A flag given on the command line always wins over the file's value.
+    ``--upstream`` describes the quick start's one route, so with ``--config``
+    it is refused rather than guessed onto one of the file's routes.
+    """
     from gateway.config import load_settings, quickstart
 
-    if getattr(args, "config", None):
+    if _flag(args, "config"):
+        if _flag(args, "upstream"):
+            raise ConfigError(
+                "gateway serve: --upstream is for the quick start; with --config, "
+                "set the upstream of a route in the file (routes[].upstream)"
+            )
         settings = load_settings(args.config)
-        if getattr(args, "policies", None):
+        if _flag(args, "policies"):
             settings = settings.model_copy(update={"policies": args.policies})
-        return settings
-    if getattr(args, "upstream", None) is None and getattr(args, "func", None) is cmd_serve:
-        raise SystemExit("gateway serve: give --config gateway.yaml or --upstream URL")
-    settings = quickstart(
-        getattr(args, "upstream", None) or "http://127.0.0.1:9",
-        getattr(args, "policies", None),
-        port=getattr(args, "port", 8080),
-        admin_port=getattr(args, "admin_port", 8081),
-        host=getattr(args, "host", "127.0.0.1"),
-        admin_host=getattr(args, "admin_host", "127.0.0.1"),
-    )
-    if getattr(args, "store", None):
-        settings = settings.model_copy(
-            update={"store": settings.store.model_copy(update={"url": args.store})}
+    else:
+        if _flag(args, "upstream") is None and _flag(args, "func") is cmd_serve:
+            raise SystemExit("gateway serve: give --config gateway.yaml or --upstream URL")
+        settings = quickstart(
+            _flag(args, "upstream") or "http://127.0.0.1:9", _flag(args, "policies")
         )
-    return settings
+    return _apply_flags(settings, args)
+
+
+def _apply_flags(settings: Settings, args) -> Settings:
+    def given(**flags) -> dict:
+        return {k: v for k, v in flags.items() if v is not None}
+
+    proxy = given(host=_flag(args, "host"), port=_flag(args, "port"))
+    admin = given(host=_flag(args, "admin_host"), port=_flag(args, "admin_port"))
+    listeners = settings.listeners.model_copy(
+        update={
+            "proxy": settings.listeners.proxy.model_copy(update=proxy),
+            "admin": settings.listeners.admin.model_copy(update=admin),
+        }
+    )
+    update: dict = {"listeners": listeners}
+    if _flag(args, "store"):
+        update["store"] = settings.store.model_copy(update={"url": args.store})
+    return settings.model_copy(update=update)
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port: refused at parse time, like a bad value in the file."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {port}")
+    return port
 
 
 def cmd_serve(args) -> int:
@@ -154,13 +216,44 @@ def cmd_policy_test(args) -> int:
     counts = {"PASS": 0, "FAIL": 0, "ERROR": 0}
     for r in results:
         counts[r.outcome] += 1
-        line = f"{r.outcome:5} {r.file}: {r.name}"
-        print(line + (f" -- {r.detail}" if r.detail else ""))
+        line = f"{r.outcome:5} {r.where}: {r.name}"
+        first, *more = r.detail.splitlines() or [""]
+        print(line + (f" -- {first}" if first else ""))
+        # further problems of the same case, indented under it
+        for extra in more:
+            print(" " * 6 + extra)
     print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['ERROR']} errors")
     return 0 if counts["FAIL"] == counts["ERROR"] == 0 else 1
 
 
+# ``gateway check`` exit codes, for CI gates: the answer may go out as it is (annotations
+# included; a monitor-mode breach enforces nothing), the policies act on it, or no decision
+CHECK_ALLOWED, CHECK_BREACH, CHECK_ERROR = 0, 1, 2
+
+
 def cmd_check(args) -> int:
+    """Print the decision as JSON; exit 0 allow/annotate, 1 a breach acted on, 2 an error."""
+    from gateway.errors import BadRequest
+
+    try:
+        out = _check(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return CHECK_ERROR
+    except OSError as exc:
+        print(f"gateway check: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return CHECK_ERROR
+    except (BadRequest, ValueError) as exc:
+        print(f"gateway check: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
+        return CHECK_ERROR
+    if out is None:
+        return CHECK_ERROR
+    print(json.dumps(out, indent=2))
+    return CHECK_ALLOWED if out["action"] in ("allow", "annotate") else CHECK_BREACH
+
+
+def _check(args) -> dict | None:
     from gateway.config import load_settings
     from gateway.policy.check import context_for, decision_json, evaluate
     from gateway.policy.loader import load_policies
@@ -182,13 +275,18 @@ def cmd_check(args) -> int:
         route = args.route or settings.routes[0].name
         if route not in {r.name for r in settings.routes}:
             print(f"gateway check: no route named {route!r}", file=sys.stderr)
-            return 2
+            return None
         adapters = Adapters(settings.routes)
     else:
         paths = args.policies or ["policies"]
     sources = None
     if args.sources:
-        sources = json.loads(Path(args.sources).read_text(encoding="utf-8"))
+        try:
+            sources = json.loads(Path(args.sources).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{args.sources}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"
+            ) from None
     policy_set = load_policies(paths)
     segments, found, protocol = parse_answer(payload, adapters, route)
     ctx = context_for(route, query=args.query, sources=sources)
@@ -199,8 +297,7 @@ def cmd_check(args) -> int:
     out["route"] = route
     if protocol:
         out["protocol"] = protocol
-    print(json.dumps(out, indent=2))
-    return 0
+    return out
 
 
 def cmd_demo(args) -> int:

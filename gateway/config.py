@@ -13,6 +13,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.errors import ConfigError, YamlSyntaxError
 from gateway.severity import Sev
@@ -298,21 +299,49 @@ class Settings(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"route names must be unique: {', '.join(dupes)}")
-        for route in self.routes:
+        problems: list[InitErrorDetails] = []
+
+        def problem(loc: tuple[str | int, ...], value: object, message: str) -> None:
+            # located at the offending key, so a file's error names the line to edit
+            # (a plain ValueError here would point at the document's first key)
+            problems.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                    loc=loc,
+                    input=value,
+                )
+            )
+
+        for i, route in enumerate(self.routes):
             if route.fallback is not None:
+                at = ("routes", i, "fallback")
                 if route.fallback == route.name:
-                    raise ValueError(f"route {route.name}: fallback cannot be the route itself")
-                if route.fallback not in names:
-                    raise ValueError(f"route {route.name}: fallback {route.fallback!r} is no route")
-                if self.route(route.fallback).upstream == route.upstream:
-                    raise ValueError(
+                    problem(
+                        at,
+                        route.fallback,
+                        f"route {route.name}: fallback cannot be the route itself",
+                    )
+                elif route.fallback not in names:
+                    problem(
+                        at,
+                        route.fallback,
+                        f"route {route.name}: fallback {route.fallback!r} is no route",
+                    )
+                elif self.route(route.fallback).upstream == route.upstream:
+                    problem(
+                        at,
+                        route.fallback,
                         f"route {route.name}: fallback {route.fallback!r} has the same upstream; "
-                        "a fallback must go somewhere else"
+                        "a fallback must go somewhere else",
                     )
             if route.containment.fallback_on is not None and route.fallback is None:
-                raise ValueError(
-                    f"route {route.name}: containment.fallback_on needs a fallback route"
+                problem(
+                    ("routes", i, "containment", "fallback_on"),
+                    route.containment.fallback_on,
+                    f"route {route.name}: containment.fallback_on needs a fallback route",
                 )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         sinks = [s.name for s in self.incidents.sinks]
         dupes = sorted({n for n in sinks if sinks.count(n) > 1})
         if dupes:

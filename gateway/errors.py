@@ -62,6 +62,12 @@ class PluginLoadError(ConfigError):
     code = "plugin-load-failed"
 
 
+class ListenError(ConfigError):
+    """A listener cannot bind its address: the port is taken, privileged or the host not ours."""
+
+    code = "listen-failed"
+
+
 class Diag(StrEnum):
     """Codes of ``file:line:col: code: message`` lines about a YAML file."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import signal
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from gateway.app import build_gateway, create_admin_app, create_app
 from gateway.config import AdminListener, Settings
+from gateway.errors import ListenError
 from gateway.listeners import GuardedSite
 from gateway.store.files import tighten_dir
 
@@ -42,6 +44,34 @@ def warn_if_exposed(admin: AdminListener) -> None:
     )
 
 
+def listen_error(
+    exc: OSError, what: str, host: str, port: int, port_setting: str, host_setting: str
+) -> ListenError:
+    """One line saying which listener could not bind, why, and which setting to change."""
+    change = port_setting
+    if exc.errno == errno.EADDRINUSE:
+        why = f"port {port} is already in use"
+    elif exc.errno == errno.EACCES:
+        why = f"port {port} needs privileges this process does not have"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"{host} is not an address of this machine"
+        change = host_setting or port_setting
+    else:
+        why = (exc.strerror or str(exc)).lower()
+        if host_setting and host_setting != port_setting:
+            change = f"{port_setting} or {host_setting}"
+    return ListenError(
+        f"gateway: cannot start the {what} on {host or '*'}:{port}: {why}; change {change}"
+    )
+
+
+# the flag and the gateway.yaml key that set each listener's port and address
+LISTENER_SETTINGS = {
+    "proxy": ("--port or listeners.proxy.port", "--host or listeners.proxy.host"),
+    "admin": ("--admin-port or listeners.admin.port", "--admin-host or listeners.admin.host"),
+}
+
+
 def run_loop(coro) -> None:
     """Run on uvloop where it is installed: it cuts the per-request cost of the event loop."""
     try:
@@ -67,9 +97,20 @@ async def serve(
     await admin_runner.setup()
     listeners, limits = settings.listeners, settings.limits
     count = gw.metrics.shed.labels
-    for runner, listener in ((proxy_runner, listeners.proxy), (admin_runner, listeners.admin)):
+    for name, runner, listener in (
+        ("proxy", proxy_runner, listeners.proxy),
+        ("admin", admin_runner, listeners.admin),
+    ):
         site = GuardedSite(runner, listener.host, listener.port, limits, lambda r: count(r).inc())
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # undo the start (store, background tasks) before saying why in one line
+            await admin_runner.cleanup()
+            await proxy_runner.cleanup()
+            raise listen_error(
+                exc, f"{name} listener", listener.host, listener.port, *LISTENER_SETTINGS[name]
+            ) from None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 
 class Severity(StrEnum):
@@ -61,5 +61,25 @@ def from_policy(policy_severity: str) -> str:
     return _FROM_POLICY.get(policy_severity, "SEV3")
 
 
-# an incident severity in a config model, accepting every spelling ``normalize`` does
-Sev = Annotated[str, BeforeValidator(normalize)]
+def _any_case(word: str) -> str:
+    # JSON Schema patterns have no case-insensitive flag
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+_SPELLINGS = "|".join(_any_case(w) for w in (*SEVERITIES, *_FROM_POLICY))
+
+# an incident severity in a config model, accepting every spelling ``normalize`` does;
+# its JSON Schema offers the usual spellings to editors and allows the others
+Sev = Annotated[
+    str,
+    BeforeValidator(normalize),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"enum": [*SEVERITIES, *_FROM_POLICY]},
+                {"type": "string", "pattern": rf"^\s*({_SPELLINGS}|[1-4])\s*$"},
+                {"type": "integer", "minimum": 1, "maximum": 4},
+            ]
+        }
+    ),
+]

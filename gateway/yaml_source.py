@@ -32,6 +32,9 @@ class Source:
     # path -> (line, col), both 1-based; keys of mappings are stored under
     # ``path + ("<key>", name)`` so unknown fields can point at the key itself.
     positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    # keys written twice in one mapping, as (path of the key, diagnostic line);
+    # filled only when the caller asked to keep going past them
+    duplicates: list[tuple[Loc, str]] = field(default_factory=list)
 
     def where(self, loc: Loc) -> tuple[int, int]:
         """Best position for a pydantic ``loc``: the deepest node that exists.
@@ -61,8 +64,30 @@ class Source:
         return current
 
     def error(self, loc: Loc, code: Diag, message: str, *, at_key: bool = False) -> str:
+        return f"{self.place(loc, at_key=at_key)}: {code}: {message}"
+
+    def place(self, loc: Loc, *, at_key: bool = False) -> str:
+        """``file:line:col`` of ``loc`` (of its key with ``at_key``)."""
         line, col = self.key_position(loc) if at_key else self.where(loc)
-        return f"{self.path}:{line}:{col}: {code}: {message}"
+        return f"{self.path}:{line}:{col}"
+
+
+_POSITIONED = re.compile(r"^(.*?):(\d+):(\d+): ")
+
+
+def sorted_by_position(lines: list[str]) -> list[str]:
+    """``file:line:col: ...`` lines sorted by file, then line, then column.
+
+    Lines without a position keep their order, after the positioned ones.
+    """
+
+    def key(line: str) -> tuple[int, str, int, int]:
+        match = _POSITIONED.match(line)
+        if match is None:
+            return (1, "", 0, 0)
+        return (0, match[1], int(match[2]), int(match[3]))
+
+    return sorted(lines, key=key)
 
 
 # Nesting deeper than this is refused before the composer, which recurses once
@@ -173,11 +198,16 @@ class _Loader(yaml.SafeLoader):
             ) from None
 
 
-def load_source(path: str | Path, text: str | bytes | None = None) -> Source:
+def load_source(
+    path: str | Path, text: str | bytes | None = None, *, keep_duplicates: bool = False
+) -> Source:
     """Parse one YAML file; raise ``YamlSyntaxError`` with ``file:line:col`` messages.
 
     ``text`` (the file's contents, as text or bytes) saves reading ``path``.
-    Whatever the input, the only error raised is ``YamlSyntaxError``.
+    Whatever the input, the only error raised is ``YamlSyntaxError``. A key
+    written twice in one mapping is an error too; with ``keep_duplicates`` it
+    is listed in ``Source.duplicates`` instead and the last value wins, as in
+    other YAML loaders, so a validator can report it beside everything else.
     """
     shown = str(path)
     if text is None:
@@ -185,7 +215,7 @@ def load_source(path: str | Path, text: str | bytes | None = None) -> Source:
     if isinstance(text, bytes | bytearray | memoryview):
         text = _decode(shown, bytes(text))
     try:
-        return _parse(shown, text)
+        return _parse(shown, text, keep_duplicates)
     except RecursionError:
         # the limits above should make this unreachable; a stack that is
         # already deep when we are called may still run out
@@ -282,17 +312,16 @@ def _yaml_error(shown: str, exc: yaml.YAMLError) -> str:
     return f"{shown}:1:1: {Diag.YAML_SYNTAX}: {exc}"
 
 
-def _parse(shown: str, text: str) -> Source:
+def _parse(shown: str, text: str, keep_duplicates: bool = False) -> Source:
     loader = _open(shown, text)
     try:
         node = _compose(shown, loader)
         source = Source(shown, None)
         if node is None:
             return source
-        duplicates: list[str] = []
-        _record(node, (), source.positions, duplicates, shown, set())
-        if duplicates:
-            raise YamlSyntaxError(duplicates)
+        _record(node, (), source.positions, source.duplicates, shown, set())
+        if source.duplicates and not keep_duplicates:
+            raise YamlSyntaxError([line for _, line in source.duplicates])
         try:
             source.data = loader.construct_document(node)
         except yaml.YAMLError as exc:
@@ -306,36 +335,62 @@ def _record(
     node: yaml.Node,
     loc: Loc,
     positions: dict[Loc, tuple[int, int]],
-    duplicates: list[str],
+    duplicates: list[tuple[Loc, str]],
     shown: str,
     seen_nodes: set[int],
 ) -> None:
-    positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    positions[loc] = _mark(node)
     # an alias walks its anchor's nodes again (the loader has bounded how many
     # that can be); their duplicate keys are reported once, where they are
     first_visit = id(node) not in seen_nodes
     seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
+        # key -> (where it was first written, the value it holds now)
+        seen: dict[str, tuple[tuple[int, int], yaml.Node]] = {}
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 key = key_node.value
             else:
                 # a list or mapping as key; the constructor refuses it later
                 key = f"<{key_node.id} at {key_node.start_mark.line + 1}>"
-            if key in seen and first_visit:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                dotted = ".".join(str(p) for p in loc + (key,))
-                duplicates.append(f"{shown}:{line}:{col}: {Diag.DUPLICATE_KEY}: {dotted}")
-            seen.add(key)
-            positions[loc + ("<key>", key)] = (
-                key_node.start_mark.line + 1,
-                key_node.start_mark.column + 1,
-            )
+            earlier = seen.get(key)
+            if earlier is not None:
+                first, replaced = earlier
+                if first_visit:
+                    line, col = _mark(key_node)
+                    dotted = ".".join(str(p) for p in loc + (key,))
+                    duplicates.append(
+                        (
+                            loc + (key,),
+                            f"{shown}:{line}:{col}: {Diag.DUPLICATE_KEY}: {dotted} is already "
+                            f"defined at {shown}:{first[0]}:{first[1]}",
+                        )
+                    )
+                # the last value wins: drop the places of the one it replaces
+                _forget(replaced, loc + (key,), positions)
+            seen[key] = (earlier[0] if earlier else _mark(key_node), value_node)
+            positions[loc + ("<key>", key)] = _mark(key_node)
             _record(value_node, loc + (key,), positions, duplicates, shown, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _record(item, loc + (index,), positions, duplicates, shown, seen_nodes)
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _forget(node: yaml.Node, loc: Loc, positions: dict[Loc, tuple[int, int]]) -> None:
+    """Drop the positions ``_record`` stored for ``node`` at ``loc``."""
+    positions.pop(loc, None)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                positions.pop(loc + ("<key>", key_node.value), None)
+                _forget(value_node, loc + (key_node.value,), positions)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _forget(item, loc + (index,), positions)
 
 
 _CODES = {
@@ -386,10 +441,39 @@ def validation_messages(
             out.append(source.error(base + loc, code, f"{dotted}{hint}", at_key=True))
             continue
         msg = err["msg"]
+        ctx = err.get("ctx") or {}
         if kind == "union_tag_invalid":
-            msg = f"unknown kind {err['input']!r}; known kinds: {err['ctx']['expected_tags']}"
+            msg = f"unknown kind {err['input']!r}; known kinds: {ctx['expected_tags']}"
+            msg += did_you_mean(err["input"], _quoted(ctx["expected_tags"]))
+        elif kind in ("literal_error", "enum") and "expected" in ctx:
+            msg += did_you_mean(err["input"], _quoted(ctx["expected"]))
         out.append(source.error(base + loc, code, f"{dotted}: {msg}"))
     return out
+
+
+def did_you_mean(value: Any, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean X?)`` when ``value`` is a string close to one of ``choices``.
+
+    Empty when nothing is close enough to be worth suggesting.
+    """
+    if not isinstance(value, str):
+        return ""
+    choices = list(choices)
+    if value in choices:
+        return ""
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    if not close:
+        # a slip of case (``Block``) is too far for difflib's ratio
+        close = [c for c in choices if c.lower() == value.lower()][:1]
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# pydantic lists allowed values as their reprs: 'a', 'b' or 'c'
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+def _quoted(expected: Any) -> list[str]:
+    return [a or b for a, b in _QUOTED.findall(str(expected))]
 
 
 def _is_tag(part: str | int, loc: Loc) -> bool:

@@ -12,6 +12,17 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# promtool checks the alert rules; the Debian package is unpacked, not
+# installed, so no Prometheus service is set up (tests/test_dashboards.py)
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .tools/prometheus/usr/bin/promtool ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    mkdir -p .tools && (cd .tools && apt-get download -qq prometheus >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get download -qq prometheus)) \
+      && dpkg-deb -x .tools/prometheus_*.deb .tools/prometheus && rm -f .tools/prometheus_*.deb
+  fi
+fi
+export PATH="$PATH:$PWD/.tools/prometheus/usr/bin"
+
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
 fi

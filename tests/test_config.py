@@ -97,3 +97,44 @@ def test_quickstart_one_route_for_both_protocols():
     (route,) = s.routes
     assert route.upstream == "https://api.example.com" and route.protocol == "auto"
     assert (s.listeners.proxy.port, s.listeners.admin.port) == (1, 2)
+
+
+def test_fallback_errors_point_at_the_fallback_key(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+listeners:
+  proxy: {port: 9080}
+routes:
+  - name: a
+    upstream: http://x
+    fallback: b
+  - name: b
+    upstream: http://x/
+  - name: c
+    upstream: http://y
+    fallback: nowhere
+  - name: d
+    upstream: http://z
+    containment: {fallback_on: SEV1}
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    # every problem at once, each on its own line of the file, not at the first key
+    assert info.value.errors == [
+        f"{path}:6:15: invalid-value: routes.0.fallback: route a: fallback 'b' has the same "
+        "upstream; a fallback must go somewhere else",
+        f"{path}:11:15: invalid-value: routes.2.fallback: route c: fallback 'nowhere' is no route",
+        f"{path}:14:32: invalid-value: routes.3.containment.fallback_on: route d: "
+        "containment.fallback_on needs a fallback route",
+    ]
+
+
+def test_the_shipped_example_config_validates():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "gateway.example.yaml"
+    settings = load_settings(example)
+    primary = settings.route("openai")
+    assert primary.fallback and settings.route(primary.fallback).upstream != primary.upstream

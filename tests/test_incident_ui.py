@@ -7,6 +7,7 @@ import re
 
 from gateway.cli import main as cli_main
 from gateway.config import Route
+from gateway.web.pages import fields
 from gateway.web.sessions import COOKIE
 from tests.conftest import (
     ADMIN_TOKEN,
@@ -55,6 +56,12 @@ async def test_pages_need_auth_escape_and_send_csp(make_gateway, fake, policy_di
     svg = re.search(r"<svg .*?</svg>", html, re.S).group(0)
     bars = re.findall(r'<rect class="bar"[^>]*height="([0-9.]+)"><title>[^<]*: (\d+)</title>', svg)
     assert sum(int(n) for _, n in bars) == 3
+    # a burst within a minute is one narrow bar at the end of a 30-minute axis
+    assert len(bars) == 30 and [n for _, n in bars[:-1]] == ["0"] * 29
+    widths = re.findall(r'<rect class="bar"[^>]*width="([0-9.]+)"', svg)
+    assert max(float(w) for w in widths) <= 16
+    # evidence reads as labelled fields, not a serialised dictionary
+    assert '<dl class="evidence">' in html and "{&#34;" not in html and "{'" not in html
     assert "opened" in html and "postmortem.md" in html
 
     resp = await admin.get(f"/incidents/{inc['id']}/postmortem.md", headers=ADMIN)
@@ -172,3 +179,9 @@ async def test_one_login_serves_both_uis(make_gateway, fake, policy_dir):
     assert resp.status == 303
     resp = await admin.get("/incidents/", allow_redirects=False, cookies={COOKIE: session})
     assert resp.status == 200
+
+
+def test_evidence_fields_are_labelled_and_readable():
+    shown = fields({"source_id": "doc-7", "score": 0.912345, "spans": [[1, 4]], "empty": ""})
+    assert shown == [("source id", "doc-7"), ("score", "0.9123"), ("spans", "[[1, 4]]")]
+    assert fields("x" * 400)[0][1].endswith("…") and fields(None) == []

@@ -175,6 +175,7 @@ ITEM = ReviewItem(
     key_id="k" * 16,
     tenant="acme",
     text_stored=True,
+    preview="Here is the answer…",
     text_hash="h" * 64,
     request={"method": "POST", "path": CHAT, "query": "", "headers": {}, "body": {"n": 2}},
     response={"choices": [{"index": 0, "message": {"content": SAUCE}}]},

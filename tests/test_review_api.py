@@ -450,6 +450,7 @@ async def test_privacy_mode_keeps_hash_and_evidence_only(make_gateway, fake, tmp
     item = await review_of(gw).db.get(review_id)
     assert item.segments is None and item.response is None
     assert item.text_stored is False and len(item.text_hash) == 64
+    assert item.preview == ""
     assert "body" not in item.request and "headers" not in item.request
     assert item.record.policies[0].findings[0].evidence["match"] == "secret sauce"
     raw = (tmp_path / "gateway.db").read_bytes()

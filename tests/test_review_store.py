@@ -42,6 +42,7 @@ def make_item(i: int = 0, **over) -> ReviewItem:
         "key_id": "key_abc",
         "tenant": None,
         "text_stored": True,
+        "preview": "Our recipe uses…",
         "text_hash": "0" * 64,
         "request": {
             "method": "POST",

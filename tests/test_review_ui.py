@@ -108,12 +108,27 @@ async def test_queue_filters_and_counts(make_gateway, fake):
     await login(admin)
     html = await (await admin.get("/review/")).text()
     assert all(f"/review/items/{i}" in html for i in ids)
+    # each row shows the first words of its answer, escaped
+    assert html.count("Try the secret sauce &lt;script&gt;") == 2
     assert "<b>2</b> pending" in html
     assert 'id="approval-rates"' in html
     filtered = await (await admin.get("/review/?severity=low")).text()
     assert not any(f"/review/items/{i}" in filtered for i in ids)
     overdue = await (await admin.get("/review/?overdue=1")).text()
     assert "Nothing here." in overdue
+
+
+async def test_queue_preview_is_short_and_masks_secrets(make_gateway, fake):
+    key = "sk-live-" + "Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1Jh0Gf9Ed8"
+    fake.script.text = f"The secret sauce needs {key} and then " + "more words " * 40
+    proxy, admin, gw = await make_gateway(upstream=fake)
+    review_id = await held(proxy)
+    item = await review_of(gw).db.get(review_id)
+    assert item.preview.startswith("The secret sauce needs sk-live-…[openai-key")
+    assert item.preview.endswith("…") and key not in item.preview
+    await login(admin)
+    html = await (await admin.get("/review/")).text()
+    assert key not in html and "The secret sauce needs sk-live-…" in html
 
 
 async def test_reviewer_role_cannot_bulk_or_allowlist_in_ui(make_gateway, fake):

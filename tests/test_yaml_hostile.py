@@ -229,7 +229,7 @@ def test_a_directory_where_a_file_belongs(tmp_path):
         ),
         pytest.param(
             "a:\n  b: 1\n  b: 2\n",
-            "3:3: duplicate-key: a.b",
+            "3:3: duplicate-key: a.b is already defined at f.yaml:2:3",
             id="duplicate-key",
         ),
         pytest.param(

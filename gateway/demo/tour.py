@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -40,22 +41,48 @@ def run_demo(args) -> int:
     return asyncio.run(_demo(args))
 
 
+def _check_port(port: int, what: str, flag: str) -> None:
+    """Say at once that a port is taken, not after the first run's minute of index building.
+
+    The listener's own bind still reports a port taken in between.
+    """
+    from gateway.server import listen_error
+
+    with socket.socket() as probe:
+        # as the listeners bind: a port left in TIME_WAIT by an earlier run is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise listen_error(exc, what, "127.0.0.1", port, flag, flag) from None
+
+
 async def _demo(args) -> int:
     from gateway.config import quickstart
     from gateway.observability.logs import setup_logging
-    from gateway.server import serve
+    from gateway.server import listen_error, serve
 
     setup_logging("warning")
+    _check_port(args.upstream_port, "demo upstream", "--upstream-port")
+    _check_port(args.port, "proxy listener", "--port")
+    _check_port(args.admin_port, "admin listener", "--admin-port")
     history = _sample_quote()
     if history is not None:
-        _say("Preparing the sample copyright index (built once, on the first run)...")
-        from gateway.index import ensure_sample
+        from gateway.index import ensure_sample, sample_is_current
 
-        await asyncio.to_thread(ensure_sample, ROOT / "indexes")
+        if not await asyncio.to_thread(sample_is_current, ROOT / "indexes"):
+            _say("Building the sample copyright index (the first run only, about a minute)...")
+            await asyncio.to_thread(ensure_sample, ROOT / "indexes", progress=True)
     extra = {"history": history} if history else None
     upstream = web.AppRunner(DemoUpstream(args.pace_ms, extra).app, access_log=None)
     await upstream.setup()
-    await web.TCPSite(upstream, "127.0.0.1", args.upstream_port).start()
+    try:
+        await web.TCPSite(upstream, "127.0.0.1", args.upstream_port).start()
+    except OSError as exc:
+        await upstream.cleanup()
+        raise listen_error(
+            exc, "demo upstream", "127.0.0.1", args.upstream_port, "--upstream-port", ""
+        ) from None
     policies = args.policies or (
         [str(ROOT / "policies")] if (ROOT / "policies").is_dir() else ["policies"]
     )
@@ -72,7 +99,8 @@ async def _demo(args) -> int:
         [server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
     )
     if server in done:
-        server.result()
+        await upstream.cleanup()
+        server.result()  # the reason it stopped, e.g. a port in use
     base = f"http://127.0.0.1:{args.port}"
     _say(f"Demo upstream (a simulator, not a model) on http://127.0.0.1:{args.upstream_port}")
     _say(f"Gateway proxy on {base}/v1, admin on http://127.0.0.1:{args.admin_port}")

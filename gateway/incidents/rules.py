@@ -121,7 +121,7 @@ class UpstreamErrorRule(RuleBase):
 
 IncidentRule = PolicyRule | DetectorErrorRule | MonitorRule | UpstreamErrorRule
 
-RULE_KINDS: dict[str, type[RuleBase]] = {
+RULE_KINDS: dict[str, type[IncidentRule]] = {
     "policy": PolicyRule,
     "detector_errors": DetectorErrorRule,
     "monitor": MonitorRule,
@@ -129,12 +129,12 @@ RULE_KINDS: dict[str, type[RuleBase]] = {
 }
 
 
-def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
+def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[IncidentRule]:
     """Validate ``incident_rules:`` sections given as ``(file, raw value)`` pairs.
 
     Every problem in every file is reported at once as ``file:line:col`` lines.
     """
-    out: list[Any] = []
+    out: list[IncidentRule] = []
     errors: list[str] = []
     seen: dict[str, str] = {}
     for path, raw in sections:
@@ -215,7 +215,7 @@ def parse_rules(sections: Iterable[tuple[str, Any]]) -> list[Any]:
 
 def _source(path: str):
     try:
-        return load_source(path)
+        return load_source(path, keep_duplicates=True)
     except (YamlSyntaxError, OSError):
         return None
 

@@ -18,6 +18,13 @@ from gateway.web.pages import PAGES, field, need_viewer, posted_form, redirect
 UI = "/incidents"
 
 
+# the chart spans at least this many buckets, so a burst within one minute is
+# a bar on a time axis rather than one bar across the whole chart
+MIN_SLOTS = 30
+# and a bar is never wider than this (pixels)
+MAX_BAR = 16.0
+
+
 def chart(buckets: dict[str, int], width: int = 640, height: int = 140) -> dict[str, Any]:
     """Bars of breaches per minute (folded to at most 120 bars) for the incident page."""
     if not buckets:
@@ -25,6 +32,10 @@ def chart(buckets: dict[str, int], width: int = 640, height: int = 140) -> dict[
     times = sorted(int(float(k)) for k in buckets)
     start, end = times[0], times[-1]
     slots = (end - start) // BUCKET_SECONDS + 1
+    if slots < MIN_SLOTS:
+        # the minutes before the first breach, on the left: the burst ends the axis
+        start -= (MIN_SLOTS - slots) * BUCKET_SECONDS
+        slots = MIN_SLOTS
     per = max(1, -(-slots // 120))
     folded: dict[int, int] = {}
     for k, n in buckets.items():
@@ -33,7 +44,7 @@ def chart(buckets: dict[str, int], width: int = 640, height: int = 140) -> dict[
     count = (slots + per - 1) // per
     top = max(folded.values())
     plot_h = height - 20
-    bar_w = max(1.0, (width - 40) / count)
+    bar_w = min(MAX_BAR, max(1.0, (width - 40) / count))
     bars = []
     for slot in range(count):
         n = folded.get(slot, 0)

@@ -11,7 +11,9 @@ from gateway.index.build import (
     build_index,
     ensure_index,
     ensure_sample,
+    index_is_current,
     remove_documents,
+    sample_is_current,
 )
 from gateway.index.manager import IndexManager, discover
 from gateway.index.store import CopyrightIndex
@@ -26,5 +28,7 @@ __all__ = [
     "discover",
     "ensure_index",
     "ensure_sample",
+    "index_is_current",
     "remove_documents",
+    "sample_is_current",
 ]

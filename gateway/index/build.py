@@ -16,7 +16,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,10 @@ class _Writer:
             self._flush()
         return len(spans_chars)
 
+    def flush(self) -> None:
+        """Encode the passages still waiting for the model."""
+        self._flush()
+
     def _flush(self) -> None:
         if self.pending and self.embed is not None:
             self.vector_parts.append(self.embed(self.pending))
@@ -302,10 +307,22 @@ def _swap(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _progress(total: int | None, enabled: bool, desc: str):
+def _progress(total: int | None, enabled: bool, desc: str, unit: str = "doc"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="doc", desc=desc, disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, file=sys.stderr)
+
+
+@contextmanager
+def _stage(enabled: bool, what: str) -> Iterator[None]:
+    """A start and an end line, with the seconds taken, for a stage without steps to count."""
+    if not enabled:
+        yield
+        return
+    print(f"{what}...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f"{what}: done in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
 
 def _ingest(
@@ -315,14 +332,21 @@ def _ingest(
     progress: bool,
     desc: str,
 ) -> int:
+    # passages are encoded in batches as documents are read, so one bar covers both
+    if writer.embed is not None:
+        desc = f"{desc} and encoding"
     count = 0
     with _progress(None, progress, desc) as bar:
         for doc in docs:
             writer.add(doc)
             count += 1
+            # documents vary in size; the passages count shows the work done
+            postfix = {"passages": writer.new_passages}
+            if report.problems:
+                postfix["problems"] = len(report.problems)
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
-            if report.problems and bar.n % 50 == 0:
-                bar.set_postfix(problems=len(report.problems))
+        writer.flush()
     return count
 
 
@@ -340,12 +364,16 @@ def build_index(
     started = time.time()
     t0 = time.perf_counter()
     tmp = _tmp_dir(out)
-    embed = _embedder(params)
+    embed = None
+    if params.semantic:
+        with _stage(progress, f"loading the model {params.model}"):
+            embed = _embedder(params)
     report = CorpusReport()
     writer = _Writer(tmp, params, None, embed)
     try:
-        n_docs = _ingest(writer, read_corpus(corpus, report), report, progress, "indexing")
-        vectors, n_passages = writer.finish()
+        n_docs = _ingest(writer, read_corpus(corpus, report), report, progress, "reading")
+        with _stage(progress, "writing the lexical index"):
+            vectors, n_passages = writer.finish()
         faiss_info = None
         if params.semantic:
             import faiss
@@ -353,9 +381,12 @@ def build_index(
             if vectors is None:
                 dim = _model_dim(params.model)
                 vectors = np.zeros((0, dim), np.float32)
-            index, faiss_info = make_faiss(vectors, params.faiss, params.flat_max)
-            faiss.write_index(index, str(tmp / "vectors.faiss"))
-        screen_info = _build_screen(tmp, params) if params.semantic and params.screen else None
+            with _stage(progress, f"indexing {len(vectors)} passage vectors"):
+                index, faiss_info = make_faiss(vectors, params.faiss, params.flat_max)
+                faiss.write_index(index, str(tmp / "vectors.faiss"))
+        screen_info = (
+            _build_screen(tmp, params, progress) if params.semantic and params.screen else None
+        )
         seconds = time.perf_counter() - t0
         manifest = IndexManifest(
             format=FORMAT,
@@ -375,8 +406,9 @@ def build_index(
             faiss=faiss_info,
             screen=screen_info,
         )
-        manifest.write(tmp)
-        _swap(tmp, out)
+        with _stage(progress, f"writing {out}"):
+            manifest.write(tmp)
+            _swap(tmp, out)
     except BaseException:
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -404,7 +436,7 @@ def _passage_texts(directory: Path, first: int = 0) -> list[str]:
 _DISTILLED: dict[str, np.ndarray] = {}
 
 
-def _build_screen(tmp: Path, params: BuildParams) -> dict[str, Any]:
+def _build_screen(tmp: Path, params: BuildParams, progress: bool = False) -> dict[str, Any]:
     """Distil and fit the static screen to the passages just written, and index them."""
     import faiss
 
@@ -414,11 +446,15 @@ def _build_screen(tmp: Path, params: BuildParams) -> dict[str, Any]:
     model = get_embedder(params.model).model
     table = _DISTILLED.get(params.model)
     if table is None:
-        table = _DISTILLED[params.model] = distil_table(model)
-    screen, vectors = StaticScreen.fit(model, _passage_texts(tmp), table)
-    screen.save(tmp)
-    index, info = make_faiss(vectors, params.faiss, params.flat_max)
-    faiss.write_index(index, str(tmp / SCREEN_VECTORS))
+        # every vocabulary piece goes through the model once: the longest stage of a small build
+        with _progress(len(model.tokenizer), progress, "distilling the screen", "piece") as bar:
+            table = _DISTILLED[params.model] = distil_table(model, step=bar.update)
+    texts = _passage_texts(tmp)
+    with _stage(progress, f"fitting the screen to {len(texts)} passages"):
+        screen, vectors = StaticScreen.fit(model, texts, table)
+        screen.save(tmp)
+        index, info = make_faiss(vectors, params.faiss, params.flat_max)
+        faiss.write_index(index, str(tmp / SCREEN_VECTORS))
     return {
         "components_removed": len(screen.components),
         "vocabulary": len(screen.table),
@@ -618,23 +654,28 @@ def ensure_index(
     any documents added or removed since).
     """
     out = Path(out)
-    try:
-        manifest: IndexManifest | None = read_manifest(out)
-    except IndexUnavailable:
-        manifest = None
-    if manifest is not None:
-        report = CorpusReport()
-        for _ in read_corpus(corpus, report):
-            pass
-        params = params or BuildParams()
-        same_corpus = manifest.corpus.sha256 == report.sha256
-        has_layers = not params.semantic or (
-            bool(manifest.model) and (bool(manifest.screen) or not params.screen)
-        )
-        if same_corpus and has_layers:
-            return out
-    build_index(corpus, out, params, progress=progress)
+    if not index_is_current(corpus, out, params):
+        build_index(corpus, out, params, progress=progress)
     return out
+
+
+def index_is_current(
+    corpus: str | Path, out: str | Path, params: BuildParams | None = None
+) -> bool:
+    """Whether ``out`` holds an index of ``corpus`` as it is now, with the layers ``params`` ask."""
+    try:
+        manifest = read_manifest(Path(out))
+    except IndexUnavailable:
+        return False
+    report = CorpusReport()
+    for _ in read_corpus(corpus, report):
+        pass
+    params = params or BuildParams()
+    same_corpus = manifest.corpus.sha256 == report.sha256
+    has_layers = not params.semantic or (
+        bool(manifest.model) and (bool(manifest.screen) or not params.screen)
+    )
+    return same_corpus and has_layers
 
 
 __all__ = [
@@ -644,8 +685,10 @@ __all__ = [
     "build_index",
     "ensure_index",
     "ensure_sample",
+    "index_is_current",
     "make_faiss",
     "remove_documents",
+    "sample_is_current",
 ]
 
 
@@ -661,3 +704,11 @@ def ensure_sample(
     return ensure_index(
         out / "corpus.jsonl", out, BuildParams(semantic=semantic), progress=progress
     )
+
+
+def sample_is_current(
+    indexes_dir: str | Path = "indexes", name: str = "sample", *, semantic: bool = True
+) -> bool:
+    """Whether ``ensure_sample`` would find the shipped sample index built and up to date."""
+    out = Path(indexes_dir) / name
+    return index_is_current(out / "corpus.jsonl", out, BuildParams(semantic=semantic))

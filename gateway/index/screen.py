@@ -27,6 +27,7 @@ measures it) while sending a few percent of unrelated windows through.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,13 @@ MAX_COMPONENTS = 8
 PASSAGES_PER_COMPONENT = 50
 
 
-def distil_table(model: Any, batch: int = 1024) -> np.ndarray:
-    """The static vector of every vocabulary piece (float32, rows by token id)."""
+def distil_table(
+    model: Any, batch: int = 1024, step: Callable[[int], object] | None = None
+) -> np.ndarray:
+    """The static vector of every vocabulary piece (float32, rows by token id).
+
+    ``step`` is told how many pieces each batch covered (a progress bar's ``update``).
+    """
     import torch
 
     tok = model.tokenizer
@@ -56,6 +62,8 @@ def distil_table(model: Any, batch: int = 1024) -> np.ndarray:
             seq = torch.stack([torch.full_like(ids, cls), ids, torch.full_like(ids, sep)], 1)
             hidden = encoder(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state
             table[start : start + len(ids)] = hidden.mean(1).numpy()
+            if step is not None:
+                step(len(ids))
     return table
 
 

@@ -134,7 +134,7 @@ class MonitorsSection(Strict):
 def _positioned(where: str, raw: Any, exc: ValidationError) -> list[str]:
     """``file:line:col`` messages for a section read from ``where``."""
     try:
-        source = load_source(where)
+        source = load_source(where, keep_duplicates=True)
     except YamlSyntaxError:
         # the file changed since it was read; say what is wrong without a place
         return [
@@ -147,7 +147,7 @@ def _positioned(where: str, raw: Any, exc: ValidationError) -> list[str]:
 def _at(where: str, loc: tuple[str | int, ...], code: Diag, message: str) -> str:
     """``message`` placed at ``loc`` of the file ``where``."""
     try:
-        return load_source(where).error(loc, code, message)
+        return load_source(where, keep_duplicates=True).error(loc, code, message)
     except YamlSyntaxError:
         return f"{where}:1:1: {code}: {message}"
 

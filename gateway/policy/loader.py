@@ -1,7 +1,9 @@
 """Load policy files into a compiled, immutable ``PolicySet``.
 
 Every error in every file is collected before anything is reported (as OPA
-does), each as ``file:line:col: code: message``. A set that loads is complete:
+does), each as ``file:line:col: code: message``, sorted by position: a key
+written twice, a duplicate id or a pattern that does not compile never hides
+the other errors. A set that loads is complete:
 its detectors are built, so serving it cannot fail on configuration.
 """
 
@@ -22,7 +24,13 @@ from gateway.contract.policy import PolicyBase
 from gateway.errors import ConfigError, Diag, YamlSyntaxError
 from gateway.plugins import SUBSYSTEMS, load_group
 from gateway.policy.kinds import Registry, default_registry
-from gateway.yaml_source import Source, load_source, validation_messages
+from gateway.yaml_source import (
+    Source,
+    did_you_mean,
+    load_source,
+    sorted_by_position,
+    validation_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +130,7 @@ def load_policies(
     found: dict[str, list[tuple[str, Any]]] = {}
     digest = hashlib.sha256()
     mtimes: dict[str, float] = {}
+    # policy id -> where it was first defined (file:line:col)
     seen_ids: dict[str, str] = {}
     # the first file holding each section, to place a parser's unexpected failure
     section_sources: dict[str, Source] = {}
@@ -138,10 +147,11 @@ def load_policies(
             continue
         digest.update(str(path).encode() + b"\0" + raw + b"\0")
         try:
-            source = load_source(path, raw)
+            source = load_source(path, raw, keep_duplicates=True)
         except YamlSyntaxError as exc:
             errors.extend(exc.errors)
             continue
+        errors.extend(line for _, line in source.duplicates)
         items, file_errors = _policy_items(source, sections)
         errors.extend(file_errors)
         for name in sections:
@@ -152,18 +162,23 @@ def load_policies(
         for index, item in items:
             policy, item_errors = _validate_item(source, index, item, registry)
             errors.extend(item_errors)
+            # taken from the raw item, so a policy with other errors still
+            # claims (or clashes on) its id in the same run
+            raw_id = item.get("id") if isinstance(item, dict) else None
+            if isinstance(raw_id, str):
+                first = seen_ids.get(raw_id)
+                if first is not None:
+                    errors.append(
+                        source.error(
+                            ("policies", index, "id"),
+                            Diag.DUPLICATE_ID,
+                            f'policy id "{raw_id}" is already defined at {first}',
+                        )
+                    )
+                    continue
+                seen_ids[raw_id] = source.place(("policies", index, "id"))
             if policy is None:
                 continue
-            if policy.id in seen_ids:
-                errors.append(
-                    source.error(
-                        ("policies", index, "id"),
-                        Diag.DUPLICATE_ID,
-                        f"policy id {policy.id!r} is already defined in {seen_ids[policy.id]}",
-                    )
-                )
-                continue
-            seen_ids[policy.id] = str(path)
             try:
                 detector = registry.get(policy.kind).build(policy, ctx)
             except (ConfigError, ValueError, OSError) as exc:
@@ -197,7 +212,7 @@ def load_policies(
                 )
             )
     if errors:
-        raise ConfigError(f"{len(errors)} error(s) in policy files", errors)
+        raise ConfigError(f"{len(errors)} error(s) in policy files", sorted_by_position(errors))
     return PolicySet(compiled, digest.hexdigest()[:12], mtimes, found)
 
 
@@ -243,11 +258,9 @@ def _validate_item(
             source.error(base, Diag.MISSING_FIELD, f"{label}.kind: every policy needs a kind")
         ]
     if not isinstance(kind, str) or kind not in registry:
-        known = ", ".join(registry.names())
+        hint = did_you_mean(kind, registry.names()) or f" (known: {', '.join(registry.names())})"
         return None, [
-            source.error(
-                base + ("kind",), Diag.UNKNOWN_KIND, f"{label}.kind: {kind!r} (known: {known})"
-            )
+            source.error(base + ("kind",), Diag.UNKNOWN_KIND, f"{label}.kind: {kind!r}{hint}")
         ]
     model = registry.get(kind).config
     try:

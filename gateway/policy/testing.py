@@ -4,7 +4,8 @@
 ``policies:`` key lists). Each case gives a text (and optionally sources, a
 query, a route) and the expected action and breached policy ids. A case
 PASSes, FAILs (the decision differs) or ERRORs (a policy crashed, or the case
-itself is malformed).
+itself is malformed). A malformed case spoils only itself: the other cases of
+its file still run. Every result carries the case's ``file:line:col``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gateway.errors import ConfigError, YamlSyntaxError
 from gateway.policy.check import context_for, evaluate
 from gateway.policy.loader import TEST_SUFFIX, load_policies
 from gateway.strict import Strict
-from gateway.yaml_source import load_source, validation_messages
+from gateway.yaml_source import load_source, sorted_by_position, validation_messages
 
 
 class Expect(Strict):
@@ -48,12 +49,26 @@ class CaseFile(Strict):
     cases: list[Case] = Field(min_length=1)
 
 
+class _CaseFileOutline(Strict):
+    """``CaseFile`` with its cases left raw, to validate (and fail) one by one."""
+
+    policies: list[str] | None = None
+    cases: list[Any] = Field(min_length=1)
+
+
 @dataclass
 class CaseResult:
     file: str
     name: str
     outcome: Literal["PASS", "FAIL", "ERROR"]
     detail: str = ""
+    # where the case starts in ``file`` (1:1 for problems of the whole file)
+    line: int = 1
+    col: int = 1
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
 
 
 def test_files(paths: list[str | Path]) -> list[Path]:
@@ -91,26 +106,63 @@ async def _run(paths: list[str | Path], resources: Resources) -> list[CaseResult
 async def _run_file(test_path: Path, resources: Resources) -> list[CaseResult]:
     shown = str(test_path)
     try:
-        source = load_source(test_path)
-        spec = CaseFile.model_validate(source.data or {})
+        source = load_source(test_path, keep_duplicates=True)
     except YamlSyntaxError as exc:
         return [CaseResult(shown, "<file>", "ERROR", "\n".join(exc.errors))]
+    # a key written twice inside a case spoils that case; anywhere else, the file
+    case_problems: dict[int, list[str]] = {}
+    file_problems: list[str] = []
+    for loc, message in source.duplicates:
+        if len(loc) > 2 and loc[0] == "cases" and isinstance(loc[1], int):
+            case_problems.setdefault(loc[1], []).append(message)
+        else:
+            file_problems.append(message)
+    data = source.data if source.data is not None else {}
+    try:
+        outline = _CaseFileOutline.model_validate(data)
     except ValidationError as exc:
-        lines = validation_messages(source, exc, model=CaseFile, data=source.data)
-        return [CaseResult(shown, "<file>", "ERROR", "\n".join(lines))]
-    if spec.policies:
-        policy_paths = [test_path.parent / p for p in spec.policies]
+        file_problems.extend(validation_messages(source, exc, model=CaseFile, data=data))
+        if any(err["type"] != "extra_forbidden" for err in exc.errors()):
+            # no usable list of cases (or of policy files): nothing can run
+            return [_file_error(shown, file_problems)]
+        # only unknown top-level keys: say so, and run the cases all the same
+        outline = _CaseFileOutline.model_validate(
+            {k: v for k, v in data.items() if k in ("policies", "cases")}
+        )
+    results = [_file_error(shown, file_problems)] if file_problems else []
+    if outline.policies:
+        policy_paths = [test_path.parent / p for p in outline.policies]
     else:
         stem = test_path.stem[: -len(TEST_SUFFIX)]
         policy_paths = [test_path.with_name(stem + test_path.suffix)]
     try:
         policy_set = load_policies(policy_paths, resources=resources)
     except ConfigError as exc:
-        return [CaseResult(shown, "<policies>", "ERROR", "\n".join(exc.errors))]
-    out = []
-    for case in spec.cases:
-        out.append(await _run_case(shown, case, policy_set))
-    return out
+        return [*results, CaseResult(shown, "<policies>", "ERROR", "\n".join(exc.errors))]
+    for index, raw in enumerate(outline.cases):
+        base = ("cases", index)
+        line, col = source.where(base)
+        name = raw.get("name") if isinstance(raw, dict) else None
+        label = name if isinstance(name, str) and name else f"cases[{index}]"
+        problems = case_problems.get(index, [])
+        try:
+            case = Case.model_validate(raw)
+        except ValidationError as exc:
+            problems = problems + validation_messages(
+                source, exc, base=base, label=f"cases.{index}", model=Case, data=raw
+            )
+        if problems:
+            detail = "\n".join(sorted_by_position(problems))
+            results.append(CaseResult(shown, label, "ERROR", detail, line, col))
+            continue
+        result = await _run_case(shown, case, policy_set)
+        result.line, result.col = line, col
+        results.append(result)
+    return results
+
+
+def _file_error(shown: str, problems: list[str]) -> CaseResult:
+    return CaseResult(shown, "<file>", "ERROR", "\n".join(sorted_by_position(problems)))
 
 
 async def _run_case(shown: str, case: Case, policy_set) -> CaseResult:

@@ -38,6 +38,8 @@ from gateway.proxy.state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 
+DOUBLED_V1 = "/v1/v1/"
+
 
 async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
@@ -135,6 +137,16 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 
 
 def choose_route(gw: Gateway, path: str, model: str | None) -> Route:
+    if path.startswith(DOUBLED_V1) and not any(
+        r.path_prefix.startswith(DOUBLED_V1) for r in gw.settings.routes
+    ):
+        # a base URL ending in /v1 given to an SDK that adds its own: forwarded, the
+        # upstream's 404 would come back looking like an answer the gateway allowed
+        raise NoRoute(
+            f"no route serves {path}: the path repeats /v1, so the client's base URL "
+            "ends in /v1 and the SDK adds another; for the Anthropic SDK set the base URL "
+            "to the gateway's root, without /v1 (for the OpenAI SDK, end it in /v1 once)"
+        )
     for route in gw.settings.routes:
         if not path.startswith(route.path_prefix):
             continue

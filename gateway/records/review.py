@@ -83,7 +83,12 @@ class HeldDecision:
 
 @dataclass(frozen=True, slots=True)
 class ReviewSummary:
-    """An item as the queue lists it: its state and routing, never its text."""
+    """An item as the queue lists it: its state and routing, and a preview of its text.
+
+    ``preview`` is the first words of the held answer with any secret in
+    them masked (empty in privacy mode): enough for a reviewer to pick an
+    item, never the whole answer.
+    """
 
     id: str
     decision_id: str
@@ -109,6 +114,7 @@ class ReviewSummary:
     tenant: str | None
     # False in privacy mode: no request or response text is kept
     text_stored: bool
+    preview: str
     decided_by: str | None
     decided_at: float | None
     version: int

@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config import ReviewSettings, Route
 from gateway.records.review import OPEN, HeldAnswer, ReviewItem
+from gateway.secretmask import mask_secrets
 
 RESULT_PATH = "/governance/v1/reviews/{id}/result"
 # priority points per severity rank and per escalation
@@ -25,6 +26,21 @@ def text_hash(texts: dict[str, str]) -> str:
     for key in sorted(texts):
         digest.update(key.encode() + b"\0" + texts[key].encode() + b"\0")
     return digest.hexdigest()
+
+
+# how much of a held answer the queue shows
+PREVIEW_WORDS = 16
+PREVIEW_CHARS = 140
+
+
+def preview(texts: dict[str, str]) -> str:
+    """The first words of the answer (its first segment), secrets masked."""
+    first = next((texts[k] for k in sorted(texts) if texts[k].strip()), "")
+    words = first.split()
+    shown = " ".join(words[:PREVIEW_WORDS])
+    cut = len(words) > PREVIEW_WORDS or len(shown) > PREVIEW_CHARS
+    shown = mask_secrets(shown)[:PREVIEW_CHARS]
+    return shown + "…" if cut else shown
 
 
 def new_item(answer: HeldAnswer, settings: ReviewSettings, route: Route | None) -> ReviewItem:
@@ -72,6 +88,7 @@ def new_item(answer: HeldAnswer, settings: ReviewSettings, route: Route | None) 
         key_id=answer.key_id,
         tenant=answer.tenant,
         text_stored=not private,
+        preview="" if private else preview(answer.texts),
         decided_by=None,
         decided_at=None,
         version=1,

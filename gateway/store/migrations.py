@@ -204,3 +204,15 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+MIGRATIONS.append(
+    (
+        12,
+        "review queue previews",
+        [
+            # the first words of a held answer, secret-masked, for the queue ('' in privacy mode)
+            "ALTER TABLE review_items ADD COLUMN preview TEXT NOT NULL DEFAULT ''",
+        ],
+    )
+)

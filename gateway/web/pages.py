@@ -76,6 +76,31 @@ def pretty(value: Any, limit: int = 20000) -> str:
     return text if len(text) <= limit else text[:limit] + "\n… (truncated)"
 
 
+def fields(value: Any, limit: int = 300) -> list[tuple[str, str]]:
+    """Evidence as labelled fields for a page: ``source_id`` → "source id", values as text.
+
+    Nested values are shown as compact JSON, long ones cut, so a reviewer
+    reads fields rather than a serialised dictionary.
+    """
+    if not isinstance(value, dict):
+        return [("value", _shown(value, limit))] if value not in (None, "", {}, []) else []
+    return [
+        (str(key).replace("_", " "), _shown(item, limit))
+        for key, item in value.items()
+        if item not in (None, "", {}, [])
+    ]
+
+
+def _shown(value: Any, limit: int) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
@@ -115,6 +140,7 @@ class Pages:
         self.env.filters["relative"] = relative
         self.env.filters["stamp"] = stamp
         self.env.filters["pretty"] = pretty
+        self.env.filters["fields"] = fields
 
     def add_section(
         self, name: str, label: str, root: str, templates: Path, *, order: int = 100
