@@ -18,7 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from gateway.errors import ConfigError, YamlSyntaxError
 from gateway.severity import Sev
 from gateway.strict import Strict
-from gateway.yaml_source import load_source, validation_messages
+from gateway.yaml_source import load_source, sorted_by_position, validation_messages
 
 Protocol = Literal["auto", "openai", "anthropic", "rag-json"]
 Role = Literal["reviewer", "lead", "admin"]
@@ -362,14 +362,17 @@ class Settings(Strict):
 def load_settings(path: str | Path) -> Settings:
     """Read ``gateway.yaml``; relative paths in it resolve against its directory."""
     try:
-        source = load_source(path)
+        # a key written twice is reported with every other error, not alone
+        source = load_source(path, keep_duplicates=True)
     except YamlSyntaxError as exc:
         raise ConfigError(f"invalid config {path}", exc.errors) from None
+    errors = [line for _, line in source.duplicates]
     try:
         settings = Settings.model_validate(source.data or {})
     except ValidationError as exc:
-        errors = validation_messages(source, exc, model=Settings, data=source.data)
-        raise ConfigError(f"invalid config {path}", errors) from None
+        errors += validation_messages(source, exc, model=Settings, data=source.data)
+    if errors:
+        raise ConfigError(f"invalid config {path}", sorted_by_position(errors))
     base = Path(path).resolve().parent
     return _resolve_paths(settings, base)
 

@@ -138,3 +138,26 @@ def test_the_shipped_example_config_validates():
     settings = load_settings(example)
     primary = settings.route("openai")
     assert primary.fallback and settings.route(primary.fallback).upstream != primary.upstream
+
+
+def test_a_duplicate_key_is_reported_with_every_other_error_sorted(tmp_path):
+    path = write(
+        tmp_path,
+        "routes:\n"
+        "  - name: a\n"
+        "    upstream: http://x\n"
+        "    upstream: http://y\n"
+        "log_level: loud\n"
+        "listeners: {proxy: {port: 99999}}\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    lines = err.value.errors
+    assert [line.split(": ")[1] for line in lines] == [
+        "duplicate-key",
+        "invalid-value",
+        "invalid-value",
+    ]
+    assert lines[0].startswith(f"{path}:4:5: duplicate-key: ")
+    assert "already defined at" in lines[0] and f"{path}:3:5" in lines[0]
+    assert lines[1].startswith(f"{path}:5:") and lines[2].startswith(f"{path}:6:")
