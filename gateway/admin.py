@@ -17,6 +17,17 @@ from http import HTTPStatus
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.admin_models import (
+    CheckRequest,
+    CheckResult,
+    DecisionList,
+    Health,
+    PolicyList,
+    Readiness,
+    Reloaded,
+    ReloadFailed,
+)
+from gateway.admin_models import Decision as DecisionBody
 from gateway.errors import (
     BadRequest,
     ConfigError,
@@ -31,6 +42,8 @@ from gateway.proxy.adapters.base import openai_error
 from gateway.proxy.state import GATEWAY, Gateway
 from gateway.web.api import error_json, from_http_exception, json_body, json_response
 from gateway.web.auth import PRINCIPAL, TOKENS, TokenBook
+from gateway.web.openapi import ErrorBody, Text, describe
+from gateway.web.openapi import install as install_openapi
 from gateway.web.pages import PAGES, Pages, install_pages, viewer_of
 from gateway.web.sessions import SESSIONS, SessionBook
 
@@ -91,11 +104,18 @@ async def bearer_auth(request: web.Request, handler):
 
 
 @routes.get("/healthz")
+@describe(summary="Liveness", tags=("health",), auth=None, responses={200: Health})
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@describe(
+    summary="Readiness: policies, store, upstream client and models",
+    tags=("health",),
+    auth=None,
+    responses={200: Readiness, 503: Readiness},
+)
 async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     checks: dict[str, str] = {}
@@ -114,12 +134,24 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@describe(
+    summary="Prometheus metrics",
+    tags=("health",),
+    auth=None,
+    responses={200: Text("text/plain")},
+)
 async def metrics(request: web.Request) -> web.Response:
     data = generate_latest(request.app[GATEWAY].metrics.registry)
     return web.Response(body=data, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 @routes.post("/governance/v1/check")
+@describe(
+    summary="Decide on a text or an upstream answer as the proxy would",
+    tags=("policies",),
+    request=CheckRequest,
+    responses={200: CheckResult, 400: ErrorBody, 404: ErrorBody},
+)
 async def check(request: web.Request) -> web.Response:
     """Decide on ``{"text"|"response", "route", "sources", "query"}`` as the proxy would."""
     gw = request.app[GATEWAY]
@@ -148,6 +180,7 @@ async def check(request: web.Request) -> web.Response:
 
 
 @routes.get("/governance/v1/policies")
+@describe(summary="The policies in force", tags=("policies",), responses={200: PolicyList})
 async def policies(request: web.Request) -> web.Response:
     holder = request.app[GATEWAY].policies
     current = holder.current
@@ -174,6 +207,12 @@ async def policies(request: web.Request) -> web.Response:
 
 
 @routes.post("/governance/v1/policies/reload")
+@describe(
+    summary="Reload the policy files",
+    tags=("policies",),
+    auth="admin",
+    responses={200: Reloaded, 422: ReloadFailed},
+)
 async def reload_policies(request: web.Request) -> web.Response:
     request.app[TOKENS].require(request, "admin")
     holder = request.app[GATEWAY].policies
@@ -192,6 +231,11 @@ async def reload_policies(request: web.Request) -> web.Response:
 
 
 @routes.get("/governance/v1/decisions/{decision_id}")
+@describe(
+    summary="One decision record",
+    tags=("decisions",),
+    responses={200: DecisionBody, 404: ErrorBody},
+)
 async def decision(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     decision_id = request.match_info["decision_id"]
@@ -206,6 +250,16 @@ async def decision(request: web.Request) -> web.Response:
 
 
 @routes.get("/governance/v1/decisions")
+@describe(
+    summary="Recent decision records, newest first",
+    tags=("decisions",),
+    query={
+        "route": "only this route",
+        "action": "only this action",
+        "limit": "at most this many (1000)",
+    },
+    responses={200: DecisionList, 400: ErrorBody},
+)
 async def decisions(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
@@ -228,6 +282,7 @@ def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Applic
     app.add_routes(routes)
     for sub in gw.subsystems:
         sub.admin_routes(app)
+    install_openapi(app)
     # outermost, so the middlewares subsystems put in front are covered too
     app.middlewares.insert(0, errors)
 

@@ -17,6 +17,7 @@ from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
 from gateway.observability.journal import DecisionJournal
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import build_tracer
 from gateway.plugins import SUBSYSTEMS, load_group
 from gateway.policy.loader import sections_of
 from gateway.policy.reload import PolicyHolder, PolicyReloadFailed, PolicySwap
@@ -63,6 +64,7 @@ def build_gateway(
         events=events,
         adapters=Adapters(settings.routes),
         resources=resources,
+        tracer=build_tracer(settings.tracing) if settings.tracing.enabled else None,
     )
     # the journal first: a record is in it before any consumer can commit it
     events.subscribe(DecisionRecord, journal.record)

@@ -277,6 +277,19 @@ class Limits(Strict):
     retry_after: int = Field(default=1, ge=1)
 
 
+class Tracing(Strict):
+    """OpenTelemetry tracing: off by default, and nothing of it is imported while off."""
+
+    enabled: bool = False
+    service_name: str = "governance-gateway"
+    # "otlp" sends OTLP/HTTP to ``endpoint``; "console" prints spans (for trying it out)
+    exporter: Literal["otlp", "console"] = "otlp"
+    # the collector's traces URL; None: the exporter's own default and OTEL_* variables
+    endpoint: str | None = None
+    # share of new traces kept; a trace started upstream of the gateway keeps its own choice
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class Settings(Strict):
     listeners: Listeners = Listeners()
     routes: list[Route] = Field(min_length=1)
@@ -292,6 +305,7 @@ class Settings(Strict):
     reload_interval: float = Field(default=0.5, gt=0, le=60)
     data_dir: str = ".gateway"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tracing: Tracing = Tracing()
 
     @model_validator(mode="after")
     def _routes_consistent(self) -> Settings:

@@ -23,6 +23,13 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x .tools/prometheus/usr/bin/pro
 fi
 export PATH="$PATH:$PWD/.tools/prometheus/usr/bin"
 
+# Prism mocks OpenAI's and Anthropic's APIs from their OpenAPI documents
+# (tests/test_conformance.py); pinned, from the npm registry
+if [ ! -x .tools/prism/node_modules/.bin/prism ] && command -v npm >/dev/null 2>&1; then
+  npm install --prefix .tools/prism --no-audit --no-fund --loglevel=error \
+    @stoplight/prism-cli@5.16.0 >/dev/null
+fi
+
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
 fi

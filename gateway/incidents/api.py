@@ -12,10 +12,21 @@ from aiohttp import web
 
 from gateway.errors import BadRequest, NotFound
 from gateway.incidents import postmortem
+from gateway.incidents.api_models import (
+    Contained,
+    ContainmentList,
+    ContainRequest,
+    IncidentActionRequest,
+    IncidentDetail,
+    IncidentList,
+    Restored,
+    RestoreRequest,
+)
 from gateway.incidents.model import STATES, Incident, TimelineEvent
 from gateway.incidents.service import IncidentService
 from gateway.web.api import json_body, json_response, text_field
 from gateway.web.auth import TOKENS
+from gateway.web.openapi import ErrorBody, Text, describe
 
 API = "/governance/v1/incidents"
 ROUTES_API = "/governance/v1/routes"
@@ -25,6 +36,20 @@ LEAD_ACTIONS = frozenset({"contained", "resolved", "postmortem-done", "restore"}
 INCIDENTS = web.AppKey("incidents", IncidentService)
 
 
+@describe(
+    summary="Incidents, newest first",
+    tags=("incidents",),
+    query={
+        "state": "",
+        "severity": "",
+        "route": "",
+        "policy": "",
+        "source": "",
+        "active": "true or false",
+        "limit": "",
+    },
+    responses={200: IncidentList, 400: ErrorBody},
+)
 async def list_incidents(request: web.Request) -> web.Response:
     service = request.app[INCIDENTS]
     q = request.query
@@ -48,12 +73,24 @@ async def list_incidents(request: web.Request) -> web.Response:
     return json_response({"incidents": rows, "rule_errors": service.rule_errors})
 
 
+@describe(
+    summary="One incident with its timeline and containment",
+    tags=("incidents",),
+    responses={200: IncidentDetail, 404: ErrorBody},
+)
 async def show_incident(request: web.Request) -> web.Response:
     service = request.app[INCIDENTS]
     await service.settle()
     return json_response(await service.detail(request.match_info["id"]))
 
 
+@describe(
+    summary="Act on an incident",
+    tags=("incidents",),
+    description="contained, resolved and postmortem-done need the lead role.",
+    request=IncidentActionRequest,
+    responses={200: IncidentDetail, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+)
 async def act(request: web.Request) -> web.Response:
     service = request.app[INCIDENTS]
     action = request.match_info["action"]
@@ -98,6 +135,11 @@ def markdown(service: IncidentService, inc: Incident, events: list[TimelineEvent
     )
 
 
+@describe(
+    summary="The incident's postmortem draft as Markdown",
+    tags=("incidents",),
+    responses={200: Text("text/markdown"), 404: ErrorBody},
+)
 async def postmortem_md(request: web.Request) -> web.Response:
     service = request.app[INCIDENTS]
     await service.settle()
@@ -105,11 +147,21 @@ async def postmortem_md(request: web.Request) -> web.Response:
     return markdown(service, await service.get(incident_id), await service.timeline(incident_id))
 
 
+@describe(
+    summary="Containment switches in force", tags=("containment",), responses={200: ContainmentList}
+)
 async def list_containment(request: web.Request) -> web.Response:
     table = request.app[INCIDENTS].table
     return json_response({"containment": [s.to_json() for s in table.switches.values()]})
 
 
+@describe(
+    summary="Contain a route",
+    tags=("containment",),
+    auth="lead",
+    request=ContainRequest,
+    responses={200: Contained, 400: ErrorBody, 404: ErrorBody},
+)
 async def contain(request: web.Request) -> web.Response:
     service = request.app[INCIDENTS]
     principal = request.app[TOKENS].require(request, "lead")
@@ -127,6 +179,13 @@ async def contain(request: web.Request) -> web.Response:
     return json_response({"containment": switch.to_json()})
 
 
+@describe(
+    summary="Lift a route's containment",
+    tags=("containment",),
+    auth="lead",
+    request=RestoreRequest,
+    responses={200: Restored, 404: ErrorBody},
+)
 async def restore(request: web.Request) -> web.Response:
     service = request.app[INCIDENTS]
     principal = request.app[TOKENS].require(request, "lead")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from gateway.index_service import cli
 from gateway.proxy.hookspecs import Subsystem
 from gateway.web.api import json_response
 from gateway.web.auth import TOKENS
+from gateway.web.openapi import ApiModel, ErrorBody, describe
 
 WATCH_INTERVAL = 1.0
 
@@ -61,10 +63,39 @@ class IndexService(Subsystem):
         app.router.add_post("/governance/v1/indexes/{name}/reload", reload)
 
 
+class IndexState(ApiModel):
+    path: str
+    loaded: bool
+    generation: int | None
+    counts: dict[str, Any] | None
+    error: str | None
+
+
+class IndexStatus(ApiModel):
+    indexes: dict[str, IndexState]
+
+
+class IndexReloaded(ApiModel):
+    reloaded: str
+    # the index manifest (``IndexManifest``) of the generation now serving
+    manifest: dict[str, Any]
+
+
+@describe(
+    summary="The indexes and their loaded generations",
+    tags=("indexes",),
+    responses={200: IndexStatus},
+)
 async def status(request: web.Request) -> web.Response:
     return json_response({"indexes": request.app[INDEXES].status()})
 
 
+@describe(
+    summary="Reload one index from disk now",
+    tags=("indexes",),
+    auth="admin",
+    responses={200: IndexReloaded, 404: ErrorBody, 422: ErrorBody},
+)
 async def reload(request: web.Request) -> web.Response:
     request.app[TOKENS].require(request, "admin")
     manager = request.app[INDEXES]

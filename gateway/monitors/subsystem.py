@@ -29,6 +29,7 @@ from gateway.proxy.ports import AnswerBody
 from gateway.records.monitor import MonitorEvent
 from gateway.store.base import Store
 from gateway.web.api import json_response
+from gateway.web.openapi import ApiModel, describe
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,24 @@ class Monitors(Subsystem):
 MONITORS = web.AppKey("monitors", Monitors)
 
 
+class MonitorState(ApiModel):
+    id: str
+    routes: list[str] | None
+    observations: int
+    skipped: int
+    firing: dict[str, bool]
+    values: dict[str, float]
+
+
+class MonitorList(ApiModel):
+    monitors: list[MonitorState]
+
+
+@describe(
+    summary="Monitors: observations, firing rules and last values",
+    tags=("monitors",),
+    responses={200: MonitorList},
+)
 async def status(request: web.Request) -> web.Response:
     monitors = request.app[MONITORS]
     out = []

@@ -29,6 +29,7 @@ from gateway.contract.detector import ScanContext
 from gateway.contract.policy import Action, Status
 from gateway.contract.sources import normalize_sources
 from gateway.errors import ContentFiltered, GatewayError, UpstreamError, UpstreamMalformed
+from gateway.observability.tracing import RequestSpan
 from gateway.policy.engine import ResponseGuard
 from gateway.proxy import containment, holding
 from gateway.proxy import upstream as up
@@ -171,6 +172,8 @@ class Exchange:
         self.ticket: Ticket | None = None
         # the journal holds this exchange's begin line
         self.begun = False
+        # this request's trace span, while tracing is on
+        self.span: RequestSpan | None = None
 
     @property
     def route_name(self) -> str:
@@ -179,6 +182,8 @@ class Exchange:
 
     # -- the attempt loop ------------------------------------------------------
     async def run(self) -> web.StreamResponse:
+        if self.gw.tracer is not None:
+            self.span = self.gw.tracer.begin(self.request.headers, self.request.path)
         try:
             response = await self.answer()
             if not response.prepared:
@@ -286,6 +291,8 @@ class Exchange:
     async def attempt(self, route: Route) -> web.StreamResponse | _FallBack:
         self.attempts.append(_Try(route.name, route.upstream))
         headers = up.upstream_headers(self.request.headers, route, self.adapter.credential_header)
+        if self.span is not None:
+            self.span.inject(headers)
         url = up.upstream_url(route, self.request.path, self.request.query_string)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + route.timeouts.total
@@ -822,3 +829,9 @@ class Exchange:
                 child("policy_time", result.config.id).observe(result.elapsed_ms / 1000)
                 child("policy_status", result.config.id, result.status.value).inc()
         self.gw.events.publish(record)
+        if self.span is not None:
+            # after the record is handed on: a tracing failure must not cost the audit trail
+            try:
+                self.span.finish(record)
+            except Exception:
+                log.exception("could not end the trace span of %s", self.decision_id)

@@ -23,6 +23,7 @@ from gateway.events import EventBus
 from gateway.observability.decisions import DecisionLog
 from gateway.observability.journal import DecisionJournal
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import RequestTracer
 from gateway.policy.reload import PolicyHolder, PolicySwap
 from gateway.proxy.adapters import Adapters
 from gateway.proxy.ports import ContainmentPort, HoldPort
@@ -65,6 +66,8 @@ class Gateway:
     # ports plugged in by subsystems; None: a review action blocks, nothing is contained
     hold: HoldPort | None = None
     containment: ContainmentPort | None = None
+    # None while tracing is off: a request then pays one ``is None`` check
+    tracer: RequestTracer | None = None
     session: aiohttp.ClientSession | None = None
     # CPU-heavy detector scans run here, off the event loop
     executor: ThreadPoolExecutor = field(
@@ -197,6 +200,9 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         await self.decisions.close()
+        if self.tracer is not None:
+            # flushes the spans still batched; the export may block on the network
+            await asyncio.to_thread(self.tracer.shutdown)
         self.journal.close()
         await self.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

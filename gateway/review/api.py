@@ -19,11 +19,27 @@ from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauth
 from gateway.proxy.credentials import api_key_id
 from gateway.records.review import STATES
 from gateway.review.allowlist import add_to_allowlist
+from gateway.review.api_models import (
+    ActionRequest,
+    AllowlistOutcome,
+    AllowlistRequest,
+    BulkRequest,
+    BulkResults,
+    CommentCreated,
+    CommentRequest,
+    ReviewActed,
+    ReviewAudit,
+    ReviewDetail,
+    ReviewList,
+    ReviewResult,
+    ReviewStats,
+)
 from gateway.review.items import public_view
 from gateway.review.service import REVIEW, ReviewService
 from gateway.severity import Severity
 from gateway.web.api import error_json, json_body, json_response
 from gateway.web.auth import PRINCIPAL, TOKENS
+from gateway.web.openapi import ErrorBody, describe
 
 BASE = "/governance/v1/reviews"
 _RESULT = re.compile(r"/governance/v1/reviews/([0-9a-f]{32})/result")
@@ -63,6 +79,23 @@ def _int(query, name: str, default: int, top: int) -> int:
         raise BadRequest(f"{name} must be a whole number") from None
 
 
+@describe(
+    summary="The review queue",
+    tags=("reviews",),
+    query={
+        "state": "pending (default), approved, rejected, expired or all",
+        "policy": "",
+        "route": "",
+        "tenant": "",
+        "severity": "",
+        "assignee": "a name, or me",
+        "overdue": "true or false",
+        "limit": "",
+        "offset": "",
+        "sort": "sla (default)",
+    },
+    responses={200: ReviewList, 400: ErrorBody},
+)
 async def list_items(request: web.Request) -> web.Response:
     svc = request.app[REVIEW]
     principal = request[PRINCIPAL]
@@ -79,12 +112,22 @@ async def list_items(request: web.Request) -> web.Response:
     return json_response({"items": rows, "total": total, "counts": counts})
 
 
+@describe(
+    summary="Queue counts and approval rates per policy",
+    tags=("reviews",),
+    responses={200: ReviewStats},
+)
 async def stats(request: web.Request) -> web.Response:
     svc = request.app[REVIEW]
     counts = await svc.sweeper.refresh_metrics()
     return json_response({"counts": counts, "approval_rates": await svc.db.approval_rates()})
 
 
+@describe(
+    summary="One review item with its audit, comments and callbacks",
+    tags=("reviews",),
+    responses={200: ReviewDetail, 404: ErrorBody},
+)
 async def detail(request: web.Request) -> web.Response:
     svc = request.app[REVIEW]
     item = await svc.actions.get(request.match_info["id"])
@@ -98,11 +141,20 @@ async def detail(request: web.Request) -> web.Response:
     )
 
 
+@describe(
+    summary="The audit trail of a review item", tags=("reviews",), responses={200: ReviewAudit}
+)
 async def audit(request: web.Request) -> web.Response:
     svc = request.app[REVIEW]
     return json_response({"audit": await svc.db.audit(request.match_info["id"])})
 
 
+@describe(
+    summary="Claim, release, approve, reject or escalate a review item",
+    tags=("reviews",),
+    request=ActionRequest,
+    responses={200: ReviewActed, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody},
+)
 async def act(request: web.Request) -> web.Response:
     actions = request.app[REVIEW].actions
     principal = request[PRINCIPAL]
@@ -132,6 +184,12 @@ async def act(request: web.Request) -> web.Response:
     return json_response({"item": public_view(item)})
 
 
+@describe(
+    summary="Comment on a review item",
+    tags=("reviews",),
+    request=CommentRequest,
+    responses={201: CommentCreated, 404: ErrorBody},
+)
 async def comment(request: web.Request) -> web.Response:
     svc = request.app[REVIEW]
     data = await json_body(request)
@@ -141,6 +199,13 @@ async def comment(request: web.Request) -> web.Response:
     return json_response({"comment": created}, 201)
 
 
+@describe(
+    summary="Approve or reject many items",
+    tags=("reviews",),
+    auth="lead",
+    request=BulkRequest,
+    responses={200: BulkResults, 207: BulkResults, 400: ErrorBody},
+)
 async def bulk(request: web.Request) -> web.Response:
     principal = request.app[TOKENS].require(request, "lead")
     data = await json_body(request)
@@ -154,6 +219,13 @@ async def bulk(request: web.Request) -> web.Response:
     return json_response({"results": results}, status)
 
 
+@describe(
+    summary="Allow a finding of this item in its policy file",
+    tags=("reviews",),
+    auth="lead",
+    request=AllowlistRequest,
+    responses={200: AllowlistOutcome, 400: ErrorBody, 404: ErrorBody, 422: AllowlistOutcome},
+)
 async def allowlist(request: web.Request) -> web.Response:
     principal = request.app[TOKENS].require(request, "lead")
     data = await json_body(request)
@@ -165,6 +237,15 @@ async def allowlist(request: web.Request) -> web.Response:
     return json_response(outcome, 200 if outcome["applied"] else 422)
 
 
+@describe(
+    summary="The outcome the client sees",
+    tags=("reviews",),
+    description=(
+        "A client may poll this path with the API key its held request was made with"
+        " instead of a token."
+    ),
+    responses={200: ReviewResult, 404: ErrorBody},
+)
 async def result_for_reviewer(request: web.Request) -> web.Response:
     svc = request.app[REVIEW]
     item = await svc.actions.get(request.match_info["id"])

@@ -55,6 +55,21 @@ _ERROR_TYPES = {
 }
 
 
+# the usage of an answer the gateway wrote without an upstream's: every field
+# the message schema requires, the counts zero and the optional details null
+_NO_USAGE: dict[str, Any] = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_creation": None,
+    "cache_creation_input_tokens": None,
+    "cache_read_input_tokens": None,
+    "inference_geo": None,
+    "output_tokens_details": None,
+    "server_tool_use": None,
+    "service_tier": None,
+}
+
+
 def anthropic_error(err: GatewayError) -> dict[str, Any]:
     kind = _ERROR_TYPES.get(err.status, "api_error")
     return {"type": "error", "error": {"type": kind, "message": err.message, "code": err.code}}
@@ -113,10 +128,13 @@ class AnthropicAdapter(Adapter):
             "type": "message",
             "role": "assistant",
             "model": picked(base, "model", str) or info.model or "unknown",
-            "content": [{"type": "text", "text": message}],
+            "content": [{"type": "text", "text": message, "citations": None}],
             "stop_reason": STOP_REASON,
             "stop_sequence": None,
-            "usage": picked(base, "usage", dict) or {"input_tokens": 0, "output_tokens": 0},
+            # required by Anthropic's message schema, null when there is nothing to say
+            "stop_details": None,
+            "container": picked(base, "container", dict),
+            "usage": picked(base, "usage", dict) or dict(_NO_USAGE),
         }
 
     def translator(self, info: RequestInfo) -> StreamTranslator:
@@ -127,7 +145,10 @@ class AnthropicAdapter(Adapter):
 
     def synthesize(self, info: RequestInfo, texts: dict[str, str]) -> dict[str, Any]:
         body = self.blocked(info, None, "")
-        body["content"] = [{"type": "text", "text": texts[k]} for k in sorted(texts, key=key_order)]
+        body["content"] = [
+            {"type": "text", "text": texts[k], "citations": None}
+            for k in sorted(texts, key=key_order)
+        ]
         return self.complete(body)
 
     def stream_answer(self, info: RequestInfo, message: str, decision_id: str) -> bytes:

@@ -121,6 +121,16 @@ def _with_texts(response: dict[str, Any], texts: dict[str, str]) -> dict[str, An
     return dict(response, output=new_output)
 
 
+def _text_part(text: str) -> dict[str, Any]:
+    # ``annotations`` and ``logprobs`` are required by the schema, even empty
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _number(base: dict[str, Any], field: str) -> int | float | None:
+    value = base.get(field)
+    return value if type(value) in (int, float) else None
+
+
 class ResponsesAdapter(Adapter):
     protocol = "openai-responses"
 
@@ -147,7 +157,7 @@ class ResponsesAdapter(Adapter):
         # only well-typed fields of the upstream's answer are kept in ours
         base = upstream or {}
         parallel = picked(base, "parallel_tool_calls", bool)
-        return {
+        body: dict[str, Any] = {
             "id": picked(base, "id", str) or gateway_id("resp_gw"),
             "object": "response",
             "created_at": picked(base, "created_at", int) or now(),
@@ -161,7 +171,7 @@ class ResponsesAdapter(Adapter):
                     "id": gateway_id("msg_gw"),
                     "status": "incomplete",
                     "role": "assistant",
-                    "content": [{"type": "output_text", "text": message, "annotations": []}],
+                    "content": [_text_part(message)],
                 }
             ],
             "parallel_tool_calls": True if parallel is None else parallel,
@@ -169,8 +179,17 @@ class ResponsesAdapter(Adapter):
             or picked(base, "tool_choice", dict)
             or "auto",
             "tools": picked(base, "tools", list) or [],
-            "usage": picked(base, "usage", dict),
+            # required by OpenAI's response schema, each nullable but never absent
+            "instructions": picked(base, "instructions", str),
+            "metadata": picked(base, "metadata", dict) or {},
+            "temperature": _number(base, "temperature"),
+            "top_p": _number(base, "top_p"),
         }
+        # optional, but an object when present
+        usage = picked(base, "usage", dict)
+        if usage is not None:
+            body["usage"] = usage
+        return body
 
     def translator(self, info: RequestInfo) -> StreamTranslator:
         return ResponsesStream(info, self)
@@ -197,8 +216,7 @@ class ResponsesAdapter(Adapter):
         if texts:
             # the placeholder has one part; the answer may have had several
             body["output"][0]["content"] = [
-                {"type": "output_text", "text": texts[k], "annotations": []}
-                for k in sorted(texts, key=key_order)
+                _text_part(texts[k]) for k in sorted(texts, key=key_order)
             ]
         return self.complete(body)
 
