@@ -49,7 +49,9 @@ USER 10001:10001
 
 # The proxy. The admin listener (8081: health, metrics, the governance API and
 # the review pages) binds the container's loopback unless GATEWAY_ADMIN_HOST
-# (or --admin-host) says otherwise; the health check calls it there.
+# (or --admin-host) says otherwise; the health check calls it there, on
+# GATEWAY_ADMIN_PORT (8081): a mounted gateway.yaml that moves the admin
+# listener must set GATEWAY_ADMIN_PORT to match.
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('GATEWAY_ADMIN_PORT', '8081'), timeout=2)"]

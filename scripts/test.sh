@@ -27,7 +27,8 @@ export PATH="$PATH:$PWD/.tools/prometheus/usr/bin"
 # (tests/test_conformance.py); pinned, from the npm registry
 if [ ! -x .tools/prism/node_modules/.bin/prism ] && command -v npm >/dev/null 2>&1; then
   npm install --prefix .tools/prism --no-audit --no-fund --loglevel=error \
-    @stoplight/prism-cli@5.16.0 >/dev/null
+    @stoplight/prism-cli@5.16.0 >/dev/null \
+    || echo "could not install Prism from npm; tests/test_conformance.py will fail" >&2
 fi
 
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -80,6 +80,12 @@ class RequestSpan:
         """
         self._owner._propagator.inject(headers, context=self._context)
 
+    def abandon(self, reason: str) -> None:
+        """End the span as failed when no record could be built for it."""
+        status = self._owner._status
+        self._span.set_status(status.Status(status.StatusCode.ERROR, reason))
+        self._span.end()
+
     def finish(self, record: DecisionRecord) -> None:
         """Describe the request from its decision record, add the policy spans, and end it."""
         span = self._span

@@ -815,6 +815,9 @@ class Exchange:
             record = self.record()
         except Exception:  # a bug here must not take the loop's callback down silently
             log.exception("could not build the decision record of %s", self.decision_id)
+            if self.span is not None:
+                # the trace still shows the request, failed, rather than losing it
+                self.span.abandon("the decision record could not be built")
             return
         child = self.gw.metrics.child
         child("requests", record.route, record.action).inc()
