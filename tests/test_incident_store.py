@@ -78,3 +78,39 @@ async def test_lifecycle_on_each_backend(
             await admin.get("/governance/v1/incidents", params={"active": "true"}, headers=ADMIN)
         ).json()
     )["incidents"] == []
+
+
+async def test_a_delivery_in_flight_at_shutdown_is_finished_not_sent_again(
+    store_url, monkeypatch, make_gateway, fake, policy_dir, aiohttp_server
+):
+    monkeypatch.setenv("GATEWAY_STORE_URL", store_url)
+    monkeypatch.setenv("TEST_PD_KEY", PD_KEY)
+    sink = FakeSinks(pd_key=PD_KEY)
+    sink.answer_after = 0.5
+    server = await aiohttp_server(sink.app)
+    write_policies(policy_dir, POLICIES)
+    fake.script.text = "the launch codes are 1"
+    incidents = {
+        "sinks": [
+            {
+                "name": "pd",
+                "type": "pagerduty",
+                "secret_env": "TEST_PD_KEY",
+                "url": str(server.make_url("/pd/v2/enqueue")),
+            }
+        ],
+        "outbox": {"base_delay": 0.02, "poll_interval": 0.05},
+    }
+    proxy, admin, gw = await make_gateway(upstream=fake, incidents=incidents)
+    await proxy.post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    for _ in range(200):
+        if sink.pd_events:
+            break
+        await asyncio.sleep(0.01)
+    # the sink has the trigger and has not answered yet: stop now
+    await proxy.close()
+    await admin.close()
+    proxy, admin, gw = await make_gateway(upstream=fake, incidents=incidents)
+    assert await incidents_of(gw).outbox.pending() == 0
+    await asyncio.sleep(0.3)
+    assert [e["event_action"] for e in sink.pd_events] == ["trigger"]

@@ -60,6 +60,8 @@ class FakeSinks:
         self.pd_key, self.og_key, self.hook_secret = pd_key, og_key, hook_secret
         self.down = False
         self.fail_next = 0
+        # seconds PagerDuty takes to answer after it has taken an event
+        self.answer_after = 0.0
         self.requests: list[tuple[str, Any]] = []
         self.rejected: list[tuple[str, list[str]]] = []
         # PagerDuty: alerts by dedup_key, the latest one per key last
@@ -154,6 +156,8 @@ class FakeSinks:
             open_alert["summary"] = body["payload"]["summary"]
         elif open_alert is not None:
             open_alert["status"] = "acknowledged" if action == "acknowledge" else "resolved"
+        if self.answer_after:
+            await asyncio.sleep(self.answer_after)
         return web.json_response(
             {"status": "success", "message": "Event processed", "dedup_key": key}, status=202
         )

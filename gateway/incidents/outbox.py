@@ -118,12 +118,16 @@ class Outbox:
             )
 
     async def _deliver_all(self) -> None:
-        while await self.deliver_due():
+        while not self._stopping and await self.deliver_due():
             pass
 
-    async def close(self) -> None:
+    def stop(self) -> None:
+        """Finish the deliveries in flight, start no more."""
         self._stopping = True
         self._wake.set()
+
+    async def close(self) -> None:
+        self.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -49,6 +49,8 @@ MAX_QUEUE = 100_000
 MAX_BATCH = 256
 
 Signal = DecisionRecord | MonitorEvent
+# seconds a stopping gateway waits for the outbox's deliveries in flight
+SENDER_GRACE = 5.0
 
 
 class IncidentService:
@@ -139,7 +141,13 @@ class IncidentService:
         except Exception as exc:
             log.error("incident events not written at shutdown: %s", exc)
         if self._sender is not None:
-            self._sender.cancel()
+            # a delivery in flight finishes and is marked done, or a restart
+            # would send it again; only one that hangs is cut short
+            self.outbox.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), SENDER_GRACE)
+            except TimeoutError:
+                self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
         await self.outbox.close()
 
