@@ -26,9 +26,8 @@ from gateway.proxy.credentials import (
 from gateway.web.auth import TokenBook
 from gateway.web.sessions import LOGIN_COOKIE
 from tests.conftest import ADMIN_TOKEN, review_of, settings_for, write_policies
+from tests.test_review_api import CHAT, SAUCE
 
-CHAT = "/v1/chat/completions"
-SAUCE = "Our recipe uses the secret sauce from grandma, mixed well."
 HOLD_POLICY = """\
 policies:
   - id: hold-sauce
