@@ -50,6 +50,9 @@ class Installed(Protocol):
 
 S = TypeVar("S", bound=Installed)
 
+# how long a stop waits for a journal replay in progress
+REPLAY_GRACE = 5.0
+
 
 @dataclass(eq=False)
 class Gateway:
@@ -182,8 +185,12 @@ class Gateway:
         self._users -= 1
         if self._users > 0:
             return
-        # a replay still running must not write into subsystems that are stopping
+        # a replay in progress is let finish, briefly: a stop right after a
+        # start must not leave a dead process's journal for the next start.
+        # Past the grace it is cancelled (its store may be down) so it never
+        # writes into subsystems that are stopping; the journal stays for later.
         if self._replaying is not None:
+            await asyncio.wait([self._replaying], timeout=REPLAY_GRACE)
             self._replaying.cancel()
             await asyncio.gather(self._replaying, return_exceptions=True)
         for sub in reversed(self.subsystems):
