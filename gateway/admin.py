@@ -44,7 +44,7 @@ from gateway.web.api import error_json, from_http_exception, json_body, json_res
 from gateway.web.auth import PRINCIPAL, TOKENS, TokenBook
 from gateway.web.openapi import ErrorBody, Text, describe
 from gateway.web.openapi import install as install_openapi
-from gateway.web.pages import PAGES, Pages, install_pages, viewer_of
+from gateway.web.pages import PAGES, VIEWER, Pages, Viewer, install_pages, viewer_of
 from gateway.web.sessions import SESSIONS, SessionBook
 
 log = logging.getLogger(__name__)
@@ -65,20 +65,20 @@ async def errors(request: web.Request, handler):
             # a redirect, or an error page already rendered
             raise
         extra = {"allow": exc.headers["allow"]} if "allow" in exc.headers else None
-        return failure(request, from_http_exception(exc, request), extra)
+        return await failure(request, from_http_exception(exc, request), extra)
     except StoreUnavailable as err:
         log.warning("%s %s: %s", request.method, request.path, err.message)
-        return failure(request, err)
+        return await failure(request, err)
     except GatewayError as err:
-        return failure(request, err)
+        return await failure(request, err)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        return failure(
+        return await failure(
             request, InternalError("the request failed; the gateway log has the details")
         )
 
 
-def failure(
+async def failure(
     request: web.Request, err: GatewayError, headers: dict[str, str] | None = None
 ) -> web.Response:
     """``err`` as the API's JSON error, or as an error page where a browser asked for a page."""
@@ -86,7 +86,11 @@ def failure(
     if pages.owns(request.path):
         try:
             page = pages.error(
-                request, viewer_of(request), err.status, HTTPStatus(err.status).phrase, err.message
+                request,
+                await viewer_for_error(request, err),
+                err.status,
+                HTTPStatus(err.status).phrase,
+                err.message,
             )
         except Exception:
             log.exception("could not render the error page for %s", request.path)
@@ -94,6 +98,17 @@ def failure(
             page.headers.update(headers or {})
             return page
     return error_json(err, headers)
+
+
+async def viewer_for_error(request: web.Request, err: GatewayError) -> Viewer | None:
+    """Who sees an error page; nobody shown when the store cannot tell."""
+    if isinstance(err, StoreUnavailable) and VIEWER not in request:
+        # a session check would only wait on the same outage again
+        return None
+    try:
+        return await viewer_of(request)
+    except StoreUnavailable:
+        return None
 
 
 @web.middleware
@@ -120,17 +135,39 @@ async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     checks: dict[str, str] = {}
     checks["policies"] = "ok" if gw.policies.current is not None else "not loaded"
-    try:
-        await gw.store.fetchone("SELECT 1 AS ok")
-        checks["store"] = "ok"
-    except Exception as exc:
-        checks["store"] = f"error: {exc}"
     checks["upstream_client"] = (
         "ok" if gw.session is not None and not gw.session.closed else "closed"
     )
     checks["models"] = "ok" if gw.warming == 0 else "loading"
     ready = all(v == "ok" for v in checks.values())
-    return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+    try:
+        await gw.store.fetchone("SELECT 1 AS ok")
+        checks["store"] = "ok"
+    except Exception as exc:
+        # the class only: a driver's message can carry the host and user
+        checks["store"] = f"down: {type(exc).__name__}"
+        # a SQLite file is this process's own trouble. PostgreSQL is every
+        # replica's: leaving rotation would turn it into a total outage, while
+        # the proxy still serves (records wait, holds follow review.on_store_down)
+        if gw.store.dialect != "postgresql":
+            ready = False
+    # named whatever their state, but they take the process out of rotation only where
+    # it cannot serve without them: change notices fall back to periodic reconciliation,
+    # and a down Redis in ``open`` mode to limits counted per process
+    redis = await gw.limiter.redis_status()
+    if redis is not None:
+        checks["redis"] = redis
+        if gw.limiter.needs_redis and redis != "ok":
+            ready = False
+    listening = getattr(gw.broadcast, "listening", None)
+    if listening is not None:
+        checks["change_notices"] = "ok" if listening else "reconnecting"
+    if gw.leadership is not None:
+        checks["leader"] = "yes" if gw.leadership.leader else "no"
+    missing = sorted(k for k, v in checks.items() if v not in ("ok", "yes", "no"))
+    return json_response(
+        {"ready": ready, "checks": checks, "missing": missing}, 200 if ready else 503
+    )
 
 
 @routes.get("/metrics")
@@ -277,7 +314,7 @@ def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Applic
     app = web.Application(middlewares=[bearer_auth])
     app[GATEWAY] = gw
     app[TOKENS] = tokens or TokenBook(gw.settings)
-    app[SESSIONS] = SessionBook(gw.settings.review.session_ttl)
+    app[SESSIONS] = SessionBook(gw.store, app[TOKENS], gw.settings.review.session_ttl)
     install_pages(app, Pages(secure_cookie=gw.settings.review.secure_cookie))
     app.add_routes(routes)
     for sub in gw.subsystems:
@@ -288,6 +325,8 @@ def create_admin_app(gw: Gateway, tokens: TokenBook | None = None) -> web.Applic
 
     async def lifecycle(app: web.Application):
         await gw.acquire()
+        # the login form's key, from the store, so every process signs and checks it alike
+        await app[SESSIONS].load_login_key()
         yield
         await gw.release()
 

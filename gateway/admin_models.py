@@ -17,8 +17,10 @@ class Health(ApiModel):
 
 class Readiness(ApiModel):
     ready: bool
-    # each check's "ok", or what is wrong
+    # each check's "ok", or what is wrong ("leader" says "yes" or "no")
     checks: dict[str, str]
+    # the checks that are not ok, whether or not they take the process out of rotation
+    missing: list[str]
 
 
 class CheckRequest(ApiModel):

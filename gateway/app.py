@@ -27,6 +27,8 @@ from gateway.proxy.listener import handle
 from gateway.proxy.state import GATEWAY, Gateway
 from gateway.records.decision import DecisionRecord
 from gateway.store import open_store
+from gateway.store.base import Store
+from gateway.store.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,22 @@ def installed_subsystems() -> list[type[Subsystem]]:
     return [cls for _, cls in load_group(SUBSYSTEMS)]
 
 
+def shares_state(store: Store, worker: bool) -> bool:
+    """Whether other processes may use this store: PostgreSQL, or one of several workers."""
+    return worker or store.dialect == "postgresql"
+
+
 def build_gateway(
-    settings: Settings, subsystems: Sequence[type[Subsystem]] | None = None
+    settings: Settings,
+    subsystems: Sequence[type[Subsystem]] | None = None,
+    *,
+    worker: bool = False,
 ) -> Gateway:
-    """Load policies and build every long-lived object; raise ``ConfigError`` early."""
+    """Load policies and build every long-lived object; raise ``ConfigError`` early.
+
+    ``worker``: this process is one of several serving the same ports, so its
+    store is shared with the others even when it is a SQLite file.
+    """
     metrics = Metrics()
     events = EventBus()
     resources = Resources()
@@ -65,6 +79,7 @@ def build_gateway(
         adapters=Adapters(settings.routes),
         resources=resources,
         tracer=build_tracer(settings.tracing) if settings.tracing.enabled else None,
+        leadership=Leadership(store) if shares_state(store, worker) else None,
     )
     # the journal first: a record is in it before any consumer can commit it
     events.subscribe(DecisionRecord, journal.record)

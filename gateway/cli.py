@@ -21,6 +21,8 @@ log = logging.getLogger("gateway")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # ``serve --workers N`` starts its workers with the same command line
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store", help="store URL (sqlite:///… or postgresql://…; overrides store.url)"
     )
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        help="processes serving both listeners on the same ports (default: one per usable "
+        "CPU core; overrides listeners.workers); 1 runs everything in this process",
+    )
+    # set by the supervising process on the command line of each worker it starts
+    serve.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     policy = sub.add_parser("policy", help="validate and test policy files")
@@ -179,14 +189,61 @@ def port_number(text: str) -> int:
     return port
 
 
+def worker_count(text: str) -> int:
+    """argparse type for ``--workers``: a whole number of processes, at least one."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 worker is needed, not {count}")
+    return count
+
+
 def cmd_serve(args) -> int:
     from gateway.observability.logs import setup_logging
     from gateway.server import run_loop, serve
+    from gateway.workers import WorkerRole, usable_cores
 
     settings = load_config(args)
     setup_logging(settings.log_level)
-    run_loop(serve(settings))
-    return 0
+    slot = _flag(args, "worker_slot")
+    if slot is not None:
+        role = WorkerRole.from_environ(slot)
+        role.follow_parent()
+        role.stamp_logs()
+        run_loop(serve(settings, worker=role))
+        return 0
+    count = _flag(args, "workers") or settings.listeners.workers or usable_cores()
+    if count == 1:
+        run_loop(serve(settings))
+        return 0
+    return _supervise(args, settings, count)
+
+
+# how a worker is started: this package's command line, in a fresh interpreter
+_WORKER_MAIN = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _supervise(args, settings: Settings, count: int) -> int:
+    from gateway.server import check_addresses, run_loop
+    from gateway.workers import Supervisor
+
+    settings = run_loop(check_addresses(settings))
+    proxy, admin = settings.listeners.proxy, settings.listeners.admin
+    # the parent's command line, then what every worker must agree on: the
+    # addresses checked above (a port of 0 resolved) and one process each
+    argv = [
+        *args.argv,
+        *("--host", proxy.host, "--port", str(proxy.port)),
+        *("--admin-host", admin.host, "--admin-port", str(admin.port)),
+        *("--workers", "1"),
+    ]
+
+    def command(slot: int) -> list[str]:
+        return [sys.executable, "-c", _WORKER_MAIN, *argv, "--worker-slot", str(slot)]
+
+    return asyncio.run(Supervisor(count, command).run())
 
 
 def cmd_policy_validate(args) -> int:

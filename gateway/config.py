@@ -38,6 +38,8 @@ class AdminListener(Listener):
 class Listeners(Strict):
     proxy: Listener = Listener(port=8080)
     admin: AdminListener = AdminListener(port=8081)
+    # processes serving both listeners; None: one per CPU core this process may use
+    workers: int | None = Field(default=None, ge=1)
 
 
 class Timeouts(Strict):
@@ -113,6 +115,22 @@ class RouteReview(Strict):
         return self
 
 
+class KeyLimits(Strict):
+    """What one client may use: its API key, else its tenant header (see docs/limits.md).
+
+    None is unlimited. More gets 429 with ``Retry-After`` in the client's protocol.
+    """
+
+    # a token bucket holding this many requests, refilled at this many a minute
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    # streamed answers of the client in flight at once
+    concurrent_streams: int | None = Field(default=None, ge=1)
+
+    @property
+    def active(self) -> bool:
+        return self.requests_per_minute is not None or self.concurrent_streams is not None
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path_prefix: str = "/"
@@ -128,6 +146,8 @@ class Route(Strict):
     strip_prefix: str = ""
     containment: Containment = Containment()
     review: RouteReview = RouteReview()
+    # per-key limits of this route, counted apart from other routes; None: ``limits.per_key``
+    per_key: KeyLimits | None = None
 
     @field_validator("upstream")
     @classmethod
@@ -249,6 +269,11 @@ class ReviewSettings(Strict):
     sweep_interval: float = Field(default=5.0, gt=0)
     # reviewer UI session lifetime, seconds
     session_ttl: float = Field(default=8 * 3600.0, gt=0)
+    # a review action when the store cannot take the held answer (PostgreSQL down):
+    # "block" answers the client review-unavailable (503) and releases nothing;
+    # "allow" releases the answer unreviewed, recorded as action allow with the
+    # error review-unavailable beside the policy's breach, never as a pass
+    on_store_down: Literal["block", "allow"] = "block"
     # mark the session cookie Secure (needs HTTPS in front of the admin listener)
     secure_cookie: bool = False
     callback_attempts: int = Field(default=6, ge=1, le=50)
@@ -275,6 +300,11 @@ class Limits(Strict):
     max_streams: int = Field(default=256, ge=1)
     # what a shed client is told to wait before trying again, in seconds
     retry_after: int = Field(default=1, ge=1)
+    # limits per client, shared by the processes through ``state.redis``
+    per_key: KeyLimits = KeyLimits()
+    # variable holding the secret that API keys are hashed with (HMAC-SHA256) before
+    # they name a counter; every process of a deployment needs the same one
+    per_key_secret_env: str | None = None
 
 
 class Tracing(Strict):
@@ -288,6 +318,35 @@ class Tracing(Strict):
     endpoint: str | None = None
     # share of new traces kept; a trace started upstream of the gateway keeps its own choice
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
+class State(Strict):
+    """State shared by several gateway processes (replicas, workers) through one store."""
+
+    # seconds between reconciliations: each process re-reads shared state from the
+    # store this often, and once after its change-notice connection comes back, so a
+    # notice it missed (a restart, a PostgreSQL outage) delays a change by at most this
+    reconcile_interval: float = Field(default=5.0, gt=0, le=300)
+    # redis://[user:password@]host:port/db (or rediss://, unix://): the counters of
+    # per-key limits, shared by the processes; None: each process counts alone.
+    # GATEWAY_REDIS_URL, when set, wins (the URL may carry a password)
+    redis: str | None = None
+    # while Redis cannot be reached: ``open`` limits each process on its own,
+    # ``closed`` answers 503 limits-unavailable
+    redis_down: Literal["open", "closed"] = "open"
+    # prefix of every Redis key the gateway writes, so deployments can share a server
+    redis_prefix: str = Field(default="gateway", pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            # the value itself is not repeated: it may carry a password
+            raise ValueError("state.redis must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    def redis_url(self) -> str | None:
+        return os.environ.get("GATEWAY_REDIS_URL") or self.redis
 
 
 class Settings(Strict):
@@ -306,6 +365,7 @@ class Settings(Strict):
     data_dir: str = ".gateway"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     tracing: Tracing = Tracing()
+    state: State = State()
 
     @model_validator(mode="after")
     def _routes_consistent(self) -> Settings:

@@ -128,6 +128,30 @@ class Overloaded(GatewayError):
         self.retry_after = retry_after
 
 
+class RateLimited(GatewayError):
+    """A client is over its per-key limit (``limits.per_key``): requests a minute or streams."""
+
+    code = "rate-limited"
+    status = 429
+    # what OpenAI's own request-rate errors carry
+    type = "requests"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LimitsUnavailable(GatewayError):
+    """Per-key limits are set, Redis cannot be reached and ``state.redis_down`` is ``closed``."""
+
+    code = "limits-unavailable"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NoRoute(GatewayError, LookupError):
     code = "no-route"
     status = 404
@@ -202,6 +226,13 @@ class StoreUnavailable(GatewayError, ConnectionError):
     """The store cannot be used right now: locked, closed, unreadable, or its server is down."""
 
     code = "store-unavailable"
+    status = 503
+
+
+class LeaderUnavailable(GatewayError):
+    """A person's action on an incident was queued, but no process applied it in time."""
+
+    code = "leader-unavailable"
     status = 503
 
 

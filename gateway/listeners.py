@@ -170,7 +170,7 @@ class GuardedHandler(web.RequestHandler):
 class GuardedSite(web.BaseSite):
     """A TCP listener serving ``runner``'s application through ``GuardedHandler``."""
 
-    __slots__ = ("_host", "_port", "_limits", "connections", "port")
+    __slots__ = ("_host", "_port", "_limits", "_reuse_port", "connections", "port")
 
     def __init__(
         self,
@@ -179,6 +179,8 @@ class GuardedSite(web.BaseSite):
         port: int,
         limits: Limits,
         count: Callable[[str], None] | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         # a burst of connections waits in the kernel's queue rather than being
         # dropped and retried by the client seconds later (the kernel caps it
@@ -187,6 +189,9 @@ class GuardedSite(web.BaseSite):
         self._host = host
         self._port = port
         self._limits = limits
+        # SO_REUSEPORT: several worker processes bind the same port, and the
+        # kernel spreads new connections over them
+        self._reuse_port = reuse_port
         self.connections = Connections(count)
         # the port actually bound, once started (``port=0`` lets the system pick one)
         self.port = port
@@ -213,7 +218,12 @@ class GuardedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            self._protocol, self._host, self._port, backlog=self._backlog, reuse_address=True
+            self._protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
         )
         self._server = server
         self.port = int(server.sockets[0].getsockname()[1]) if server.sockets else self._port

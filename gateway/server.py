@@ -1,4 +1,9 @@
-"""Run the proxy and admin listeners in this process until told to stop."""
+"""Run the proxy and admin listeners in this process until told to stop.
+
+With several workers (``gateway.workers``) each worker runs ``serve`` with
+its ``WorkerRole``; the parent only checks the addresses first
+(``check_addresses``).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,18 @@ import logging
 import signal
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.app import build_gateway, create_admin_app, create_app
 from gateway.config import AdminListener, Settings
 from gateway.errors import ListenError
 from gateway.listeners import GuardedSite
+from gateway.policy.reload import PolicySwap
+from gateway.proxy.state import Gateway
 from gateway.store.files import tighten_dir
+from gateway.workers import WorkerRole
 
 log = logging.getLogger("gateway")
 
@@ -72,36 +83,134 @@ LISTENER_SETTINGS = {
 }
 
 
-def run_loop(coro) -> None:
+def run_loop(coro):
     """Run on uvloop where it is installed: it cuts the per-request cost of the event loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
+        return asyncio.run(coro)
     else:
-        uvloop.run(coro)
+        return uvloop.run(coro)
+
+
+async def check_addresses(settings: Settings) -> Settings:
+    """Bind each listener's address once, alone, before workers start; the settings to give them.
+
+    Workers bind with ``SO_REUSEPORT``, which another process of the same user
+    holding the port with it too would let them share, silently; a bind without
+    it fails on any holder, as a single process's would. A port of 0 becomes
+    the one the system picked, so every worker binds the same.
+    """
+    loop = asyncio.get_running_loop()
+    listeners = settings.listeners
+    resolved = {}
+    for name, listener in (("proxy", listeners.proxy), ("admin", listeners.admin)):
+        try:
+            server = await loop.create_server(
+                asyncio.Protocol, listener.host, listener.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise listen_error(
+                exc, f"{name} listener", listener.host, listener.port, *LISTENER_SETTINGS[name]
+            ) from None
+        port = int(server.sockets[0].getsockname()[1]) if server.sockets else listener.port
+        server.close()
+        await server.wait_closed()
+        resolved[name] = listener.model_copy(update={"port": port})
+    return settings.model_copy(update={"listeners": listeners.model_copy(update=resolved)})
+
+
+class PooledRegistry(CollectorRegistry):
+    """The samples of every process writing to ``path``, and nothing else."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        super().register(MultiProcessCollector(None, path=path))
+
+    def register(self, collector: Collector) -> None:
+        # a metric made after the swap writes to the files like every other;
+        # registering it here as well would count it twice
+        return
+
+
+def pool_metrics(metrics_dir: str) -> None:
+    """Before the gateway is built: what prometheus_client's multiprocess mode needs of us.
+
+    The metrics themselves already write to ``metrics_dir``: prometheus_client
+    reads ``PROMETHEUS_MULTIPROC_DIR``, which the parent set, when imported.
+    """
+    import warnings
+
+    # clearing a labelled metric (the policy revision) cannot remove what is in
+    # the files; ``share_metrics`` zeroes the revision instead
+    warnings.filterwarnings("ignore", "Clearing labels has not been implemented", UserWarning)
+
+
+def share_metrics(gw: Gateway, metrics_dir: str) -> None:
+    """Let /metrics show every worker's samples, wherever a scrape lands.
+
+    Each process's updates land in its own files in ``metrics_dir``; a scrape
+    reads them all through a registry of its own, summing counters and
+    histograms, and showing gauges per process (a ``pid`` label).
+    """
+    gw.metrics.registry = PooledRegistry(metrics_dir)
+    serving = [gw.policies.serving.revision]
+
+    def swapped(swap: PolicySwap) -> None:
+        # the revision replaced would stay at 1 in the files: say 0 instead
+        old, serving[0] = serving[0], swap.policy_set.revision
+        if old != serving[0]:
+            gw.metrics.policy_revision.labels(old).set(0)
+
+    gw.events.subscribe(PolicySwap, swapped)
 
 
 async def serve(
-    settings: Settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    worker: WorkerRole | None = None,
 ):
-    """Run both listeners until SIGINT/SIGTERM (or ``stop``), then drain and flush."""
+    """Run both listeners until SIGINT/SIGTERM (or ``stop``), then drain and flush.
+
+    As one of several workers (``worker``), bind the ports shared, pool the
+    metrics with the other workers and tell the parent once listening.
+    """
     # the admin token and, by default, the database live here: the owner's only
     tighten_dir(settings.data_dir)
-    gw = build_gateway(settings)
+    pooled = worker.metrics_dir if worker is not None else None
+    if pooled:
+        pool_metrics(pooled)
+    gw = build_gateway(settings, worker=worker is not None)
+    if pooled:
+        share_metrics(gw, pooled)
     proxy_runner = web.AppRunner(
         create_app(gw), handler_cancellation=True, access_log=None, shutdown_timeout=10
     )
     admin_runner = web.AppRunner(create_admin_app(gw), handler_cancellation=True, access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()
+    if worker is not None:
+        # one of several on shared ports: join them only once the models are in
+        # memory, so a probe or request never lands on a worker still loading
+        # while the others answer (a lone process binds at once and says "loading")
+        while gw.warming:
+            await asyncio.sleep(0.1)
     listeners, limits = settings.listeners, settings.limits
     count = gw.metrics.shed.labels
     for name, runner, listener in (
         ("proxy", proxy_runner, listeners.proxy),
         ("admin", admin_runner, listeners.admin),
     ):
-        site = GuardedSite(runner, listener.host, listener.port, limits, lambda r: count(r).inc())
+        site = GuardedSite(
+            runner,
+            listener.host,
+            listener.port,
+            limits,
+            lambda r: count(r).inc(),
+            reuse_port=worker is not None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -132,6 +241,8 @@ async def serve(
     warn_if_exposed(listeners.admin)
     if ready is not None:
         ready.set()
+    if worker is not None:
+        worker.listening()
     await stop.wait()
     log.info("shutting down")
     await admin_runner.cleanup()

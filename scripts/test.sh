@@ -23,6 +23,17 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x .tools/prometheus/usr/bin/pro
 fi
 export PATH="$PATH:$PWD/.tools/prometheus/usr/bin"
 
+# nginx checks the load balancer's config of the compose stack
+# (tests/test_deploy_manifests.py); unpacked the same way
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x .tools/nginx/usr/sbin/nginx ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    mkdir -p .tools && (cd .tools && apt-get download -qq nginx >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get download -qq nginx)) \
+      && dpkg-deb -x .tools/nginx_*.deb .tools/nginx && rm -f .tools/nginx_*.deb
+  fi
+fi
+export PATH="$PATH:$PWD/.tools/nginx/usr/sbin"
+
 # Prism mocks OpenAI's and Anthropic's APIs from their OpenAPI documents
 # (tests/test_conformance.py); pinned, from the npm registry
 if [ ! -x .tools/prism/node_modules/.bin/prism ] && command -v npm >/dev/null 2>&1; then
@@ -33,6 +44,15 @@ fi
 
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+fi
+
+# Redis holds the shared per-key limit counters (tests/test_rate_limits.py);
+# a throwaway server: nothing saved to disk
+if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null || true
 fi
 
 echo "== ruff check" && .venv/bin/ruff check .

@@ -31,9 +31,15 @@ def write_config(
     extra: str = "",
     route_extra: str = "",
     tokens: str = "",
+    store_url: str | None = None,
+    policies: str = "policies",
 ) -> Path:
-    """A ``gateway.yaml`` with one route to ``upstream`` and state under ``tmp_path``."""
+    """A ``gateway.yaml`` with one route to ``upstream`` and state under ``tmp_path``.
+
+    The store is a SQLite file there unless ``store_url`` names another.
+    """
     path = tmp_path / "gateway.yaml"
+    sqlite = f"sqlite:///{tmp_path / 'gateway.db'}"
     body = textwrap.dedent(f"""\
         listeners:
           proxy: {{host: 127.0.0.1, port: {proxy_port}}}
@@ -44,8 +50,8 @@ def write_config(
         """)
     body += textwrap.indent(textwrap.dedent(route_extra), "    ")
     body += textwrap.dedent(f"""\
-        policies: [policies]
-        store: {{url: "sqlite:///{tmp_path / "gateway.db"}"}}
+        policies: ["{policies}"]
+        store: {{url: "{store_url or sqlite}"}}
         data_dir: {tmp_path / "data"}
         log_level: warning
         """)
@@ -91,12 +97,17 @@ class GatewayProcess:
 
 
 async def start_gateway(
-    config: Path, admin_port: int, proxy_port: int, env: dict[str, str] | None = None
+    config: Path,
+    admin_port: int,
+    proxy_port: int,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> GatewayProcess:
     """Start ``gateway serve --config`` and wait until ``/readyz`` says ready.
 
     The store is the one the config names, whatever ``GATEWAY_STORE_URL`` says;
-    ``env`` adds variables (a sink's secret, say).
+    ``env`` adds variables (a sink's secret, say). One worker unless told:
+    the process is then the gateway itself, not a supervisor.
     """
     environ = {k: v for k, v in os.environ.items() if k != "GATEWAY_STORE_URL"}
     environ.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})})
@@ -108,6 +119,8 @@ async def start_gateway(
             "serve",
             "--config",
             str(config),
+            "--workers",
+            str(workers),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
             env=environ,

@@ -100,7 +100,9 @@ async def test_closed_sqlite_store_is_503_store_unavailable(make_gateway, fake, 
     assert "store" in html
     # and readiness says why
     resp = await admin.get("/readyz")
-    assert resp.status == 503 and (await resp.json())["checks"]["store"].startswith("error")
+    body = await resp.json()
+    assert resp.status == 503 and body["checks"]["store"] == "down: StoreUnavailable"
+    assert body["missing"] == ["store"]
     # an outage is a warning naming the request, not a bug's traceback
     ours = [r for r in caplog.records if r.name == "gateway.admin"]
     assert any(

@@ -239,19 +239,46 @@ async def test_callback_outbox(reviews):
         changes={"state": "approved", "outcome": "approved"},
         callback={"url": "http://hook", "payload": {"id": item.id}},
     )
-    due = await reviews.due_callbacks(time.time() + 1)
+    token, due = await reviews.due_callbacks(time.time() + 1)
     assert len(due) == 1 and due[0]["payload"] == {"id": item.id}
+    # claimed: another sender, here or in another process, does not get it meanwhile
+    assert (await reviews.due_callbacks(time.time() + 1))[1] == []
+    # an outcome under a lease that is not ours is not recorded
+    await reviews.callback_done(
+        due[0]["id"], token="other", ok=False, attempts=1, next_at=0, error="x", give_up=True
+    )
+    assert (await reviews.callbacks_for(item.id))[0]["state"] == "due"
     await reviews.callback_done(
         due[0]["id"],
+        token=token,
         ok=False,
         attempts=1,
         next_at=time.time() + 60,
         error="HTTP 500",
         give_up=False,
     )
-    assert await reviews.due_callbacks(time.time() + 1) == []
+    assert (await reviews.due_callbacks(time.time() + 1))[1] == []
     rows = await reviews.callbacks_for(item.id)
     assert rows[0]["state"] == "due" and rows[0]["last_error"] == "HTTP 500"
+    # the retry, once due, is claimable again
+    assert len((await reviews.due_callbacks(time.time() + 61))[1]) == 1
+
+
+async def test_a_dead_senders_claim_lapses(reviews):
+    item = make_item()
+    await reviews.insert(item)
+    await reviews.change(
+        item,
+        actor="rita",
+        action="approve",
+        changes={"state": "approved", "outcome": "approved"},
+        callback={"url": "http://hook", "payload": {"id": item.id}},
+    )
+    _, first = await reviews.due_callbacks(time.time() + 1, lease=0.05)
+    assert len(first) == 1
+    await asyncio.sleep(0.1)
+    _, again = await reviews.due_callbacks(time.time() + 1)
+    assert [r["id"] for r in again] == [first[0]["id"]]
 
 
 async def test_backend_is_what_the_fixture_says(store, store_url):

@@ -89,7 +89,9 @@ SHIPPED_RULES: list[tuple[str, str | None]] = [
     # formats of their own, read by a detector or by other software, not by the loaders
     ("policies/data/*.yaml", None),  # data a policy reads (the source registry)
     ("gateway/detectors/lexicons/*.yaml", None),  # bias lexicons
-    ("deploy/**/*.yaml", None),  # Prometheus rules and their tests
+    ("deploy/**/*.yaml", None),  # Prometheus rules, Kubernetes manifests, compose templates
+    ("deploy/**/*.yml", None),  # Prometheus's and Grafana's own configuration
+    ("docker-compose.yml", None),  # the Compose file format
 ]
 
 # not shipped: environments, caches, state, build output, and the tests' own files

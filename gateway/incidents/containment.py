@@ -52,11 +52,20 @@ class ContainmentTable:
         return switch
 
     # -- changes ------------------------------------------------------------------------
-    def load(self, rows: list[dict[str, Any]], routes: set[str]) -> None:
+    def load(self, rows: list[dict[str, Any]], routes: set[str], *, replace: bool = False) -> None:
+        """Take the switches in ``rows``; with ``replace``, also drop those no longer there.
+
+        ``replace`` is how a process learns of switches another process turned
+        on or off: it re-reads the table on a notice and every few seconds.
+        """
+        seen = set()
         for row in rows:
             switch = Switch.from_json(row)
             if switch.route not in routes:
                 log.warning("containment of unknown route %s ignored", switch.route)
+                continue
+            seen.add(switch.route)
+            if self.switches.get(switch.route) == switch:
                 continue
             self._put(switch)
             log.warning(
@@ -66,6 +75,12 @@ class ContainmentTable:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(switch.since)),
                 switch.actor,
             )
+        if replace:
+            for route in set(self.switches) - seen:
+                switch = self.switches.pop(route)
+                self._counters.pop(route, None)
+                self.metrics.containment.labels(route, switch.mode).set(0)
+                log.warning("route %s is no longer contained", route)
 
     def _put(self, switch: Switch) -> None:
         previous = self.switches.get(switch.route)
@@ -96,6 +111,7 @@ class ContainmentTable:
             route, mode, "on", "auto" if actor == "auto" else "manual"
         ).inc()
         plan.statements.append(_upsert(switch))
+        plan.containment = True
         return switch, previous
 
     def turn_off(self, route: str, actor: str, plan: Plan) -> Switch | None:
@@ -108,6 +124,7 @@ class ContainmentTable:
             route, switch.mode, "off", "auto" if actor == "auto" else "manual"
         ).inc()
         plan.statements.append(("DELETE FROM route_containment WHERE route = ?", (route,)))
+        plan.containment = True
         return switch
 
     def of_incident(self, incident_id: str) -> list[Switch]:

@@ -8,20 +8,38 @@ switches) in one store transaction. Containment takes effect in memory
 before that write, so the very next request sees it. People's actions
 (acknowledge, resolve, contain…) go through the same lock and the same
 kind of write.
+
+Processes that share a store (replicas on PostgreSQL, or workers) must not
+each keep their own windows and open incidents: one process, the leader
+(``gateway.store.leadership``), applies the rules and owns the book. Every
+process hands its signals to it through a ``SharedQueue``; the leader
+removes them in the transaction that writes what they changed. A person's
+action taken on another process is queued the same way and waited for.
+Containment switches reach every process by a broadcast notice and a
+periodic re-read of the ``route_containment`` table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from gateway.config import Settings
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    GatewayError,
+    LeaderUnavailable,
+    NotFound,
+    StoreUnavailable,
+)
 from gateway.incidents.book import IncidentBook
 from gateway.incidents.containment import ContainmentTable
 from gateway.incidents.metrics import IncidentMetrics
@@ -34,7 +52,10 @@ from gateway.records.containment import MODES, Switch
 from gateway.records.decision import DecisionRecord
 from gateway.records.monitor import MonitorEvent
 from gateway.retry import retry_forever
-from gateway.store.base import Store
+from gateway.store.base import Statement, Store
+from gateway.store.broadcast import Broadcast
+from gateway.store.leadership import Leadership
+from gateway.store.queue import SharedQueue
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +72,14 @@ MAX_BATCH = 256
 Signal = DecisionRecord | MonitorEvent
 # seconds a stopping gateway waits for the outbox's deliveries in flight
 SENDER_GRACE = 5.0
+# seconds a person's action queued for the leader is waited for
+COMMAND_TIMEOUT = 10.0
+# the leader forgets command outcomes older than this
+COMMAND_KEEP = 3600.0
+# statements a queued command's outcome adds to the transaction of the action itself
+_command_tail: contextvars.ContextVar[list[Statement] | None] = contextvars.ContextVar(
+    "command_tail", default=None
+)
 
 
 class IncidentService:
@@ -59,7 +88,13 @@ class IncidentService:
     name = "incidents"
 
     def __init__(
-        self, settings: Settings, store: Store, policies: PolicyHolder, metrics: IncidentMetrics
+        self,
+        settings: Settings,
+        store: Store,
+        policies: PolicyHolder,
+        metrics: IncidentMetrics,
+        leadership: Leadership | None = None,
+        broadcast: Broadcast | None = None,
     ) -> None:
         self.settings = settings
         self.cfg = settings.incidents
@@ -72,6 +107,7 @@ class IncidentService:
         self.matcher = Matcher(self.book)
         self.queue: deque[Signal] = deque()
         self.lock = asyncio.Lock()
+        self._turn = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -83,6 +119,35 @@ class IncidentService:
         self._received = 0
         self._queued = 0
         self.committed: Callable[[int], None] = _ignore
+        # shared mode: signals and people's actions go through the store to the leader
+        self.leadership = leadership
+        self.signals = SharedQueue(store, "incidents")
+        self.commands = SharedQueue(store, "incident-commands")
+        # a change of leader, seen by the processing task at its next turn
+        self._lead_changed = False
+        self.broadcast = broadcast
+        if leadership is not None:
+            leadership.on_change(self._on_leadership)
+        if leadership is not None and broadcast is not None:
+            # a switch another process turned on or off, heard at once or read within
+            # the reconcile interval; queued signals and actions wake the leader
+            broadcast.subscribe("containment", self._containment_notice)
+            # workers on one SQLite file have no notices: a re-read of one small
+            # table each second keeps them within the 2 s a notice would take
+            every = settings.state.reconcile_interval
+            if store.dialect == "sqlite":
+                every = min(every, 1.0)
+            broadcast.every(every, self.reload_containment)
+            broadcast.subscribe("incidents", self._incidents_notice)
+
+    @property
+    def shared(self) -> bool:
+        return self.leadership is not None
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process applies the rules (always, unless the store is shared)."""
+        return self.leadership is None or self.leadership.leader
 
     @property
     def rule_errors(self) -> list[str]:
@@ -118,17 +183,43 @@ class IncidentService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.matcher.refresh(self.policies.current, strict=True)
-        rows = await self.store.fetchall(
-            "SELECT * FROM incidents WHERE state IN (?, ?, ?)", *ACTIVE_STATES
-        )
-        self.book.load(Incident.from_row(row) for row in rows)
-        self.table.load(
-            await self.store.fetchall("SELECT * FROM route_containment"),
-            {r.name for r in self.settings.routes},
-        )
+        if self.leading:
+            await self._load_book()
+        await self.reload_containment()
         self.book.update_gauges()
         self._task = asyncio.create_task(self._run(), name="incidents")
         self._sender = asyncio.create_task(self.outbox.run(), name="incident-outbox")
+
+    async def _load_book(self) -> None:
+        rows = await self.store.fetchall(
+            "SELECT * FROM incidents WHERE state IN (?, ?, ?)", *ACTIVE_STATES
+        )
+        self.book.active.clear()
+        self.book.by_id.clear()
+        self.book.load(Incident.from_row(row) for row in rows)
+
+    async def reload_containment(self) -> None:
+        """Take the switches in force from the store (another process may have changed them)."""
+        self.table.load(
+            await self.store.fetchall("SELECT * FROM route_containment"),
+            {r.name for r in self.settings.routes},
+            replace=True,
+        )
+
+    async def _containment_notice(self, _payload: str) -> None:
+        await self.reload_containment()
+
+    async def _incidents_notice(self, _payload: str) -> None:
+        if self.leading:
+            self._wake.set()
+
+    async def _notify(self, channel: str) -> None:
+        if self.broadcast is not None and self.shared:
+            await self.broadcast.publish(channel)
+
+    def _on_leadership(self, leader: bool) -> None:
+        self._lead_changed = True
+        self._wake.set()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -170,6 +261,9 @@ class IncidentService:
     # -- processing ----------------------------------------------------------------------------
     async def process(self) -> None:
         """Drain the queue, apply the rules and the quiet-period checks, write the result."""
+        if self.shared:
+            await self._process_shared()
+            return
         async with self.lock:
             self.matcher.refresh(self.policies.current)
             now = time.time()
@@ -190,15 +284,152 @@ class IncidentService:
         if self.queue:
             self._wake.set()
 
+    # -- shared mode ------------------------------------------------------------------------------
+    async def _process_shared(self) -> None:
+        # one turn at a time: a settle() must not find the queue emptied by a turn
+        # whose hand-over is still on its way to the store
+        async with self._turn:
+            await self._forward()
+            if self._lead_changed:
+                await self._change_leader()
+            if self.leading:
+                await self._apply_signals()
+                await self._apply_commands()
+
+    async def _forward(self) -> None:
+        """Hand the queued signals the rules care about to the leader, through the store."""
+        self.matcher.refresh(self.policies.current)
+        while self.queue:
+            taken = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
+            records = sum(isinstance(item, DecisionRecord) for item in taken)
+            bodies = [
+                {"r": item.to_json()} if isinstance(item, DecisionRecord) else {"m": item.to_json()}
+                for item in taken
+                if not isinstance(item, DecisionRecord) or self.matcher.wants(item)
+            ]
+            try:
+                await self.signals.push(bodies)
+            except Exception:
+                # kept, in order, for the next try
+                self.queue.extendleft(reversed(taken))
+                raise
+            self._queued -= records
+            self.committed(self._received - self._queued)
+            if bodies and not self.leading:
+                await self._notify("incidents")
+
+    async def _change_leader(self) -> None:
+        """Gained: load the book from the store. Lost: forget it and what was taken."""
+        async with self.lock:
+            self._lead_changed = False
+            self.signals.release()
+            self.commands.release()
+            self._unwritten = Plan()
+            self.matcher.windows.clear()
+            self.matcher.health.clear()
+            if self.leading:
+                await self._load_book()
+            else:
+                self.book.active.clear()
+                self.book.by_id.clear()
+            self.book.update_gauges()
+
+    async def _apply_signals(self) -> None:
+        while True:
+            async with self.lock:
+                self.matcher.refresh(self.policies.current)
+                batch = await self.signals.peek(MAX_BATCH)
+                now = time.time()
+                plan = Plan()
+                for _, body in batch:
+                    try:
+                        if "r" in body:
+                            # another process's clock: kept, but never ahead of ours
+                            record = DecisionRecord.from_json(body["r"])
+                            record = replace(record, ts=min(record.ts or now, now))
+                            self.matcher.on_record(record, plan, now)
+                        else:
+                            self.matcher.on_monitor(MonitorEvent.from_json(body["m"]), plan, now)
+                    except Exception:
+                        log.exception("incident rules failed on a shared signal")
+                self.book.tick(plan, now)
+                self.matcher.sweep(now)
+                ids = [item_id for item_id, _ in batch]
+                plan.statements.extend(self.signals.removal(ids))
+                await self._write(plan)
+                self.signals.removed(ids)
+            if len(batch) < MAX_BATCH:
+                return
+
+    async def _apply_commands(self) -> None:
+        for item_id, body in await self.commands.peek(MAX_BATCH):
+            tail = [
+                *self.commands.removal([item_id]),
+                (
+                    "UPDATE incident_commands SET done_at = ?, result = ? WHERE id = ?",
+                    (time.time(), "ok", body["id"]),
+                ),
+            ]
+            token = _command_tail.set(tail)
+            try:
+                await getattr(self, body["op"])(*body["args"])
+            except StoreUnavailable:
+                raise
+            except GatewayError as exc:
+                # refused (already acknowledged, no such route…): the outcome alone is written
+                tail[1] = (tail[1][0], (time.time(), f"{exc.code}:{exc.message}", body["id"]))
+                await self.store.transaction(tail)
+            finally:
+                _command_tail.reset(token)
+            self.commands.removed([item_id])
+        await self.store.execute(
+            "DELETE FROM incident_commands WHERE created_at < ?", time.time() - COMMAND_KEEP
+        )
+
+    async def _queue_command(self, op: str, *args: object) -> None:
+        """Queue a person's action for the leader and wait for its outcome."""
+        command_id = uuid.uuid4().hex
+        await self.store.transaction(
+            [
+                (
+                    "INSERT INTO incident_commands (id, created_at) VALUES (?, ?)",
+                    (command_id, time.time()),
+                ),
+                *self.commands.statements([{"id": command_id, "op": op, "args": list(args)}]),
+            ]
+        )
+        await self._notify("incidents")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + COMMAND_TIMEOUT
+        while loop.time() < end:
+            row = await self.store.fetchone(
+                "SELECT result FROM incident_commands WHERE id = ?", command_id
+            )
+            if row is not None and row["result"] is not None:
+                _raise_refusal(row["result"])
+                return
+            await asyncio.sleep(0.05)
+        raise LeaderUnavailable(
+            f"no gateway process applied this action within {COMMAND_TIMEOUT:g}s; it stays "
+            "queued and is applied once one leads the incident rules"
+        )
+
     async def _write(self, plan: Plan) -> None:
         pending = self._unwritten
         pending.merge(plan)
+        tail = _command_tail.get()
+        if tail:
+            # a queued command's outcome commits with the action itself, exactly once
+            pending.statements.extend(tail)
+            tail.clear()
         if pending:
             await self.store.transaction(pending.all())
             self._unwritten = Plan()
             self.book.update_gauges()
             if pending.outbox:
                 self.outbox.wake()
+            if pending.containment:
+                await self._notify("containment")
         # every record taken off the queue so far is applied, and what it changed written
         self.committed(self._received - self._queued)
 
@@ -209,7 +440,13 @@ class IncidentService:
         forward, and a breach from before a crash belongs in the window the
         incident rules see after it. Once applied they are never applied
         again: a failed write is retried here, not by replaying them.
+        With a shared store they are handed to the leader like any signal.
         """
+        if self.shared:
+            self.matcher.refresh(self.policies.current)
+            bodies = [{"r": r.to_json()} for r in records if self.matcher.wants(r)]
+            await self.signals.push(bodies)
+            return
         async with self.lock:
             self.matcher.refresh(self.policies.current)
             now = time.time()
@@ -310,6 +547,10 @@ class IncidentService:
             return inc
 
     async def acknowledge(self, incident_id: str, actor: str, note: str = "") -> Incident:
+        if not self.leading:
+            await self._queue_command("acknowledge", incident_id, actor, note)
+            return await self.get(incident_id)
+
         def change(inc: Incident, plan: Plan) -> None:
             if not inc.active:
                 raise Conflict(f"incident {inc.id} is {inc.state}; only open ones are acknowledged")
@@ -330,6 +571,9 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def note(self, incident_id: str, actor: str, text: str) -> Incident:
+        if not self.leading:
+            await self._queue_command("note", incident_id, actor, text)
+            return await self.get(incident_id)
         if not text.strip():
             raise BadRequest("a note needs text")
 
@@ -339,6 +583,10 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def mark_contained(self, incident_id: str, actor: str, note: str = "") -> Incident:
+        if not self.leading:
+            await self._queue_command("mark_contained", incident_id, actor, note)
+            return await self.get(incident_id)
+
         def change(inc: Incident, plan: Plan) -> None:
             if inc.state == "contained":
                 raise Conflict(f"incident {inc.id} is already contained")
@@ -357,12 +605,20 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def resolve(self, incident_id: str, actor: str, note: str = "") -> Incident:
+        if not self.leading:
+            await self._queue_command("resolve", incident_id, actor, note)
+            return await self.get(incident_id)
+
         def change(inc: Incident, plan: Plan) -> None:
             self.book.resolve(inc, actor, note or f"resolved by {actor}", plan)
 
         return await self._mutate(incident_id, change)
 
     async def postmortem_done(self, incident_id: str, actor: str) -> Incident:
+        if not self.leading:
+            await self._queue_command("postmortem_done", incident_id, actor)
+            return await self.get(incident_id)
+
         def change(inc: Incident, plan: Plan) -> None:
             self.book.set_state(inc, "postmortem_done")
             self.book.event(
@@ -372,6 +628,10 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def link_review(self, incident_id: str, review_id: str, actor: str) -> Incident:
+        review_id = review_id.strip()
+        if not self.leading:
+            await self._queue_command("link_review", incident_id, review_id, actor)
+            return await self.get(incident_id)
         review_id = review_id.strip()
         if not review_id or len(review_id) > 200:
             raise BadRequest("review_item must be a non-empty id")
@@ -393,7 +653,12 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def contain_route(
-        self, route: str, mode: str, actor: str, *, incident_id: str | None = None, reason: str = ""
+        self,
+        route: str,
+        mode: str,
+        actor: str,
+        incident_id: str | None = None,
+        reason: str = "",
     ) -> Switch:
         r = self.book.routes.get(route)
         if r is None:
@@ -402,6 +667,10 @@ class IncidentService:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}")
         if mode == "fallback" and not r.fallback:
             raise Conflict(f"route {route} has no fallback route to switch to")
+        if not self.leading:
+            await self._queue_command("contain_route", route, mode, actor, incident_id, reason)
+            await self.reload_containment()
+            return self.table.switches[route]
         async with self.lock:
             plan = Plan()
             inc = await self.get(incident_id) if incident_id else None
@@ -419,6 +688,14 @@ class IncidentService:
     async def restore_route(self, route: str, actor: str, reason: str = "") -> Switch:
         if route not in self.book.routes:
             raise NotFound(f"no route named {route!r}")
+        if not self.leading:
+            await self.reload_containment()
+            switch = self.table.switches.get(route)
+            if switch is None:
+                raise Conflict(f"route {route} is not contained")
+            await self._queue_command("restore_route", route, actor, reason)
+            await self.reload_containment()
+            return switch
         async with self.lock:
             switch = self.table.switches.get(route)
             if switch is None:
@@ -433,3 +710,17 @@ class IncidentService:
             self.book.restore(route, actor, reason or f"restored by {actor}", plan, inc)
             await self._write(plan)
             return switch
+
+
+# the refusals a person's action can meet, by code, to raise them again where it was asked
+_REFUSALS: dict[str, type[GatewayError]] = {
+    cls.code: cls for cls in (BadRequest, Conflict, NotFound)
+}
+
+
+def _raise_refusal(result: str) -> None:
+    """Raise what the leader refused a queued action with; ``ok`` raises nothing."""
+    if result == "ok":
+        return
+    code, _, message = result.partition(":")
+    raise _REFUSALS.get(code, Conflict)(message)

@@ -134,6 +134,20 @@ class Matcher:
         return "/".join(f"{part}={attrs.get(part, '')}" for part in rule.key_parts(rule.source))
 
     # -- decision records --------------------------------------------------------------------
+    def wants(self, rec: DecisionRecord) -> bool:
+        """Whether any rule could count ``rec`` (what is handed to the leader, with a shared store).
+
+        Health rules count every attempt; the others only breaches and errors.
+        """
+        if self.health_rules and rec.attempts:
+            return True
+        if not (self.policy_rules or self.detector_rules):
+            return False
+        return any(
+            p.status in ("breach", "error") and not p.id.startswith(INTERNAL_PREFIX)
+            for p in rec.policies
+        )
+
     def on_record(self, rec: DecisionRecord, plan: Plan, now: float) -> None:
         ts = rec.ts or now
         if self.health_rules:

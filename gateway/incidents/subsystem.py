@@ -31,7 +31,12 @@ class Incidents(Subsystem):
     def install(self) -> None:
         gw = self.gw
         self.service = IncidentService(
-            gw.settings, gw.store, gw.policies, IncidentMetrics(gw.metrics.registry)
+            gw.settings,
+            gw.store,
+            gw.policies,
+            IncidentMetrics(gw.metrics.registry),
+            leadership=gw.leadership,
+            broadcast=gw.broadcast,
         )
         gw.containment = self.service.table
         gw.events.subscribe(DecisionRecord, self.service.on_decision)

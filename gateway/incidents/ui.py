@@ -71,7 +71,7 @@ def chart(buckets: dict[str, int], width: int = 640, height: int = 140) -> dict[
 
 
 async def incidents_page(request: web.Request) -> web.Response:
-    viewer = need_viewer(request)
+    viewer = await need_viewer(request)
     service = request.app[INCIDENTS]
     await service.settle()
     q = request.query
@@ -99,7 +99,7 @@ async def incidents_page(request: web.Request) -> web.Response:
 
 
 async def incident_page(request: web.Request) -> web.Response:
-    viewer = need_viewer(request)
+    viewer = await need_viewer(request)
     service = request.app[INCIDENTS]
     await service.settle()
     data = await service.detail(request.match_info["id"])
@@ -151,7 +151,7 @@ async def containment_action(request: web.Request) -> web.StreamResponse:
 
 
 async def postmortem_download(request: web.Request) -> web.Response:
-    need_viewer(request)
+    await need_viewer(request)
     service = request.app[INCIDENTS]
     await service.settle()
     incident_id = request.match_info["id"]

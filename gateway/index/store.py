@@ -70,7 +70,8 @@ class CopyrightIndex:
             for line in fh:
                 self.docs.append(json.loads(line))
         self.doc_index = {d["id"]: i for i, d in enumerate(self.docs)}
-        self.passages: np.ndarray = np.load(self.path / "passages.npy")
+        # mapped, not read: worker processes share one copy in the page cache
+        self.passages: np.ndarray = np.load(self.path / "passages.npy", mmap_mode="r")
         with np.load(self.path / "anchors.npz") as z:
             self.anchor_hash: np.ndarray = z["hash"]
             self.anchor_pid: np.ndarray = z["pid"]
@@ -103,7 +104,12 @@ class CopyrightIndex:
         # one compute thread per call: the gateway runs scans concurrently
         # on two cores, and OpenMP fan-out would only oversubscribe them
         faiss.omp_set_num_threads(1)
-        index = faiss.read_index(str(self.path / name))
+        # mapped read-only, not read: worker processes share one copy in the
+        # page cache (faiss maps flat indexes; others it reads as before). A
+        # later update renames a new directory over this one, so the mapped
+        # file is never rewritten under us
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | getattr(faiss, "IO_FLAG_READ_ONLY", 0)
+        index = faiss.read_index(str(self.path / name), flags)
         info = info or {}
         if info.get("nprobe") and hasattr(index, "nprobe"):
             index.nprobe = info["nprobe"]

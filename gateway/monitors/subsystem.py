@@ -8,6 +8,12 @@ published as ``MonitorEvent`` (the incidents subsystem subscribes), logged
 and counted. The windows are saved to the store every few seconds and at
 shutdown, and loaded at start, so a restart keeps them; a policy reload
 keeps the windows of monitors whose id stays.
+
+With a store several processes share, a monitor must count everyone's
+answers: each process parses its answers into observations and hands them
+through a ``SharedQueue`` to the process that leads (see
+``gateway.store.leadership``), which alone keeps the windows, fires the rules
+and saves the windows. A process that becomes the leader loads them first.
 """
 
 from __future__ import annotations
@@ -28,12 +34,19 @@ from gateway.proxy.hookspecs import SectionParser, Subsystem
 from gateway.proxy.ports import AnswerBody
 from gateway.records.monitor import MonitorEvent
 from gateway.store.base import Store
+from gateway.store.queue import SharedQueue
 from gateway.web.api import json_response
 from gateway.web.openapi import ApiModel, describe
 
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL = 5.0
+# seconds between hand-overs of observations to the leader, and between its reads
+SHARE_INTERVAL = 0.2
+# observations the leader applies per read
+SHARE_BATCH = 1000
+# observations kept for the leader while the store is down; past this the oldest go
+MAX_OUTGOING = 100_000
 
 
 class StoreState:
@@ -77,6 +90,11 @@ class Monitors(Subsystem):
             ["monitor", "rule", "state"],
             registry=registry,
         )
+        self.dropped = Counter(
+            "gateway_monitor_observations_dropped_total",
+            "Observations not handed to the leading process: the store was down too long",
+            registry=registry,
+        )
         self.values = Gauge(
             "gateway_monitor_value",
             "Latest value of each monitor rule",
@@ -85,6 +103,14 @@ class Monitors(Subsystem):
         )
         self.gw.events.subscribe(PolicySwap, self.rebuild)
         self._watching = False
+        # shared mode: observations on their way to the leader
+        self.leadership = self.gw.leadership
+        self.shared = SharedQueue(self.gw.store, "monitors")
+        self._outgoing: list[list[object]] = []
+        self._share_task: asyncio.Task[None] | None = None
+        self._loaded = self.leadership is None
+        if self.leadership is not None:
+            self.leadership.on_change(self._on_leadership)
 
     def rebuild(self, swap: PolicySwap) -> None:
         """A new policy revision: new monitors, with the windows of those that stay."""
@@ -115,9 +141,72 @@ class Monitors(Subsystem):
 
     def _observe(self, route: str, body: Any, now: float) -> None:
         try:
-            self.set.observe(route, body, now)
+            if self.leadership is None:
+                self.set.observe(route, body, now)
+                return
+            for monitor_id, obs in self.set.parse(route, body):
+                self._outgoing.append([monitor_id, route, list(obs), now])
+            if len(self._outgoing) > MAX_OUTGOING:
+                dropped = len(self._outgoing) - MAX_OUTGOING
+                del self._outgoing[:dropped]
+                self.dropped.inc(dropped)
         except Exception:  # a monitor must never take requests down
             log.exception("monitor observation failed")
+
+    # -- shared mode --------------------------------------------------------------------------
+    def _on_leadership(self, leader: bool) -> None:
+        # a new leader loads the windows the last one saved before it applies anything
+        self._loaded = False
+        if not leader:
+            self.shared.release()
+
+    async def _share_loop(self) -> None:
+        """Hand observations to the leader; as the leader, apply everyone's."""
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL)
+            try:
+                await self.share()
+            except Exception as exc:  # the store is down: keep them, try again
+                log.warning("sharing monitor observations failed: %s", exc)
+
+    async def share(self) -> None:
+        """One hand-over and, as the leader, one round of applying (tests call it)."""
+        if self._outgoing:
+            outgoing, self._outgoing = self._outgoing, []
+            try:
+                await self.shared.push(outgoing)
+            except Exception:
+                self._outgoing[:0] = outgoing
+                raise
+        if self.leadership is None or not self.leadership.leader:
+            return
+        if not self._loaded:
+            await self.set.aload(self.state)
+            self._loaded = True
+        while True:
+            batch = await self.shared.peek(SHARE_BATCH)
+            for _, (monitor_id, route, obs, ts) in batch:
+                self.set.apply(route, [(monitor_id, obs)], ts)
+            ids = [item_id for item_id, _ in batch]
+            removal = self.shared.removal(ids)
+            if removal:
+                await self.gw.store.transaction(removal)
+            self.shared.removed(ids)
+            if len(batch) < SHARE_BATCH:
+                return
+
+    async def current(self) -> MonitorSet:
+        """The windows to show: ours, or those the leader last saved (at most 5 s old)."""
+        if self.keeps_windows:
+            return self.set
+        view = MonitorSet([mon.config for mon in self.set.monitors.values()])
+        await view.aload(self.state)
+        return view
+
+    @property
+    def keeps_windows(self) -> bool:
+        """Whether this process's windows are the real ones (it saves them)."""
+        return self.leadership is None or (self.leadership.leader and self._loaded)
 
     def _emit(self, event: MonitorEvent) -> None:
         self.events.labels(event.monitor, event.rule, event.state).inc()
@@ -133,11 +222,16 @@ class Monitors(Subsystem):
 
     async def start(self) -> None:
         await self.set.aload(self.state)
+        self._loaded = self.leadership is None or self.leadership.leader
         self._task = self.gw.spawn(self._save_loop(), "monitor-state")
+        if self.leadership is not None:
+            self._share_task = self.gw.spawn(self._share_loop(), "monitor-share")
 
     async def _save_loop(self) -> None:
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
+            if not self.keeps_windows:
+                continue  # another process's windows are the real ones
             try:
                 await self.set.asave(self.state)
                 for (monitor, rule), value in self.set.gauges().items():
@@ -146,11 +240,15 @@ class Monitors(Subsystem):
                 log.warning("saving monitor windows failed: %s", exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._share_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
-            await self.set.asave(self.state)
+            if self.leadership is not None:
+                await self.share()  # observations of this process's last answers
+            if self.keeps_windows:
+                await self.set.asave(self.state)
         except Exception as exc:
             log.error("could not save monitor windows at shutdown: %s", exc)
 
@@ -181,9 +279,9 @@ class MonitorList(ApiModel):
     responses={200: MonitorList},
 )
 async def status(request: web.Request) -> web.Response:
-    monitors = request.app[MONITORS]
+    monitors = await request.app[MONITORS].current()
     out = []
-    for mid, mon in monitors.set.monitors.items():
+    for mid, mon in monitors.monitors.items():
         out.append(
             {
                 "id": mid,

@@ -481,7 +481,15 @@ class MonitorSet:
 
     def observe(self, route: str, body: Any, now: float) -> list[MonitorEvent]:
         """Record one response of ``route``; return the events it caused."""
-        events: list[MonitorEvent] = []
+        return self.apply(route, self.parse(route, body), now)
+
+    def parse(self, route: str, body: Any) -> list[tuple[str, _Obs]]:
+        """What each monitor of ``route`` reads in ``body``: (monitor id, observation) pairs.
+
+        Cheap and free of window state, so a process that does not lead the
+        monitors parses here and hands the pairs to the one that does.
+        """
+        out: list[tuple[str, _Obs]] = []
         with self._lock:
             for mon in self.monitors.values():
                 if not mon.config.applies_to(route):
@@ -490,7 +498,20 @@ class MonitorSet:
                 if obs is None:
                     mon.skipped += 1
                     continue
-                mon.add(obs)
+                out.append((mon.config.id, obs))
+        return out
+
+    def apply(
+        self, route: str, observations: list[tuple[str, Any]], now: float
+    ) -> list[MonitorEvent]:
+        """Add parsed observations to the windows; return the rule changes they caused."""
+        events: list[MonitorEvent] = []
+        with self._lock:
+            for monitor_id, raw in observations:
+                mon = self.monitors.get(monitor_id)
+                if mon is None:
+                    continue  # a monitor of another policy revision
+                mon.add(_obs(list(raw)))
                 for rule, (firing, value, threshold, details) in mon.evaluate().items():
                     mon.last_values[rule] = value
                     if firing == mon.firing.get(rule, False):

@@ -3,6 +3,11 @@
 Requests read ``holder.current`` once and keep that set to the end, so a swap
 never changes the rules under a request in flight. A file that fails to load
 leaves the old set serving; the errors are logged and kept for the admin API.
+
+With several processes sharing a store, a process that swaps in a revision of
+its own accord (its watcher saw the files change, or someone asked it to
+reload) tells the others on the ``policies`` notice channel, and they reload
+at once rather than at their next look at the files.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from gateway.errors import ConfigError, InternalError
 from gateway.events import EventBus
 from gateway.policy.kinds import Registry
 from gateway.policy.loader import PolicySet, SectionParser, load_policies, policy_files
+from gateway.store.broadcast import Broadcast
 
 log = logging.getLogger(__name__)
+
+# the notice channel a swap is announced on; its payload is the new revision
+CHANNEL = "policies"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,15 @@ class PolicyHolder:
         self.last_error: list[str] | None = None
         self.last_reload: float | None = None
         self._lock = asyncio.Lock()
+        # the files as they were at the last load, for the watcher and the heal
+        self._seen: dict[str, float] | None = None
+        self._broadcast: Broadcast | None = None
+
+    def share(self, broadcast: Broadcast, *, heal_every: float) -> None:
+        """Announce each swap to the other processes, and follow theirs."""
+        self._broadcast = broadcast
+        broadcast.subscribe(CHANNEL, self._heard)
+        broadcast.every(heal_every, self._heal)
 
     def load(self, paths: list[str]) -> PolicySet:
         """Load ``paths`` as this holder does: same kinds, resources and sections."""
@@ -74,6 +92,7 @@ class PolicyHolder:
 
     def load_now(self) -> PolicySet:
         """First load at start: errors are fatal here, the gateway has nothing to serve."""
+        self._seen = self._fingerprint()
         self.current = self.load(self.paths)
         self.last_reload = time.time()
         # at start a subsystem that cannot take the policies must stop the gateway
@@ -105,9 +124,41 @@ class PolicyHolder:
 
         Never raises: whatever stops the load is kept in ``last_error`` (as
         ``file:line:col`` lines when it is in a file), logged, and published as
-        ``PolicyReloadFailed``, and the previous set keeps serving.
+        ``PolicyReloadFailed``, and the previous set keeps serving. A swap is
+        announced to the other processes sharing the store.
         """
+        swapped = await self._reload()
+        if swapped and self._broadcast is not None and self.current is not None:
+            await self._broadcast.publish(CHANNEL, self.current.revision)
+        return swapped
+
+    async def _heard(self, revision: str) -> None:
+        """Another process swapped in ``revision``: load our files again, unannounced.
+
+        Unannounced, or two processes whose files differ would answer each
+        other's notices forever.
+        """
+        if self.current is not None and self.current.revision == revision:
+            return
+        await self._reload()
+        serving = self.current.revision if self.current else None
+        if serving != revision:
+            # each process serves what its own files say; a mismatch is worth a look
+            log.warning(
+                "another gateway process serves policy revision %s; this one serves %s, "
+                "as its policy files differ or did not load",
+                revision,
+                serving,
+            )
+
+    async def _heal(self) -> None:
+        """Catch a change whose notice was missed: reload if the files changed."""
+        if self._fingerprint() != self._seen:
+            await self.reload()
+
+    async def _reload(self) -> bool:
         async with self._lock:
+            self._seen = self._fingerprint()
             try:
                 new = await asyncio.to_thread(self.load, self.paths)
             except ConfigError as exc:
@@ -152,15 +203,14 @@ class PolicyHolder:
         Nothing a file holds may end this loop: a watcher that died would
         ignore every later edit until a restart.
         """
-        seen = self._fingerprint()
+        if self._seen is None:
+            self._seen = self._fingerprint()
         while True:
             await asyncio.sleep(interval)
             try:
-                now = self._fingerprint()
-                if now != seen:
+                if self._fingerprint() != self._seen:
                     # let an editor finish writing before we read
                     await asyncio.sleep(min(interval, 0.1))
-                    seen = self._fingerprint()
                     await self.reload()
             except Exception:
                 log.exception("policy watcher: checking the files failed; still watching")

@@ -170,6 +170,8 @@ class Exchange:
         self.switch: Switch | None = None
         # the review item a hold stored
         self.ticket: Ticket | None = None
+        # a review action whose hold failed, released anyway (review.on_store_down: allow)
+        self.released_unreviewed: GatewayError | None = None
         # the journal holds this exchange's begin line
         self.begun = False
         # this request's trace span, while tracing is on
@@ -370,6 +372,8 @@ class Exchange:
         if action is Action.REVIEW and self.gw.hold is not None:
             # stored durably before the client hears anything
             out = await holding.hold_whole(self.hold_site(self.gw.hold), guard, body)
+            if self.released_unreviewed is not None:
+                action = Action.ALLOW
         elif action in (Action.BLOCK, Action.REVIEW, Action.FALLBACK):
             out = self.blocked_response(guard, action, body)
         elif action is Action.REDACT:
@@ -385,7 +389,9 @@ class Exchange:
             out = web.Response(body=raw, content_type="application/json", headers=headers)
         out.headers.update(self.decision_headers(action.value))
         self.annotate(out, guard)
-        self.finish(action=action.value, upstream_status=resp.status)
+        self.finish(
+            action=action.value, upstream_status=resp.status, error=self.released_unreviewed
+        )
         return out
 
     def blocked_response(
@@ -625,6 +631,9 @@ class Exchange:
             held = await holding.hold_stream(
                 self.hold_site(self.gw.hold), guard, texts, complete, self.open_keys(guard)
             )
+            if self.released_unreviewed is not None:
+                self.finish(action="allow", stream=True, error=self.released_unreviewed)
+                return self.response  # type: ignore[return-value]
             self.finish(action=action.value, stream=True, cut=held is None)
             return held or self.response  # type: ignore[return-value]
         if self.response is None and config is not None and config.error_response:
@@ -676,10 +685,15 @@ class Exchange:
             route=self.route_name,
             busy=self.busy,
             on_ticket=self.note_ticket,
+            release_if_unavailable=self.gw.settings.review.on_store_down == "allow",
+            on_released=self.note_released,
         )
 
     def note_ticket(self, ticket: Ticket) -> None:
         self.ticket = ticket
+
+    def note_released(self, err: GatewayError) -> None:
+        self.released_unreviewed = err
 
     def new_guard(self, route: Route, sources: list, errors: list) -> ResponseGuard:
         policies = self.policy_set.for_route(route.name) if self.policy_set else []

@@ -44,6 +44,10 @@ class HoldSite:
     # told the ticket as soon as the item is stored, so the decision record
     # names it even if the client goes away while the hold goes on
     on_ticket: Callable[[Ticket], None]
+    # release the answer unreviewed when it cannot be stored (review.on_store_down)
+    release_if_unavailable: bool = False
+    # told when that happened, so the record says allow, with the error
+    on_released: Callable[[ReviewUnavailable], None] = lambda _err: None
 
 
 def review_headers(ticket: Ticket, status: str = "pending") -> dict[str, str]:
@@ -136,6 +140,9 @@ async def hold_whole(site: HoldSite, guard: ResponseGuard, upstream: dict) -> we
     try:
         ticket = await _hold(site, answer)
     except ReviewUnavailable as err:
+        if site.release_if_unavailable:
+            site.on_released(err)
+            return json_response(upstream, headers={"x-governance-review-status": "unavailable"})
         return error_response(err, site.adapter, site.decision_id)
     holder = guard.holder()
     config = holder.config if holder is not None else None
@@ -174,6 +181,17 @@ async def hold_stream(
     try:
         ticket = await _hold(site, answer)
     except ReviewUnavailable as err:
+        if site.release_if_unavailable:
+            site.on_released(err)
+            if not channel.started:
+                channel.set_headers({"x-governance-review-status": "unavailable"})
+            # what the hold kept back, after what the client already has
+            for key in sorted(texts):
+                rest = texts[key][guard.segments[key].released :] if key in guard.segments else ""
+                if rest:
+                    await channel.send_text(key, rest)
+            await channel.end("stop", sorted(texts))
+            return None
         if not channel.started:
             return error_response(err, site.adapter, site.decision_id)
         await channel.send_error(err)

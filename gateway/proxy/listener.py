@@ -22,10 +22,12 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     InternalError,
+    LimitsUnavailable,
     NoRoute,
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     RequestTimeout,
 )
 from gateway.observability.logs import decision_id_var
@@ -64,12 +66,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
         route = choose_route(gw, request.path, model)
         governed = gw.adapters.for_route(route, request.path) if parsed is not None else None
         if governed is None or parsed is None:
+            await gw.limiter.admit(route, request.headers, stream=False)
             return await passthrough(gw, request, route, body, decision_id, adapter)
         adapter = governed
         info = adapter.request_info(parsed)
-        exchange = Exchange(gw, request, route, adapter, info, body, decision_id)
         if not info.stream:
-            return await exchange.run()
+            await gw.limiter.admit(route, request.headers, stream=False)
+            return await Exchange(gw, request, route, adapter, info, body, decision_id).run()
         limits = gw.settings.limits
         if gw.streams >= limits.max_streams:
             gw.metrics.shed.labels("streams").inc()
@@ -77,12 +80,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 f"{gw.streams} streamed answers are in flight, the limit; retry shortly",
                 limits.retry_after,
             )
+        # the client's own stream slot, held until the stream ends however it ends
+        held = await gw.limiter.admit(route, request.headers, stream=True)
         gw.streams += 1
         try:
-            return await exchange.run()
+            return await Exchange(gw, request, route, adapter, info, body, decision_id).run()
         finally:
             gw.streams -= 1
-    except Overloaded as err:
+            await gw.limiter.release(held)
+    except (Overloaded, RateLimited, LimitsUnavailable) as err:
         retry = {"retry-after": str(err.retry_after)}
         return error_response(err, adapter, decision_id, headers=retry)
     except GatewayError as err:

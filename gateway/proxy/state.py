@@ -27,8 +27,11 @@ from gateway.observability.tracing import RequestTracer
 from gateway.policy.reload import PolicyHolder, PolicySwap
 from gateway.proxy.adapters import Adapters
 from gateway.proxy.ports import ContainmentPort, HoldPort
+from gateway.proxy.ratelimit import KeyLimiter
 from gateway.retry import retry_forever
 from gateway.store.base import Store
+from gateway.store.broadcast import Broadcast, open_broadcast
+from gateway.store.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ class Gateway:
     containment: ContainmentPort | None = None
     # None while tracing is off: a request then pays one ``is None`` check
     tracer: RequestTracer | None = None
+    # with a store several processes share: which one applies the incident rules and monitors
+    leadership: Leadership | None = None
     session: aiohttp.ClientSession | None = None
     # CPU-heavy detector scans run here, off the event loop
     executor: ThreadPoolExecutor = field(
@@ -83,6 +88,15 @@ class Gateway:
     # streamed answers in flight, against ``limits.max_streams``
     streams: int = 0
     _replaying: asyncio.Task[Any] | None = None
+    # change notices to and from the other processes sharing the store
+    broadcast: Broadcast = field(init=False)
+    # per-key limits (requests a minute, streams), shared through Redis when configured
+    limiter: KeyLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.broadcast = open_broadcast(self.store)
+        self.limiter = KeyLimiter(self.settings, self.metrics)
+        self.policies.share(self.broadcast, heal_every=self.settings.state.reconcile_interval)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -116,6 +130,8 @@ class Gateway:
         if self._users > 1:
             return
         await self.store.open()
+        if self.leadership is not None:
+            await self.leadership.start()
         self.journal.open()
         self.decisions.start()
         self.session = aiohttp.ClientSession(
@@ -123,8 +139,12 @@ class Gateway:
             auto_decompress=True,
         )
         self.spawn(self.policies.watch(self.settings.reload_interval), "policy-watch")
+        await self.limiter.start()
         for sub in self.subsystems:
             await sub.start()
+        # after the subsystems have read the store: the first connection heals
+        # once, which covers whatever changed between their reads and listening
+        await self.broadcast.start()
         # what a killed process answered but had not committed
         self._replaying = self.spawn(self._replay(), "journal-replay")
         self.events.subscribe(PolicySwap, self._warm_swapped)
@@ -193,6 +213,8 @@ class Gateway:
             await asyncio.wait([self._replaying], timeout=REPLAY_GRACE)
             self._replaying.cancel()
             await asyncio.gather(self._replaying, return_exceptions=True)
+        # no notice or heal may reach a subsystem that is stopping
+        await self.broadcast.stop()
         for sub in reversed(self.subsystems):
             try:
                 await sub.stop()
@@ -204,6 +226,7 @@ class Gateway:
         await asyncio.gather(*self.background, return_exceptions=True)
         self.background.clear()
         await self.events.drain()
+        await self.limiter.stop()
         if self.session is not None:
             await self.session.close()
         await self.decisions.close()
@@ -211,6 +234,8 @@ class Gateway:
             # flushes the spans still batched; the export may block on the network
             await asyncio.to_thread(self.tracer.shutdown)
         self.journal.close()
+        if self.leadership is not None:
+            await self.leadership.stop()
         await self.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

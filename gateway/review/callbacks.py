@@ -84,7 +84,8 @@ class Callbacks:
         """Send every due callback once; failed ones are retried later with backoff."""
         now = time.time()
         sent = 0
-        for cb in await self.db.due_callbacks(now):
+        token, due = await self.db.due_callbacks(now, lease=self.cfg.callback_timeout + 15.0)
+        for cb in due:
             route = self.settings.find_route(cb["route"])
             secret = os.environ.get(route.review.callback_secret_env or "") if route else None
             attempts = cb["attempts"] + 1
@@ -112,6 +113,7 @@ class Callbacks:
             give_up = not ok and attempts >= self.cfg.callback_attempts
             await self.db.callback_done(
                 cb["id"],
+                token=token,
                 ok=ok,
                 attempts=attempts,
                 next_at=now + delay(attempts, first=2.0, cap=MAX_DELAY),

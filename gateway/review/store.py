@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import time
 from typing import Any
 
@@ -403,21 +404,39 @@ class ReviewStore:
         await self.store.transaction(statements)
         return len(rows)
 
-    async def due_callbacks(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
+    async def due_callbacks(
+        self, now: float, limit: int = 50, *, lease: float = 60.0
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Claim due callbacks for ``lease`` seconds; the token marks the claim as ours.
+
+        Every process sharing the store runs a sender: a row another one
+        holds is left alone until its lease runs out (its holder died).
+        """
+        token = secrets.token_hex(8)
+        clock = time.time()
+        # PostgreSQL skips rows another sender is claiming instead of waiting on them;
+        # SQLite runs one writer at a time, so the UPDATE is atomic as it stands
+        lock = " FOR UPDATE SKIP LOCKED" if self.store.dialect == "postgresql" else ""
         rows = await self.store.fetchall(
-            "SELECT * FROM review_callbacks WHERE state = 'due' AND next_at <= ? "
-            "ORDER BY next_at LIMIT ?",
+            "UPDATE review_callbacks SET claimed_until = ?, claimed_by = ? WHERE id IN "
+            "(SELECT id FROM review_callbacks WHERE state = 'due' AND next_at <= ? "
+            f"AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY next_at LIMIT ?{lock}) "
+            "RETURNING *",
+            clock + lease,
+            token,
             now,
+            clock,
             limit,
         )
         for r in rows:
             r["payload"] = json.loads(r["payload"])
-        return rows
+        return token, sorted(rows, key=lambda r: r["next_at"])
 
     async def callback_done(
         self,
         cb_id: str,
         *,
+        token: str,
         ok: bool,
         attempts: int,
         next_at: float,
@@ -425,14 +444,17 @@ class ReviewStore:
         give_up: bool,
     ) -> None:
         state = "sent" if ok else ("failed" if give_up else "due")
+        # a failure is recorded only while the lease is ours; a success always is
+        guard = "" if ok else " AND claimed_by = ?"
         await self.store.execute(
-            "UPDATE review_callbacks SET state = ?, attempts = ?, next_at = ?, last_error = ? "
-            "WHERE id = ?",
+            "UPDATE review_callbacks SET state = ?, attempts = ?, next_at = ?, last_error = ?, "
+            f"claimed_until = NULL, claimed_by = NULL WHERE id = ?{guard}",
             state,
             attempts,
             next_at,
             error,
             cb_id,
+            *(() if ok else (token,)),
         )
 
     async def callbacks_for(self, item_id: str) -> list[dict[str, Any]]:

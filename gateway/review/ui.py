@@ -24,7 +24,7 @@ PAGE_SIZE = 100
 
 
 async def queue(request: web.Request) -> web.Response:
-    viewer = need_viewer(request)
+    viewer = await need_viewer(request)
     svc = request.app[REVIEW]
     error: str | None = None
     try:
@@ -89,7 +89,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
 async def item_page(
     request: web.Request, *, error: str | None = None, status: int = 200
 ) -> web.Response:
-    viewer = need_viewer(request)
+    viewer = await need_viewer(request)
     svc = request.app[REVIEW]
     pages = request.app[PAGES]
     item = await svc.db.get(request.match_info["id"])

@@ -216,3 +216,72 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+MIGRATIONS.append(
+    (
+        14,
+        "shared queues and incident commands between gateway processes",
+        [
+            # signals every process hands to the one that applies them (the leader);
+            # ids sort in arrival order (time first) and need no sequence, which the
+            # two dialects spell differently
+            """CREATE TABLE shared_queue (
+                id TEXT PRIMARY KEY,
+                topic TEXT NOT NULL,
+                body TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX shared_queue_topic ON shared_queue (topic, id)",
+            # a person's action on an incident taken by a process that is not the
+            # leader: the leader applies it and writes the outcome here
+            """CREATE TABLE incident_commands (
+                id TEXT PRIMARY KEY,
+                created_at DOUBLE PRECISION NOT NULL,
+                done_at DOUBLE PRECISION,
+                result TEXT
+            )""",
+            # review callbacks are claimed with a lease, like the incident outbox, so
+            # processes sharing the store never make one attempt twice
+            "ALTER TABLE review_callbacks ADD COLUMN claimed_until DOUBLE PRECISION",
+            "ALTER TABLE review_callbacks ADD COLUMN claimed_by TEXT",
+        ],
+    )
+)
+
+
+MIGRATIONS.append(
+    (
+        21,
+        "incident outbox: delivery leases, so processes sharing a store never send a row twice",
+        [
+            # set while one process delivers the row; another may take it once it has passed
+            "ALTER TABLE incident_outbox ADD COLUMN claimed_until DOUBLE PRECISION",
+            # who holds the lease: only its holder records how the delivery went
+            "ALTER TABLE incident_outbox ADD COLUMN claimed_by TEXT",
+            # the claim looks up each candidate's group for an older or leased row
+            "CREATE INDEX incident_outbox_group ON incident_outbox (sink, dedup_key, ord)",
+        ],
+    )
+)
+
+
+MIGRATIONS.append(
+    (
+        15,
+        "admin UI login sessions, shared by every gateway process",
+        [
+            # the session id is kept only as its SHA-256: reading the table gives no cookie
+            # that logs anyone in; the roles are JSON text, checked against the tokens in force
+            """CREATE TABLE ui_sessions (
+                id_hash TEXT PRIMARY KEY,
+                principal TEXT NOT NULL,
+                roles TEXT NOT NULL,
+                csrf TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX ui_sessions_expires ON ui_sessions (expires_at)",
+        ],
+    )
+)

@@ -52,17 +52,22 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
 
+    def _session_settings(self) -> dict[str, str]:
+        """What every connection of ours sets: the schema our tables live in."""
+        if not self.schema:
+            return {}
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.schema):
+            raise ValueError(f"invalid schema name {self.schema!r}")
+        return {"search_path": self.schema}
+
     async def open(self) -> None:
-        settings = {}
+        settings = self._session_settings()
         if self.schema:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.schema):
-                raise ValueError(f"invalid schema name {self.schema!r}")
             conn = await asyncpg.connect(self.dsn)
             try:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             finally:
                 await conn.close()
-            settings["search_path"] = self.schema
         self._pool = await asyncpg.create_pool(
             self.dsn,
             min_size=self._sizes[0],
@@ -105,6 +110,16 @@ class PostgresStore(Store):
             raise StoreUnavailable(
                 f"the PostgreSQL store is unavailable ({type(exc).__name__})"
             ) from exc
+
+    async def connect(self, *, timeout: float = 10.0) -> asyncpg.Connection:
+        """A connection of its own, outside the pool, set up as the pooled ones are.
+
+        For a session that must outlive any one statement (``LISTEN``); the
+        caller closes it. Outages raise as asyncpg raises them.
+        """
+        return await asyncpg.connect(
+            self.dsn, timeout=timeout, server_settings=self._session_settings()
+        )
 
     async def close(self) -> None:
         if self._pool is not None:

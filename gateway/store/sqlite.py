@@ -35,6 +35,8 @@ _OUTAGE = {
     sqlite3.SQLITE_PROTOCOL,
     sqlite3.SQLITE_NOTADB,
 }
+# UPDATE … RETURNING came in 3.35
+MIN_VERSION = (3, 35, 0)
 # files SQLite keeps beside the database, with the same contents at times
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -78,6 +80,12 @@ class SQLiteStore(Store):
         await self._run(self._open)
 
     def _open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_VERSION:
+            # the incident outbox claims its rows with UPDATE … RETURNING
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the store; it needs "
+                f"{'.'.join(map(str, MIN_VERSION))} or later"
+            )
         if self.path != ":memory:":
             self._private_files()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -3,11 +3,13 @@
 Tokens come from the config (literally or from an environment variable).
 With none configured, the gateway makes one admin token at start and writes
 it to ``<data_dir>/admin-token`` (mode 0600): there are no anonymous
-governance endpoints, even in the quick start.
+governance endpoints, even in the quick start. Processes starting together
+on one data folder (``--workers``) agree on that one token.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import logging
 import os
@@ -18,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.config import Settings
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import ConfigError, Forbidden, Unauthorized
 from gateway.store.files import open_private, private_dir, tighten_file
 
 log = logging.getLogger(__name__)
@@ -74,14 +76,14 @@ class TokenBook:
         path = data_dir / "admin-token"
         # older versions, copies and restores can leave the token readable by others
         tighten_file(path)
-        secret = path.read_text().strip() if path.exists() else ""
-        if not secret:
-            secret = secrets.token_urlsafe(32)
-            with os.fdopen(open_private(path), "w") as fh:
-                fh.write(secret + "\n")
+        secret = _shared_secret(path)
         self._tokens.append((secret, Principal("admin", frozenset({"admin"}))))
         self.generated_path = path
         log.info("no tokens configured; an admin token is in %s", path)
+
+    def knows(self, principal: Principal) -> bool:
+        """Whether a token in force still stands for ``principal``, with the same roles."""
+        return any(known == principal for _, known in self._tokens)
 
     def lookup(self, secret: str) -> Principal | None:
         """The principal of ``secret``; None for an unknown or malformed one."""
@@ -112,6 +114,44 @@ class TokenBook:
                 f"{', '.join(sorted(principal.roles))}"
             )
         return principal
+
+
+def _shared_secret(path: Path) -> str:
+    """The secret in ``path``, written there first if it has none.
+
+    Several processes (workers, or gateways sharing a data folder) may start
+    at once: each takes an exclusive lock on the file before it looks inside,
+    so the first one writes the secret and every other one reads that secret.
+    A file left empty (a crash between its creation and its first write, or
+    by hand) is filled the same way.
+    """
+    writable = True
+    try:
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    except PermissionError:
+        if not path.exists():
+            raise
+        # someone else's file that we may only read: it must hold the secret already
+        fd, writable = os.open(path, os.O_RDONLY), False
+    with os.fdopen(fd, "r+" if writable else "r") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            # a file system without locks: go on, as a lone process always could
+            log.warning("could not lock %s: %s", path, exc.strerror)
+        secret = fh.read().strip()
+        if secret:
+            return secret
+        if not writable:
+            raise ConfigError(f"{path} is empty and the gateway may not write it")
+        secret = secrets.token_urlsafe(32)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(secret + "\n")
+        fh.flush()
+        # on disk before any process hands it out, so a crash cannot leave the file empty
+        os.fsync(fh.fileno())
+        return secret
 
 
 TOKENS = web.AppKey("tokens", TokenBook)

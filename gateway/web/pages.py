@@ -208,21 +208,34 @@ def redirect(location: str) -> web.HTTPSeeOther:
 
 
 # -- who is looking --------------------------------------------------------------------------
-def session_of(request: web.Request) -> Session | None:
-    return request.app[SESSIONS].get(request.cookies.get(COOKIE))
+# the viewer of a request, once looked up: an error page after a failed form needs it again
+VIEWER: web.RequestKey[Viewer | None] = web.RequestKey("viewer")
 
 
-def viewer_of(request: web.Request) -> Viewer | None:
+async def session_of(request: web.Request) -> Session | None:
+    return await request.app[SESSIONS].get(request.cookies.get(COOKIE))
+
+
+async def viewer_of(request: web.Request) -> Viewer | None:
+    """Who is looking: a bearer token's principal, or the session's; None for nobody.
+
+    Raises ``StoreUnavailable`` when the store cannot say whether the session lives.
+    """
+    if VIEWER in request:
+        return request[VIEWER]
     principal = request.app[TOKENS].from_request(request)
     if principal is not None:
-        return Viewer(principal, None)
-    session = session_of(request)
-    return Viewer(session.principal, session.csrf) if session is not None else None
+        viewer: Viewer | None = Viewer(principal, None)
+    else:
+        session = await session_of(request)
+        viewer = Viewer(session.principal, session.csrf) if session is not None else None
+    request[VIEWER] = viewer
+    return viewer
 
 
-def need_viewer(request: web.Request) -> Viewer:
+async def need_viewer(request: web.Request) -> Viewer:
     """The viewer, or a redirect to the login page that comes back here."""
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     if viewer is None:
         raise redirect("/login?" + urlencode({"next": request.path_qs}))
     return viewer
@@ -243,7 +256,7 @@ async def posted_form(
 
     Raises the login redirect or a 403 page.
     """
-    viewer = need_viewer(request)
+    viewer = await need_viewer(request)
     pages = request.app[PAGES]
     form = await request.post()
     if not same_origin(request):
@@ -317,7 +330,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     principal = request.app[TOKENS].lookup(token) if token else None
     if principal is None or not principal.has("reviewer"):
         return _login_page(request, field(form, "next"), "That token is not valid.", 401)
-    session = sessions.create(principal)
+    session = await sessions.create(principal)
     resp = redirect(pages.safe_next(field(form, "next")))
     _set_cookie(request, resp, COOKIE, session.id, sessions.ttl)
     resp.del_cookie(LOGIN_COOKIE, path="/")
@@ -326,7 +339,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     await posted_form(request)
-    request.app[SESSIONS].drop(request.cookies.get(COOKIE))
+    await request.app[SESSIONS].drop(request.cookies.get(COOKIE))
     resp = redirect("/login")
     resp.del_cookie(COOKIE, path="/")
     return resp

@@ -1,0 +1,88 @@
+"""A queue in the store from every gateway process to the one that applies its items.
+
+Incident rules and monitor windows must count the traffic of every process
+and replica, so each process hands its signals to the leader (see
+``leadership``) through the ``shared_queue`` table: ``push`` commits a batch;
+the leader ``peek``s the oldest items of a topic and removes them with a
+statement it commits together with what it made of them, so an item is
+applied exactly once even when the leader dies mid-batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from gateway.store.base import Statement, Store
+
+_ORIGIN = uuid.uuid4().hex[:8]
+
+
+class SharedQueue:
+    def __init__(self, store: Store, topic: str) -> None:
+        self.store = store
+        self.topic = topic
+        self._counter = itertools.count()
+        # taken but not yet removed (the leader's write is pending): never applied twice
+        self._taken: set[str] = set()
+
+    def _next_id(self) -> str:
+        # time first, so ids sort in arrival order across processes; the origin and
+        # a counter keep two ids of one nanosecond apart
+        return f"{time.time_ns():020d}-{_ORIGIN}{os.getpid():x}-{next(self._counter):08d}"
+
+    def statements(self, bodies: list[Any]) -> list[Statement]:
+        now = time.time()
+        return [
+            (
+                "INSERT INTO shared_queue (id, topic, body, created_at) VALUES (?, ?, ?, ?)",
+                (self._next_id(), self.topic, orjson.dumps(body).decode(), now),
+            )
+            for body in bodies
+        ]
+
+    async def push(self, bodies: list[Any]) -> None:
+        """Commit ``bodies`` to the queue (in order), or raise."""
+        if bodies:
+            await self.store.transaction(self.statements(bodies))
+
+    async def peek(self, limit: int) -> list[tuple[str, Any]]:
+        """The oldest items not taken yet, marked taken until ``removal`` commits or ``release``."""
+        rows = await self.store.fetchall(
+            "SELECT id, body FROM shared_queue WHERE topic = ? ORDER BY id LIMIT ?",
+            self.topic,
+            limit + len(self._taken),
+        )
+        out = []
+        for row in rows:
+            if row["id"] in self._taken:
+                continue
+            self._taken.add(row["id"])
+            out.append((row["id"], orjson.loads(row["body"])))
+            if len(out) >= limit:
+                break
+        return out
+
+    def removal(self, ids: list[str]) -> list[Statement]:
+        """Statements that remove ``ids``, for the caller's transaction."""
+        marks = ", ".join("?" for _ in ids)
+        return [(f"DELETE FROM shared_queue WHERE id IN ({marks})", tuple(ids))] if ids else []
+
+    def removed(self, ids: list[str]) -> None:
+        """The caller's transaction holding ``removal(ids)`` committed."""
+        self._taken.difference_update(ids)
+
+    def release(self) -> None:
+        """Forget what was taken (leadership lost): the next leader reads it again."""
+        self._taken.clear()
+
+    async def depth(self) -> int:
+        row = await self.store.fetchone(
+            "SELECT COUNT(*) AS n FROM shared_queue WHERE topic = ?", self.topic
+        )
+        return int(row["n"]) if row else 0
