@@ -199,7 +199,7 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[flo
 
 
 def start_gateway(
-    tmp: Path, name: str, workers: int, upstream: str, index: Path, env: dict
+    tmp: Path, name: str, workers: int, upstream: str, index: Path, env: dict, policies: list[str]
 ) -> tuple[subprocess.Popen, int, int]:
     home = tmp / name
     home.mkdir()
@@ -207,10 +207,7 @@ def start_gateway(
     config = {
         "listeners": {"proxy": {"port": port}, "admin": {"port": admin}},
         "routes": [{"name": "default", "upstream": upstream}],
-        "policies": [
-            str(ROOT / "policies" / "main.yaml"),
-            str(ROOT / "policies" / "copyright.yaml"),
-        ],
+        "policies": policies,
         "store": {"url": f"sqlite:///{home / 'bench.db'}"},
         "data_dir": str(home / "data"),
         "indexes": {"sample": str(index)},
@@ -252,11 +249,19 @@ async def main() -> None:
     parser.add_argument(
         "--index-dir", type=Path, default=Path(tempfile.gettempdir()) / "gw-bench-workers-index"
     )
+    parser.add_argument(
+        "--phrases-only",
+        action="store_true",
+        help="policies/main.yaml alone (no copyright policy, no index loaded)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench/workers.py needs wrk on the PATH (apt-get install wrk)")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     index = build_index(args.index_dir)
+    policies = [str(ROOT / "policies" / "main.yaml")]
+    if not args.phrases_only:
+        policies.append(str(ROOT / "policies" / "copyright.yaml"))
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-workers-"))
     script = tmp / "chat.lua"
     body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": QUESTION}]})
@@ -268,7 +273,7 @@ async def main() -> None:
         gateways = {}
         for workers in (1, 2):
             proc, port, admin = start_gateway(
-                tmp, f"w{workers}", workers, f"http://127.0.0.1:{up_port}", index, env
+                tmp, f"w{workers}", workers, f"http://127.0.0.1:{up_port}", index, env, policies
             )
             procs.append(proc)
             await ready(admin, workers, proc, tmp / f"w{workers}" / "data")
@@ -310,7 +315,7 @@ async def main() -> None:
                 "benchmark": "workers",
                 "cores": len(os.sched_getaffinity(0)),
                 "load_generator": f"wrk -t1 -c{args.connections}, keep-alive, non-streamed chat",
-                "policies": ["policies/main.yaml", "policies/copyright.yaml (sample index)"],
+                "policies": [str(Path(p).relative_to(ROOT)) for p in policies],
                 "response_chars": len(TEXT),
                 "rounds": rounds,
                 "seconds_per_measurement": args.seconds,

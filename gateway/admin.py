@@ -11,6 +11,7 @@ HTML error page on the UI's pages), never aiohttp's plain-text 404, 405 or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 
@@ -124,6 +125,10 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+# how long /readyz waits for the store to answer
+STORE_CHECK_SECONDS = 1.0
+
+
 @routes.get("/readyz")
 @describe(
     summary="Readiness: policies, store, upstream client and models",
@@ -141,7 +146,9 @@ async def readyz(request: web.Request) -> web.Response:
     checks["models"] = "ok" if gw.warming == 0 else "loading"
     ready = all(v == "ok" for v in checks.values())
     try:
-        await gw.store.fetchone("SELECT 1 AS ok")
+        # bounded: a probe gives up after a few seconds, and a server that stopped
+        # answering must read as down, not take the probe's whole time
+        await asyncio.wait_for(gw.store.fetchone("SELECT 1 AS ok"), STORE_CHECK_SECONDS)
         checks["store"] = "ok"
     except Exception as exc:
         # the class only: a driver's message can carry the host and user

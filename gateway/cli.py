@@ -215,10 +215,23 @@ def cmd_serve(args) -> int:
         run_loop(serve(settings, worker=role))
         return 0
     count = _flag(args, "workers") or settings.listeners.workers or usable_cores()
+    if count > 1 and _in_memory_store(settings):
+        raise ConfigError(
+            f"gateway serve: store.url {settings.store.url!r} is an in-memory SQLite "
+            f"database, which each of {count} workers would have apart; run one worker "
+            "(--workers 1) or use a file (sqlite:///path.db) or PostgreSQL store"
+        )
     if count == 1:
         run_loop(serve(settings))
         return 0
     return _supervise(args, settings, count)
+
+
+def _in_memory_store(settings: Settings) -> bool:
+    from gateway.store.sqlite import sqlite_path
+
+    url = settings.store.url
+    return url.startswith("sqlite://") and sqlite_path(url) == ":memory:"
 
 
 # how a worker is started: this package's command line, in a fresh interpreter

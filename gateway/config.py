@@ -456,7 +456,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return p if Path(p).is_absolute() else str(base / p)
 
     store = settings.store
-    if store.url.startswith("sqlite:///") and not store.url.startswith("sqlite:////"):
+    # an in-memory database (``sqlite:///:memory:``) names no file to resolve
+    if (
+        store.url.startswith("sqlite:///")
+        and not store.url.startswith("sqlite:////")
+        and store.url != "sqlite:///:memory:"
+    ):
         store = Store(url="sqlite:///" + absolute(store.url[len("sqlite:///") :]))
     return settings.model_copy(
         update={

@@ -648,11 +648,11 @@ async def test_a_failed_store_write_is_retried_not_lost(
     original = gw.store.transaction
     calls = []
 
-    async def flaky(statements):
+    async def flaky(statements, expect=None):
         calls.append(len(statements))
         if len(calls) == 1:
             raise ConnectionError("store unreachable")
-        return await original(statements)
+        return await original(statements, expect)
 
     monkeypatch.setattr(gw.store, "transaction", flaky)
     await proxy.post(CHAT, json=chat())

@@ -252,6 +252,63 @@ async def _pings(shared: RedisCounters) -> bool:
     return True
 
 
+async def test_a_renewal_after_the_give_back_does_not_hold_the_slot_again(redis_prefix):
+    shared = RedisCounters(REDIS)
+    try:
+        key = f"{redis_prefix}:{{a}}:streams"
+        ended = Slot(key, 1, "p1:1", 60.0)
+        assert (await shared.take(None, ended)).ok
+        # the renewal round picked the slot up just before its stream ended
+        await shared.give_back(ended)
+        await shared.renew([ended])
+        assert (await shared.take(None, Slot(key, 1, "p1:2", 60.0))).ok
+    finally:
+        await shared.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("redis", [None, "down"], ids=["memory", "redis-down-open"])
+async def test_streams_counted_in_memory_stay_counted_however_long_they_run(redis):
+    from gateway.errors import RateLimited
+    from gateway.observability.metrics import Metrics
+    from gateway.proxy.ratelimit import LEASE, KeyLimiter
+
+    url = closed_port_url() if redis else None
+    settings = Settings(
+        routes=[Route(name="r", upstream="http://up")],
+        limits=per_key(concurrent_streams=2),
+        state=state(url, down="open"),
+    )
+    limiter = KeyLimiter(settings, Metrics())
+    clock = FakeClock()
+    limiter.local = MemoryCounters(clock=clock)
+    route, headers = settings.routes[0], openai_key(KEY_A)
+    try:
+        first = await limiter.admit(route, headers, stream=True)
+        second = await limiter.admit(route, headers, stream=True)
+        assert first is not None and second is not None
+        # both streams still run, far past any lease, and nothing renews memory slots
+        clock.now += LEASE * 100
+        with pytest.raises(RateLimited):
+            await limiter.admit(route, headers, stream=True)
+        await limiter.release(first)
+        third = await limiter.admit(route, headers, stream=True)
+        with pytest.raises(RateLimited):
+            await limiter.admit(route, headers, stream=True)
+        await limiter.release(second)
+        await limiter.release(third)
+        assert limiter.local._held == {}
+    finally:
+        await limiter.stop()
+
+
 # -- through the gateway --------------------------------------------------------------------
 @pytest.fixture(params=["memory", "redis"])
 def backend(request, redis_prefix) -> dict[str, Any]:

@@ -320,3 +320,136 @@ async def test_whole_review_flow_on_each_backend(
         assert result == {**result, "status": "rejected", "reason": "no"}
     audit = await (await admin.get(f"{base}/audit", headers=auth(REVIEWER_TOKEN))).json()
     assert len(audit["audit"]) == 2
+
+
+async def test_two_senders_deliver_each_callback_once_to_a_slow_receiver(
+    reviews, aiohttp_server, monkeypatch
+):
+    """More callbacks are due than a slow receiver takes within one claim's lease."""
+    import aiohttp
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from gateway.config import Route, Settings
+    from gateway.events import EventBus
+    from gateway.review.callbacks import Callbacks
+    from gateway.review.metrics import ReviewMetrics
+
+    deliveries: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        deliveries.append(request.headers["x-governance-delivery"])
+        # answers within the timeout, but slowly
+        await asyncio.sleep(0.6)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/hook"))
+    monkeypatch.setenv("REVIEW_HOOK_SECRET", "s3cret")
+    settings = Settings(
+        routes=[
+            Route(
+                name="default",
+                upstream="http://up",
+                review={"callback_url": url, "callback_secret_env": "REVIEW_HOOK_SECRET"},
+            )
+        ],
+        review={"callback_timeout": 1.0},
+    )
+    count = 40
+    for i in range(count):
+        item = make_item(i)
+        await reviews.insert(item)
+        await reviews.change(
+            item,
+            actor="rita",
+            action="approve",
+            changes={"state": "approved", "outcome": "approved"},
+            callback={"url": url, "payload": {"id": item.id}},
+        )
+    async with aiohttp.ClientSession() as http:
+        senders = [
+            Callbacks(
+                settings, reviews, ReviewMetrics(CollectorRegistry()), EventBus(), lambda: http
+            )
+            for _ in range(2)
+        ]
+        running = [asyncio.create_task(s.run()) for s in senders]
+        try:
+            async with asyncio.timeout(60):
+                while len(set(deliveries)) < count:
+                    await asyncio.sleep(0.1)
+            # a second send would start within a poll of the sender holding it
+            await asyncio.sleep(1.5)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+    repeated = sorted({d for d in deliveries if deliveries.count(d) > 1})
+    assert len(deliveries) == count, f"{len(repeated)} callbacks sent more than once"
+    assert not repeated
+
+
+@pytest.mark.parametrize("keep_open", [False, True], ids=["new-connection", "open-connection"])
+async def test_a_hold_on_a_hung_store_is_refused_in_bounds(keep_open):
+    """The client of a held answer hears ``review-unavailable`` well before asyncpg gives up."""
+    import uuid
+
+    import asyncpg
+    from prometheus_client import CollectorRegistry
+
+    from gateway.config import Route, Settings
+    from gateway.contract.policy import ReviewOptions
+    from gateway.errors import ReviewUnavailable
+    from gateway.events import EventBus
+    from gateway.records.review import HeldAnswer, HeldRequest
+    from gateway.review.holds import Holds
+    from gateway.review.metrics import ReviewMetrics
+    from gateway.severity import Severity
+    from gateway.store import open_store
+    from tests.conftest import PG_DSN
+    from tests.gateway_process import free_port
+    from tests.tcp_relay import TcpRelay
+    from tests.test_records import HELD, SAUCE
+
+    relay = TcpRelay(free_port(), ("127.0.0.1", 5432))
+    await relay.restore()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    store = open_store(f"postgresql://postgres@127.0.0.1:{relay.port}/test?schema={schema}")
+    answer = HeldAnswer(
+        decision=HELD,
+        policy="hold-sauce",
+        options=ReviewOptions(),
+        severity=Severity.HIGH,
+        policies=("hold-sauce",),
+        request=HeldRequest("POST", "/v1/chat/completions", "", {}, {}),
+        key_id=None,
+        tenant=None,
+        texts={"0": SAUCE},
+        response=None,
+    )
+    try:
+        await store.open()
+        settings = Settings(routes=[Route(name="default", upstream="http://up")])
+        metrics = ReviewMetrics(CollectorRegistry())
+        holds = Holds(settings, ReviewStore(store), metrics, EventBus(), adapters=None)  # type: ignore[arg-type]
+        assert (await holds.hold(answer)).review_id
+        await relay.stall(keep_open=keep_open)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # a statement on a hung connection waits 30 s for asyncpg, a connect 60 s
+        async with asyncio.timeout(40):
+            with pytest.raises(ReviewUnavailable) as err:
+                await holds.hold(answer)
+        assert err.value.code == "review-unavailable"
+        assert loop.time() - started < 25
+    finally:
+        await relay.cut()
+        await store.close()
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()

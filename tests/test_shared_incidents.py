@@ -16,6 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from gateway.store.leadership import lock_key
 from tests.conftest import ADMIN_TOKEN, PG_DSN, leak_policy_with_rule, write_policies
 from tests.gateway_process import GatewayProcess, free_port, start_gateway, write_config
 
@@ -231,5 +232,61 @@ async def test_a_route_contained_on_one_process_is_contained_on_the_other_within
                 while await contained(other) != want:
                     assert asyncio.get_running_loop().time() - started < 2.0
                     await asyncio.sleep(0.05)
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
+
+
+async def test_when_the_leaders_lock_connection_dies_the_other_process_takes_over(
+    fake, tmp_path: Path, pg_url: str
+):
+    fake.script.text = "Sure. The launch codes are 0000."
+    a, b = await start_pair(tmp_path, fake.url, pg_url, leak_policy_with_rule())
+    schema = pg_url.rsplit("schema=", 1)[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def leaders() -> list[str]:
+                found = []
+                for gw in (a, b):
+                    async with session.get(f"{gw.admin}/readyz") as resp:
+                        if (await resp.json())["checks"].get("leader") == "yes":
+                            found.append(gw.admin)
+                return found
+
+            [first] = await until(leaders)
+            assert first
+            # the backend holding this schema's leadership lock is the leader's
+            key = lock_key("signals", schema)
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                killed = await conn.fetchval(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND granted AND classid = $1 AND objid = $2",
+                    key >> 32,
+                    key & 0xFFFFFFFF,
+                )
+                assert killed
+            finally:
+                await conn.close()
+
+            async def moved() -> list[str] | None:
+                now = await leaders()
+                return now if len(now) == 1 else None
+
+            # one leader again (either process may win the free lock), and it works
+            assert await until(moved)
+
+            async def send(gw: GatewayProcess) -> None:
+                async with session.post(f"{gw.proxy}/v1/chat/completions", json=BREACH) as resp:
+                    assert resp.status == 200
+
+            await asyncio.gather(*(send(gw) for _ in range(5) for gw in (a, b)))
+
+            async def counted():
+                found = await incidents(a)
+                return found if found and found[0]["breach_count"] >= 10 else None
+
+            found = await until(counted)
+            assert found and len(found) == 1 and found[0]["breach_count"] == 10, found
     finally:
         await asyncio.gather(a.stop(), b.stop())

@@ -92,3 +92,28 @@ async def test_block_by_default_releases_nothing(make_gateway, fake, policy_dir,
         raw = await resp.text()
     assert "secret sauce" not in raw
     assert "review-unavailable" in raw
+
+
+HOLDING_AND_REDACTING = (
+    HOLDING
+    + """\
+  - id: mask-grandma
+    kind: phrases
+    phrases: ["grandma"]
+    action: redact
+"""
+)
+
+
+async def test_allow_never_releases_what_another_policy_redacts(
+    make_gateway, fake, policy_dir, tmp_path
+):
+    write_policies(policy_dir, HOLDING_AND_REDACTING)
+    fake.script.text = SAUCE
+    proxy, _, _ = await make_gateway(upstream=fake, review={"on_store_down": "allow"})
+    with store_locked(tmp_path / "gateway.db"):
+        resp = await proxy.post(CHAT, json=chat(False))
+        raw = await resp.text()
+    # released unreviewed it would go out unredacted: refused as in block mode
+    assert resp.status == 503
+    assert "grandma" not in raw and "review-unavailable" in raw

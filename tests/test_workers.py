@@ -253,6 +253,48 @@ def test_a_bad_worker_count_in_the_file_points_at_it(tmp_path: Path):
     assert "listeners.workers" in result.stderr
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_store_with_workers_is_refused(tmp_path: Path, url: str):
+    result = serve(
+        tmp_path,
+        "--policies",
+        "policies",
+        "--store",
+        url,
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--workers",
+        "2",
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "in-memory" in lines[0] and "--workers 1" in lines[0]
+    assert "sqlite:///path.db" in lines[0] and "PostgreSQL" in lines[0]
+
+
+def test_an_in_memory_store_in_the_file_with_workers_is_refused(tmp_path: Path):
+    config = write_config(
+        tmp_path, "http://127.0.0.1:9", free_port(), free_port(), store_url="sqlite:///:memory:"
+    )
+    text = config.read_text().replace("listeners:\n", "listeners:\n  workers: 2\n")
+    config.write_text(text)
+    result = subprocess.run(
+        [str(GATEWAY_BIN), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "in-memory" in result.stderr and "--workers 1" in result.stderr
+    # no file named after the in-memory database was made beside the config
+    assert not (tmp_path / ":memory:").exists()
+
+
 def test_a_busy_port_with_workers_is_one_line(tmp_path: Path):
     with __import__("socket").socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -36,6 +36,7 @@ from gateway.errors import (
     BadRequest,
     Conflict,
     GatewayError,
+    InternalError,
     LeaderUnavailable,
     NotFound,
     StoreUnavailable,
@@ -52,7 +53,7 @@ from gateway.records.containment import MODES, Switch
 from gateway.records.decision import DecisionRecord
 from gateway.records.monitor import MonitorEvent
 from gateway.retry import retry_forever
-from gateway.store.base import Statement, Store
+from gateway.store.base import RowsChanged, Store
 from gateway.store.broadcast import Broadcast
 from gateway.store.leadership import Leadership
 from gateway.store.queue import SharedQueue
@@ -76,8 +77,9 @@ SENDER_GRACE = 5.0
 COMMAND_TIMEOUT = 10.0
 # the leader forgets command outcomes older than this
 COMMAND_KEEP = 3600.0
-# statements a queued command's outcome adds to the transaction of the action itself
-_command_tail: contextvars.ContextVar[list[Statement] | None] = contextvars.ContextVar(
+# what a queued command's outcome adds to the transaction of the action itself; set
+# while the leader applies a command, which also tells the actions not to queue it again
+_command_tail: contextvars.ContextVar[Plan | None] = contextvars.ContextVar(
     "command_tail", default=None
 )
 
@@ -125,6 +127,10 @@ class IncidentService:
         self.commands = SharedQueue(store, "incident-commands")
         # a change of leader, seen by the processing task at its next turn
         self._lead_changed = False
+        self._notices: set[asyncio.Task[None]] = set()
+        # a batch on its way to the shared queue, with the records it stands for
+        self._handing: list[tuple[str, tuple[object, ...]]] = []
+        self._handing_records = 0
         self.broadcast = broadcast
         if leadership is not None:
             leadership.on_change(self._on_leadership)
@@ -137,12 +143,20 @@ class IncidentService:
             every = settings.state.reconcile_interval
             if store.dialect == "sqlite":
                 every = min(every, 1.0)
-            broadcast.every(every, self.reload_containment)
+            broadcast.every(every, self._heal_containment)
             broadcast.subscribe("incidents", self._incidents_notice)
 
     @property
     def shared(self) -> bool:
         return self.leadership is not None
+
+    def _asks_leader(self) -> bool:
+        """Whether a person's action here is queued for the leader rather than applied.
+
+        Never while applying a queued one: a leader that lost the lock midway
+        must not queue the action a second time.
+        """
+        return not self.leading and _command_tail.get() is None
 
     @property
     def leading(self) -> bool:
@@ -207,7 +221,13 @@ class IncidentService:
         )
 
     async def _containment_notice(self, _payload: str) -> None:
-        await self.reload_containment()
+        await self._heal_containment()
+
+    async def _heal_containment(self) -> None:
+        # the leader alone writes the switches, and its memory is ahead of the
+        # table between a change and its commit: only the others read it back
+        if not self.leading:
+            await self.reload_containment()
 
     async def _incidents_notice(self, _payload: str) -> None:
         if self.leading:
@@ -216,6 +236,13 @@ class IncidentService:
     async def _notify(self, channel: str) -> None:
         if self.broadcast is not None and self.shared:
             await self.broadcast.publish(channel)
+
+    def _notify_soon(self, channel: str) -> None:
+        """Publish without holding up the caller (who may hold the incident lock)."""
+        if self.broadcast is not None and self.shared:
+            task = asyncio.get_running_loop().create_task(self._notify(channel))
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
 
     def _on_leadership(self, leader: bool) -> None:
         self._lead_changed = True
@@ -297,45 +324,68 @@ class IncidentService:
                 await self._apply_commands()
 
     async def _forward(self) -> None:
-        """Hand the queued signals the rules care about to the leader, through the store."""
+        """Hand the queued signals the rules care about to the leader, through the store.
+
+        A batch gets its queue ids once and keeps them until its insert is
+        known to have committed: an insert whose commit was lost with the
+        connection is sent again with the same ids, which the store ignores,
+        so the leader never counts a signal twice.
+        """
         self.matcher.refresh(self.policies.current)
-        while self.queue:
-            taken = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
-            records = sum(isinstance(item, DecisionRecord) for item in taken)
-            bodies = [
-                {"r": item.to_json()} if isinstance(item, DecisionRecord) else {"m": item.to_json()}
-                for item in taken
-                if not isinstance(item, DecisionRecord) or self.matcher.wants(item)
-            ]
-            try:
-                await self.signals.push(bodies)
-            except Exception:
-                # kept, in order, for the next try
-                self.queue.extendleft(reversed(taken))
-                raise
-            self._queued -= records
+        while self._handing or self.queue:
+            if not self._handing:
+                taken = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
+                self._handing_records = sum(isinstance(item, DecisionRecord) for item in taken)
+                self._handing = [
+                    statement
+                    for _, statement in self.signals.items(
+                        [
+                            {"r": item.to_json()}
+                            if isinstance(item, DecisionRecord)
+                            else {"m": item.to_json()}
+                            for item in taken
+                            if not isinstance(item, DecisionRecord) or self.matcher.wants(item)
+                        ]
+                    )
+                ]
+            if self._handing:
+                await self.store.transaction(self._handing)
+            sent = bool(self._handing)
+            self._handing = []
+            # the records are in the store now (or needed nothing): no longer only queued here
+            self._queued -= self._handing_records
+            self._handing_records = 0
             self.committed(self._received - self._queued)
-            if bodies and not self.leading:
+            if sent and not self.leading:
                 await self._notify("incidents")
 
     async def _change_leader(self) -> None:
         """Gained: load the book from the store. Lost: forget it and what was taken."""
         async with self.lock:
             self._lead_changed = False
-            self.signals.release()
-            self.commands.release()
-            self._unwritten = Plan()
-            self.matcher.windows.clear()
-            self.matcher.health.clear()
-            if self.leading:
-                await self._load_book()
-            else:
-                self.book.active.clear()
-                self.book.by_id.clear()
-            self.book.update_gauges()
+            await self._resync()
+
+    async def _resync(self) -> None:
+        """Drop what this process applied but did not write, and read the book again.
+
+        After a change of leader, or a write fenced off because another
+        process removed the same queue items first: the items not removed go
+        back to whoever leads, and the windows they fed start again.
+        """
+        self.signals.release()
+        self.commands.release()
+        self._unwritten = Plan()
+        self.matcher.windows.clear()
+        self.matcher.health.clear()
+        if self.leading:
+            await self._load_book()
+        else:
+            self.book.active.clear()
+            self.book.by_id.clear()
+        self.book.update_gauges()
 
     async def _apply_signals(self) -> None:
-        while True:
+        while self.leading:
             async with self.lock:
                 self.matcher.refresh(self.policies.current)
                 batch = await self.signals.peek(MAX_BATCH)
@@ -354,65 +404,104 @@ class IncidentService:
                         log.exception("incident rules failed on a shared signal")
                 self.book.tick(plan, now)
                 self.matcher.sweep(now)
-                ids = [item_id for item_id, _ in batch]
-                plan.statements.extend(self.signals.removal(ids))
+                plan.remove(self.signals, [item_id for item_id, _ in batch])
                 await self._write(plan)
-                self.signals.removed(ids)
             if len(batch) < MAX_BATCH:
                 return
 
     async def _apply_commands(self) -> None:
-        for item_id, body in await self.commands.peek(MAX_BATCH):
-            tail = [
-                *self.commands.removal([item_id]),
-                (
-                    "UPDATE incident_commands SET done_at = ?, result = ? WHERE id = ?",
-                    (time.time(), "ok", body["id"]),
-                ),
-            ]
+        """Apply people's actions queued by other processes, one at a time."""
+        for _ in range(MAX_BATCH):
+            if not self.leading:
+                return
+            taken = await self.commands.peek(1)
+            if not taken:
+                break
+            item_id, body = taken[0]
+            tail = Plan()
+            tail.remove(self.commands, [item_id])
+            tail.statements.append(_outcome(body["id"], "ok"))
             token = _command_tail.set(tail)
+            outcome = "ok"
             try:
                 await getattr(self, body["op"])(*body["args"])
             except StoreUnavailable:
+                # written with the action's own plan, which is retried; or, if the
+                # action failed before writing, tried again from the queue
+                if tail.fenced:
+                    self.commands.untake([item_id])
                 raise
             except GatewayError as exc:
                 # refused (already acknowledged, no such route…): the outcome alone is written
-                tail[1] = (tail[1][0], (time.time(), f"{exc.code}:{exc.message}", body["id"]))
-                await self.store.transaction(tail)
+                outcome = f"{exc.code}:{exc.message}"
+            except Exception as exc:
+                # a command this version cannot apply (from another version, say):
+                # answered, so it does not come back forever
+                log.exception("a queued incident action failed")
+                outcome = f"internal-error:{type(exc).__name__}"
             finally:
                 _command_tail.reset(token)
-            self.commands.removed([item_id])
+            if tail.fenced:
+                # the action wrote nothing (refused, or nothing to change): its outcome
+                # and the command's removal still commit together
+                tail.statements = [_outcome(body["id"], outcome)]
+                await self._write_fenced(tail)
         await self.store.execute(
             "DELETE FROM incident_commands WHERE created_at < ?", time.time() - COMMAND_KEEP
         )
 
+    async def _write_fenced(self, plan: Plan) -> None:
+        try:
+            await self.store.transaction(plan.all(), plan.expected())
+        except RowsChanged:
+            log.warning("another process applied this incident action first; reading again")
+            await self._resync()
+            return
+        plan.committed()
+
     async def _queue_command(self, op: str, *args: object) -> None:
         """Queue a person's action for the leader and wait for its outcome."""
         command_id = uuid.uuid4().hex
+        [(item_id, push)] = self.commands.items([{"id": command_id, "op": op, "args": list(args)}])
         await self.store.transaction(
             [
                 (
                     "INSERT INTO incident_commands (id, created_at) VALUES (?, ?)",
                     (command_id, time.time()),
                 ),
-                *self.commands.statements([{"id": command_id, "op": op, "args": list(args)}]),
+                push,
             ]
         )
         await self._notify("incidents")
         loop = asyncio.get_running_loop()
         end = loop.time() + COMMAND_TIMEOUT
-        while loop.time() < end:
-            row = await self.store.fetchone(
-                "SELECT result FROM incident_commands WHERE id = ?", command_id
-            )
-            if row is not None and row["result"] is not None:
-                _raise_refusal(row["result"])
+        while True:
+            result = await self._command_result(command_id)
+            if result is not None:
+                _raise_refusal(result)
                 return
+            if loop.time() >= end:
+                break
             await asyncio.sleep(0.05)
+        # taken back if no leader has removed it: then it is never applied, and the
+        # 503 means just that (a leader applying it now finds it gone and undoes)
+        withdrawn = await self.store.execute("DELETE FROM shared_queue WHERE id = ?", item_id)
+        if not withdrawn:
+            # a leader removed it, so it committed the action: its outcome is written
+            result = await self._command_result(command_id)
+            if result is not None:
+                _raise_refusal(result)
+                return
         raise LeaderUnavailable(
-            f"no gateway process applied this action within {COMMAND_TIMEOUT:g}s; it stays "
-            "queued and is applied once one leads the incident rules"
+            f"no gateway process applied this action within {COMMAND_TIMEOUT:g}s (none leads "
+            "the incident rules right now); it was not applied: try again"
         )
+
+    async def _command_result(self, command_id: str) -> str | None:
+        row = await self.store.fetchone(
+            "SELECT result FROM incident_commands WHERE id = ?", command_id
+        )
+        return None if row is None else row["result"]
 
     async def _write(self, plan: Plan) -> None:
         pending = self._unwritten
@@ -420,16 +509,26 @@ class IncidentService:
         tail = _command_tail.get()
         if tail:
             # a queued command's outcome commits with the action itself, exactly once
-            pending.statements.extend(tail)
-            tail.clear()
+            pending.merge(tail)
+            tail.fenced.clear()
+            tail.taken.clear()
+            tail.statements.clear()
         if pending:
-            await self.store.transaction(pending.all())
+            try:
+                await self.store.transaction(pending.all(), pending.expected())
+            except RowsChanged:
+                # another process applied these queue items first: this process's
+                # view is wrong, and nothing of it was written
+                log.warning("another process applied these incident signals first; reading again")
+                await self._resync()
+                return
             self._unwritten = Plan()
+            pending.committed()
             self.book.update_gauges()
             if pending.outbox:
                 self.outbox.wake()
             if pending.containment:
-                await self._notify("containment")
+                self._notify_soon("containment")
         # every record taken off the queue so far is applied, and what it changed written
         self.committed(self._received - self._queued)
 
@@ -547,7 +646,7 @@ class IncidentService:
             return inc
 
     async def acknowledge(self, incident_id: str, actor: str, note: str = "") -> Incident:
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("acknowledge", incident_id, actor, note)
             return await self.get(incident_id)
 
@@ -571,7 +670,7 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def note(self, incident_id: str, actor: str, text: str) -> Incident:
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("note", incident_id, actor, text)
             return await self.get(incident_id)
         if not text.strip():
@@ -583,7 +682,7 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def mark_contained(self, incident_id: str, actor: str, note: str = "") -> Incident:
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("mark_contained", incident_id, actor, note)
             return await self.get(incident_id)
 
@@ -605,7 +704,7 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def resolve(self, incident_id: str, actor: str, note: str = "") -> Incident:
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("resolve", incident_id, actor, note)
             return await self.get(incident_id)
 
@@ -615,7 +714,7 @@ class IncidentService:
         return await self._mutate(incident_id, change)
 
     async def postmortem_done(self, incident_id: str, actor: str) -> Incident:
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("postmortem_done", incident_id, actor)
             return await self.get(incident_id)
 
@@ -629,7 +728,7 @@ class IncidentService:
 
     async def link_review(self, incident_id: str, review_id: str, actor: str) -> Incident:
         review_id = review_id.strip()
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("link_review", incident_id, review_id, actor)
             return await self.get(incident_id)
         review_id = review_id.strip()
@@ -667,7 +766,7 @@ class IncidentService:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}")
         if mode == "fallback" and not r.fallback:
             raise Conflict(f"route {route} has no fallback route to switch to")
-        if not self.leading:
+        if self._asks_leader():
             await self._queue_command("contain_route", route, mode, actor, incident_id, reason)
             await self.reload_containment()
             return self.table.switches[route]
@@ -688,7 +787,7 @@ class IncidentService:
     async def restore_route(self, route: str, actor: str, reason: str = "") -> Switch:
         if route not in self.book.routes:
             raise NotFound(f"no route named {route!r}")
-        if not self.leading:
+        if self._asks_leader():
             await self.reload_containment()
             switch = self.table.switches.get(route)
             if switch is None:
@@ -714,8 +813,15 @@ class IncidentService:
 
 # the refusals a person's action can meet, by code, to raise them again where it was asked
 _REFUSALS: dict[str, type[GatewayError]] = {
-    cls.code: cls for cls in (BadRequest, Conflict, NotFound)
+    cls.code: cls for cls in (BadRequest, Conflict, NotFound, InternalError)
 }
+
+
+def _outcome(command_id: str, result: str) -> tuple[str, tuple[object, ...]]:
+    return (
+        "UPDATE incident_commands SET done_at = ?, result = ? WHERE id = ?",
+        (time.time(), result, command_id),
+    )
 
 
 def _raise_refusal(result: str) -> None:

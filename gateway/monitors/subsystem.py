@@ -107,6 +107,11 @@ class Monitors(Subsystem):
         self.leadership = self.gw.leadership
         self.shared = SharedQueue(self.gw.store, "monitors")
         self._outgoing: list[list[object]] = []
+        # observations on their way to the queue, as statements with their ids
+        self._pushing: list[tuple[str, tuple[object, ...]]] = []
+        # observations the leader applied whose removal from the queue is not committed
+        self._applied: list[str] = []
+        self._complained = -60.0
         self._share_task: asyncio.Task[None] | None = None
         self._loaded = self.leadership is None
         if self.leadership is not None:
@@ -159,6 +164,7 @@ class Monitors(Subsystem):
         self._loaded = False
         if not leader:
             self.shared.release()
+            self._applied = []
 
     async def _share_loop(self) -> None:
         """Hand observations to the leader; as the leader, apply everyone's."""
@@ -167,17 +173,20 @@ class Monitors(Subsystem):
             try:
                 await self.share()
             except Exception as exc:  # the store is down: keep them, try again
-                log.warning("sharing monitor observations failed: %s", exc)
+                now = time.monotonic()
+                if now - self._complained > 60.0:
+                    log.warning("sharing monitor observations failed: %s", type(exc).__name__)
+                    self._complained = now
 
     async def share(self) -> None:
         """One hand-over and, as the leader, one round of applying (tests call it)."""
-        if self._outgoing:
-            outgoing, self._outgoing = self._outgoing, []
-            try:
-                await self.shared.push(outgoing)
-            except Exception:
-                self._outgoing[:0] = outgoing
-                raise
+        if self._outgoing and not self._pushing:
+            # ids given once: a push whose commit answer was lost is sent again as it was
+            self._pushing = self.shared.statements(self._outgoing)
+            self._outgoing = []
+        if self._pushing:
+            await self.gw.store.transaction(self._pushing)
+            self._pushing = []
         if self.leadership is None or not self.leadership.leader:
             return
         if not self._loaded:
@@ -187,11 +196,13 @@ class Monitors(Subsystem):
             batch = await self.shared.peek(SHARE_BATCH)
             for _, (monitor_id, route, obs, ts) in batch:
                 self.set.apply(route, [(monitor_id, obs)], ts)
-            ids = [item_id for item_id, _ in batch]
-            removal = self.shared.removal(ids)
+            # applied: removed now or, if the store fails, with the next removal
+            self._applied += [item_id for item_id, _ in batch]
+            removal = self.shared.removal(self._applied)
             if removal:
                 await self.gw.store.transaction(removal)
-            self.shared.removed(ids)
+            self.shared.removed(self._applied)
+            self._applied = []
             if len(batch) < SHARE_BATCH:
                 return
 

@@ -371,7 +371,7 @@ class Exchange:
         out: web.StreamResponse
         if action is Action.REVIEW and self.gw.hold is not None:
             # stored durably before the client hears anything
-            out = await holding.hold_whole(self.hold_site(self.gw.hold), guard, body)
+            out = await holding.hold_whole(self.hold_site(self.gw.hold, guard), guard, body)
             if self.released_unreviewed is not None:
                 action = Action.ALLOW
         elif action in (Action.BLOCK, Action.REVIEW, Action.FALLBACK):
@@ -629,7 +629,7 @@ class Exchange:
             texts, complete = await read_rest(seen, translator, self.unread, left, route.name)
             self.busy.start()
             held = await holding.hold_stream(
-                self.hold_site(self.gw.hold), guard, texts, complete, self.open_keys(guard)
+                self.hold_site(self.gw.hold, guard), guard, texts, complete, self.open_keys(guard)
             )
             if self.released_unreviewed is not None:
                 self.finish(action="allow", stream=True, error=self.released_unreviewed)
@@ -673,7 +673,7 @@ class Exchange:
         return self.response
 
     # -- shared -----------------------------------------------------------------------
-    def hold_site(self, port: HoldPort) -> holding.HoldSite:
+    def hold_site(self, port: HoldPort, guard: ResponseGuard) -> holding.HoldSite:
         return holding.HoldSite(
             port=port,
             channel=self,
@@ -685,7 +685,8 @@ class Exchange:
             route=self.route_name,
             busy=self.busy,
             on_ticket=self.note_ticket,
-            release_if_unavailable=self.gw.settings.review.on_store_down == "allow",
+            release_if_unavailable=self.gw.settings.review.on_store_down == "allow"
+            and holding.releasable(guard),
             on_released=self.note_released,
         )
 

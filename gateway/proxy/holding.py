@@ -50,6 +50,17 @@ class HoldSite:
     on_released: Callable[[ReviewUnavailable], None] = lambda _err: None
 
 
+def releasable(guard: ResponseGuard) -> bool:
+    """Whether the answer may go out as it is if its hold fails (``review.on_store_down``).
+
+    Not when another policy wants it changed (redacted, or answered by the
+    fallback): releasing it unreviewed must never also release it unredacted.
+    """
+    return not any(
+        r.effective_action() in (Action.REDACT, Action.FALLBACK) for r in guard.enforced_breaches()
+    )
+
+
 def review_headers(ticket: Ticket, status: str = "pending") -> dict[str, str]:
     return {
         "x-governance-review-id": ticket.review_id,

@@ -9,9 +9,11 @@ Counters are named by an HMAC of that identity, never by the key itself.
 Requests a minute are a token bucket (see ``gateway.store.counters``): a
 client idle for a minute may send its whole minute at once, and then one
 request every ``60 / requests_per_minute`` seconds, the way Anthropic
-describes its own limits. Streams hold a leased slot from their start until
-their end, whatever ends them; a process killed mid-stream leaves slots
-that free themselves when their lease runs out.
+describes its own limits. Streams hold a slot from their start until their
+end, whatever ends them. A slot in Redis is leased and renewed while its
+stream runs, so a process killed mid-stream leaves slots that free
+themselves when their lease runs out; a slot in this process's memory dies
+with the process, so it has no lease and is held until given back.
 
 With ``state.redis`` the processes share the counters; without it, or while
 Redis is down in ``open`` mode, each process counts alone, so N processes
@@ -29,7 +31,7 @@ import math
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# seconds a stream's slot stays held without renewal; renewed three times a lease
+# seconds a stream's slot in Redis stays held without renewal; renewed three times a lease
 LEASE = 30.0
 # without a configured secret, identities are still hashed, under this fixed one
 _DEFAULT_SECRET = b"gateway-per-key-limits"
@@ -135,7 +137,7 @@ class KeyLimiter:
         if stream and streams is not None:
             member = f"{self._holder}:{next(self._serial)}"
             slot = Slot(f"{base}:streams", streams, member, LEASE)
-        taken, counters = await self._take(bucket, slot)
+        taken, counters, slot = await self._take(bucket, slot)
         if not taken.ok:
             if taken.refused == "bucket":
                 self._shed.labels("key-requests").inc()
@@ -155,10 +157,13 @@ class KeyLimiter:
             self._renewing.add(slot)
         return HeldSlot(slot, counters)
 
-    async def _take(self, bucket: Bucket | None, slot: Slot | None) -> tuple[Taken, Counters]:
+    async def _take(
+        self, bucket: Bucket | None, slot: Slot | None
+    ) -> tuple[Taken, Counters, Slot | None]:
+        """Take from Redis, else from memory; the slot returned is the one held."""
         if self.shared is not None:
             try:
-                return await self.shared.take(bucket, slot), self.shared
+                return await self.shared.take(bucket, slot), self.shared, slot
             except ConnectionError:
                 if self.closed:
                     self._shed.labels("limits-unavailable").inc()
@@ -167,7 +172,13 @@ class KeyLimiter:
                         max(1, math.ceil(self.shared.retry_in())),
                     ) from None
                 self.fallbacks.inc()
-        return self.local.take_now(bucket, slot), self.local
+        # A slot in memory is held until given back, with no lease: nothing renews it,
+        # and ``release`` always gives it back when its stream ends (the request's
+        # ``finally``), in this same process. A lease would free a stream's slot while
+        # the stream still runs, letting a client run any number of long streams.
+        if slot is not None:
+            slot = replace(slot, lease=None)
+        return self.local.take_now(bucket, slot), self.local, slot
 
     async def release(self, held: HeldSlot | None) -> None:
         """Give a stream's slot back, even while its request is being cancelled.

@@ -24,6 +24,11 @@ from gateway.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
 
+# seconds a held answer may take to be stored; a store that hangs (rather than
+# failing) would otherwise keep its client waiting for as long as the driver
+# does, up to a minute, before it hears ``review-unavailable``
+HOLD_TIMEOUT = 10.0
+
 
 class Holds:
     def __init__(
@@ -47,7 +52,13 @@ class Holds:
         item = new_item(answer, self.settings.review, route)
         started = time.perf_counter()
         try:
-            await self.db.insert(item)
+            async with asyncio.timeout(HOLD_TIMEOUT):
+                await self.db.insert(item)
+        except TimeoutError as exc:
+            log.error("could not store a held response: the store took over %gs", HOLD_TIMEOUT)
+            raise ReviewUnavailable(
+                "the response needs review but could not be stored; try again"
+            ) from exc
         except Exception as exc:
             log.exception("could not store a held response")
             raise ReviewUnavailable(

@@ -410,7 +410,8 @@ class ReviewStore:
         """Claim due callbacks for ``lease`` seconds; the token marks the claim as ours.
 
         Every process sharing the store runs a sender: a row another one
-        holds is left alone until its lease runs out (its holder died).
+        holds is left alone until its lease runs out (its holder died). So
+        claim no more rows than can all be sent within ``lease``.
         """
         token = secrets.token_hex(8)
         clock = time.time()

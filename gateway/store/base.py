@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -16,6 +17,17 @@ from gateway.records.decision import DecisionRecord
 
 Row = dict[str, Any]
 Statement = tuple[str, tuple[Any, ...]]
+
+
+class RowsChanged(Exception):
+    """A statement of a fenced transaction changed another number of rows; nothing was written."""
+
+
+def check_rows(index: int, count: int, expect: Sequence[int | None] | None) -> None:
+    if expect is not None and index < len(expect):
+        wanted = expect[index]
+        if wanted is not None and count != wanted:
+            raise RowsChanged(f"statement {index} changed {count} rows, not {wanted}")
 
 
 class Store(ABC):
@@ -43,8 +55,16 @@ class Store(ABC):
         return rows[0] if rows else None
 
     @abstractmethod
-    async def transaction(self, statements: list[Statement]) -> list[int]:
-        """Run statements atomically; return each one's changed-row count."""
+    async def transaction(
+        self, statements: list[Statement], expect: Sequence[int | None] | None = None
+    ) -> list[int]:
+        """Run statements atomically; return each one's changed-row count.
+
+        ``expect[i]``, when given and not None, is how many rows statement ``i``
+        must change: any other count undoes the whole transaction and raises
+        ``RowsChanged``. That is how a writer fences itself: removing queue
+        items another process removed first changes fewer rows.
+        """
 
     # -- decision records ---------------------------------------------------
     async def insert_decisions(self, records: list[DecisionRecord]) -> None:

@@ -6,9 +6,10 @@ Two kinds, both taken in one call so a request costs one round trip:
   ``period`` seconds; a request takes one. It is kept as one number, the
   time at which the bucket would be full again (GCRA), so it costs the same
   whatever the capacity, and the wait until the next token is exact.
-- **slots** are held while something lasts (a stream). Each slot is leased:
-  its holder renews it while it lives, and a slot nobody renews (its process
-  was killed) frees itself when its lease runs out.
+- **slots** are held while something lasts (a stream). A slot in Redis is
+  leased: its holder renews it while it lives, and a slot nobody renews (its
+  process was killed) frees itself when its lease runs out. A slot without a
+  lease is held until it is given back.
 
 ``MemoryCounters`` counts for one process; ``RedisCounters``
 (``gateway.store.redis_counters``) for every process using one Redis.
@@ -16,6 +17,7 @@ Two kinds, both taken in one call so a request costs one round trip:
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -42,8 +44,8 @@ class Slot:
     limit: int
     # this holder, unique among every process's holders
     member: str
-    # seconds the slot stays held without a renewal
-    lease: float
+    # seconds the slot stays held without a renewal; None: until it is given back
+    lease: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,8 @@ class Taken:
     ok: bool
     # which counter refused; None when ``ok``
     refused: Literal["bucket", "slot"] | None = None
-    # seconds until the refusing counter has room again (a slot's lease is only a bound)
+    # seconds until the refusing counter has room again (a slot's lease is only a bound;
+    # 0.0 when the slots held have no lease, so no bound is known)
     wait: float = 0.0
 
 
@@ -106,8 +109,9 @@ class MemoryCounters(Counters):
             for member in [m for m, end in held.items() if end <= now]:
                 del held[member]
             if len(held) >= slot.limit:
-                return Taken(False, "slot", min(held.values()) - now)
-            held[slot.member] = now + slot.lease
+                first_end = min(held.values())
+                return Taken(False, "slot", first_end - now if first_end < math.inf else 0.0)
+            held[slot.member] = now + slot.lease if slot.lease is not None else math.inf
         if bucket is not None:
             self._full_at[bucket.key] = full_at
         return TAKEN
@@ -116,7 +120,7 @@ class MemoryCounters(Counters):
         now = self._clock()
         for slot in slots:
             held = self._held.get(slot.key)
-            if held is not None and slot.member in held:
+            if held is not None and slot.member in held and slot.lease is not None:
                 held[slot.member] = now + slot.lease
 
     async def give_back(self, slot: Slot) -> None:

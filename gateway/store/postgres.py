@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.errors import StoreUnavailable
-from gateway.store.base import Row, Statement, Store
+from gateway.store.base import Row, Statement, Store, check_rows
 from gateway.store.migrations import MIGRATIONS
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -27,6 +27,12 @@ _OUTAGE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
+
+
+# seconds to wait for a pooled connection, a new one's connect included. asyncpg
+# alone would wait up to a minute for a server that accepts but never answers;
+# past this bound the store counts as unavailable and callers fall back at once
+ACQUIRE_TIMEOUT = 10.0
 
 
 def to_dollar(sql: str) -> str:
@@ -75,7 +81,7 @@ class PostgresStore(Store):
             command_timeout=30,
             server_settings=settings,
         )
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -101,7 +107,7 @@ class PostgresStore(Store):
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; an outage while using it raises ``StoreUnavailable``."""
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 yield conn
         except StoreUnavailable:
             raise
@@ -111,14 +117,19 @@ class PostgresStore(Store):
                 f"the PostgreSQL store is unavailable ({type(exc).__name__})"
             ) from exc
 
-    async def connect(self, *, timeout: float = 10.0) -> asyncpg.Connection:
+    async def connect(
+        self, *, timeout: float = 10.0, settings: dict[str, str] | None = None
+    ) -> asyncpg.Connection:
         """A connection of its own, outside the pool, set up as the pooled ones are.
 
-        For a session that must outlive any one statement (``LISTEN``); the
-        caller closes it. Outages raise as asyncpg raises them.
+        For a session that must outlive any one statement (``LISTEN``, an
+        advisory lock); ``settings`` adds server settings for it. The caller
+        closes it. Outages raise as asyncpg raises them.
         """
         return await asyncpg.connect(
-            self.dsn, timeout=timeout, server_settings=self._session_settings()
+            self.dsn,
+            timeout=timeout,
+            server_settings={**self._session_settings(), **(settings or {})},
         )
 
     async def close(self) -> None:
@@ -138,8 +149,12 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return [dict(r) for r in await conn.fetch(to_dollar(sql), *params)]
 
-    async def transaction(self, statements: list[Statement]) -> list[int]:
+    async def transaction(
+        self, statements: list[Statement], expect: Sequence[int | None] | None = None
+    ) -> list[int]:
         async with self._connection() as conn, conn.transaction():
-            return [
-                _count(await conn.execute(to_dollar(sql), *params)) for sql, params in statements
-            ]
+            counts = []
+            for index, (sql, params) in enumerate(statements):
+                counts.append(_count(await conn.execute(to_dollar(sql), *params)))
+                check_rows(index, counts[-1], expect)
+            return counts

@@ -37,14 +37,26 @@ class SharedQueue:
         return f"{time.time_ns():020d}-{_ORIGIN}{os.getpid():x}-{next(self._counter):08d}"
 
     def statements(self, bodies: list[Any]) -> list[Statement]:
+        return [statement for _, statement in self.items(bodies)]
+
+    def items(self, bodies: list[Any]) -> list[tuple[str, Statement]]:
+        """Each body's id in the queue and the statement that adds it."""
         now = time.time()
-        return [
-            (
-                "INSERT INTO shared_queue (id, topic, body, created_at) VALUES (?, ?, ?, ?)",
-                (self._next_id(), self.topic, orjson.dumps(body).decode(), now),
+        out = []
+        for body in bodies:
+            item_id = self._next_id()
+            out.append(
+                (
+                    item_id,
+                    (
+                        # sent again after a commit whose answer was lost: ignored
+                        "INSERT INTO shared_queue (id, topic, body, created_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                        (item_id, self.topic, orjson.dumps(body).decode(), now),
+                    ),
+                )
             )
-            for body in bodies
-        ]
+        return out
 
     async def push(self, bodies: list[Any]) -> None:
         """Commit ``bodies`` to the queue (in order), or raise."""
@@ -75,6 +87,10 @@ class SharedQueue:
 
     def removed(self, ids: list[str]) -> None:
         """The caller's transaction holding ``removal(ids)`` committed."""
+        self._taken.difference_update(ids)
+
+    def untake(self, ids: list[str]) -> None:
+        """``ids`` were taken but not applied: they may be read again."""
         self._taken.difference_update(ids)
 
     def release(self) -> None:

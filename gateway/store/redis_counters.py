@@ -62,14 +62,20 @@ end
 return {1, 0, 0}
 """
 
-# re-adds a slot that is gone (Redis restarted): a stream still running is counted again
+# extends a slot that is still held, never adds one back: a renewal racing with
+# the give-back of a finished stream must not hold its slot for another lease
+# (XX: update existing members only). A slot lost with a restarted Redis stays
+# lost; its stream runs to its end uncounted.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lease = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], string.format('%d', now + lease), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000))
-return 1
+redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000))
+  return 1
+end
+return 0
 """
 
 _REFUSED_BY: dict[int, Any] = {1: "bucket", 2: "slot"}
@@ -77,6 +83,13 @@ _REFUSED_BY: dict[int, Any] = {1: "bucket", 2: "slot"}
 
 def _us(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1_000_000))
+
+
+def _lease_us(slot: Slot) -> int:
+    # a slot in Redis outlives a killed holder only until its lease runs out
+    if slot.lease is None:
+        raise ValueError(f"a slot kept in Redis needs a lease: {slot.key}")
+    return _us(slot.lease)
 
 
 class RedisCounters(Counters):
@@ -129,7 +142,7 @@ class RedisCounters(Counters):
             args[0:3] = ["1", _us(bucket.interval), bucket.capacity]
         if slot is not None:
             keys.append(slot.key)
-            args[3:7] = ["1", slot.limit, slot.member, _us(slot.lease)]
+            args[3:7] = ["1", slot.limit, slot.member, _lease_us(slot)]
         ok, which, wait_us = await self._call(lambda: self._take(keys=keys, args=args))
         if ok:
             return TAKEN
@@ -142,7 +155,7 @@ class RedisCounters(Counters):
         async def run() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for slot in slots:
-                await self._renew(keys=[slot.key], args=[slot.member, _us(slot.lease)], client=pipe)
+                await self._renew(keys=[slot.key], args=[slot.member, _lease_us(slot)], client=pipe)
             return await pipe.execute()
 
         await self._call(run)

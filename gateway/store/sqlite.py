@@ -13,12 +13,13 @@ import asyncio
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreUnavailable
-from gateway.store.base import Row, Statement, Store
+from gateway.store.base import Row, Statement, Store, check_rows
 from gateway.store.files import open_private, private_dir, tighten_file
 from gateway.store.migrations import MIGRATIONS
 
@@ -162,12 +163,17 @@ class SQLiteStore(Store):
     async def fetchall(self, sql: str, *params: Any) -> list[Row]:
         return await self._run(lambda: [dict(r) for r in self.conn.execute(sql, params).fetchall()])
 
-    async def transaction(self, statements: list[Statement]) -> list[int]:
+    async def transaction(
+        self, statements: list[Statement], expect: Sequence[int | None] | None = None
+    ) -> list[int]:
         def work() -> list[int]:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                counts = [conn.execute(sql, params).rowcount for sql, params in statements]
+                counts = []
+                for index, (sql, params) in enumerate(statements):
+                    counts.append(conn.execute(sql, params).rowcount)
+                    check_rows(index, counts[-1], expect)
                 conn.execute("COMMIT")
                 return counts
             except Exception:
