@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Literal
 
@@ -11,7 +12,7 @@ from gateway.contract.detector import Finding, WholeTextScan
 from gateway.contract.kind import PolicyKind
 from gateway.contract.policy import Action, PolicyBase, Status
 from gateway.policy.check import context_for, evaluate
-from gateway.policy.engine import ResponseGuard
+from gateway.policy.engine import ResponseGuard, new_decision_id
 from gateway.policy.kinds import Registry, default_registry
 from gateway.policy.loader import load_policies
 from tests.conftest import write_policies
@@ -226,3 +227,14 @@ policies:
     )
     guard = await run(ps, text, chunk=chunk)
     assert guard.segments["0"].released_text == expected
+
+
+def test_decision_ids_are_unique_hex_and_follow_the_clock():
+    first = [new_decision_id() for _ in range(2000)]
+    time.sleep(0.002)
+    later = new_decision_id()
+    assert len(set(first)) == len(first)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in first)
+    # a later millisecond sorts after every earlier one: inserts append to the index
+    assert later > max(first)
+    assert abs(int(later[:12], 16) - time.time() * 1000) < 5000
