@@ -12,27 +12,23 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
-# promtool checks the alert rules; the Debian package is unpacked, not
-# installed, so no Prometheus service is set up (tests/test_dashboards.py)
-if ! command -v promtool >/dev/null 2>&1 && [ ! -x .tools/prometheus/usr/bin/promtool ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    mkdir -p .tools && (cd .tools && apt-get download -qq prometheus >/dev/null 2>&1 \
-      || (apt-get update -qq && apt-get download -qq prometheus)) \
-      && dpkg-deb -x .tools/prometheus_*.deb .tools/prometheus && rm -f .tools/prometheus_*.deb
+# Tools from Debian packages, unpacked into .tools/ rather than installed, so
+# no service is set up: unpack PACKAGE BINARY-PATH-INSIDE-IT
+unpack() {
+  local package=$1 binary=$2
+  if ! command -v "$(basename "$binary")" >/dev/null 2>&1 && [ ! -x ".tools/$package/$binary" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+      mkdir -p .tools && (cd .tools && apt-get download -qq "$package" >/dev/null 2>&1 \
+        || (apt-get update -qq && apt-get download -qq "$package")) \
+        && dpkg-deb -x .tools/"$package"_*.deb ".tools/$package" && rm -f .tools/"$package"_*.deb
+    fi
   fi
-fi
-export PATH="$PATH:$PWD/.tools/prometheus/usr/bin"
-
-# nginx checks the load balancer's config of the compose stack
-# (tests/test_deploy_manifests.py); unpacked the same way
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x .tools/nginx/usr/sbin/nginx ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    mkdir -p .tools && (cd .tools && apt-get download -qq nginx >/dev/null 2>&1 \
-      || (apt-get update -qq && apt-get download -qq nginx)) \
-      && dpkg-deb -x .tools/nginx_*.deb .tools/nginx && rm -f .tools/nginx_*.deb
-  fi
-fi
-export PATH="$PATH:$PWD/.tools/nginx/usr/sbin"
+  export PATH="$PATH:$PWD/.tools/$package/$(dirname "$binary")"
+}
+# promtool checks the alert rules (tests/test_dashboards.py); nginx the load
+# balancer's config of the compose stack (tests/test_deploy_manifests.py)
+unpack prometheus usr/bin/promtool
+unpack nginx usr/sbin/nginx
 
 # Prism mocks OpenAI's and Anthropic's APIs from their OpenAPI documents
 # (tests/test_conformance.py); pinned, from the npm registry

@@ -133,23 +133,54 @@ def incidents_of(gw):
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(request, tmp_path):
-    """A fresh, empty store of each backend; PostgreSQL gets its own schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    import uuid
-
+async def drop_schemas(*names: str) -> None:
     import asyncpg
 
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_DSN}?schema={schema}"
     conn = await asyncpg.connect(PG_DSN)
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def pg_schema():
+    """A PostgreSQL schema name of this test's own, dropped afterwards."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_schemas(name)
+
+
+@pytest.fixture
+def pg_url(pg_schema) -> str:
+    """The local PostgreSQL, in a schema of this test's own."""
+    return f"{PG_DSN}?schema={pg_schema}"
+
+
+@pytest.fixture
+async def pg_relay(pg_schema):
+    """A relay in front of the local PostgreSQL, and a store URL through it (its own schema).
+
+    Cutting or stalling the relay is an outage of PostgreSQL as the gateway sees it.
+    """
+    from tests.gateway_process import free_port
+    from tests.tcp_relay import TcpRelay
+
+    relay = TcpRelay(free_port(), ("127.0.0.1", 5432))
+    await relay.restore()
+    yield relay, f"postgresql://postgres@127.0.0.1:{relay.port}/test?schema={pg_schema}"
+    await relay.cut()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty store of each backend; PostgreSQL gets its own schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

@@ -7,19 +7,16 @@ a policy file that cannot be read on reload.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import sqlite3
-import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from gateway.app import build_gateway, create_admin_app, create_app
 from gateway.config import Route, Store
 from gateway.proxy.state import GATEWAY
-from tests.conftest import ADMIN_TOKEN, PG_DSN, REVIEWER_TOKEN, settings_for
+from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, settings_for
 from tests.test_proxy_basic import CHAT, chat_body
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -133,73 +130,28 @@ async def test_locked_sqlite_store_is_503_store_unavailable(make_gateway, fake, 
     assert resp.status == 200
 
 
-class Relay:
-    """A TCP relay on loopback in front of PostgreSQL; ``stop`` is the server going away."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.writers: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _client(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.writers += [writer, up_writer]
-
-        async def pipe(src, dst) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.transport.abort()
-        await self.server.wait_closed()
-
-
-async def test_postgres_going_down_is_503_store_unavailable(aiohttp_client, fake, tmp_path):
-    relay = Relay("127.0.0.1", 5432)
-    port = await relay.start()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+async def test_postgres_going_down_is_503_store_unavailable(
+    aiohttp_client, fake, tmp_path, pg_relay
+):
+    relay, url = pg_relay
     settings = settings_for(
         tmp_path, [Route(name="default", upstream=fake.url)], [str(tmp_path / "policies")]
-    ).model_copy(
-        update={"store": Store(url=f"postgresql://postgres@127.0.0.1:{port}/test?schema={schema}")}
-    )
+    ).model_copy(update={"store": Store(url=url)})
     (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "main.yaml").write_text(
         "policies:\n  - {id: p, kind: phrases, phrases: [launch codes]}\n", encoding="utf-8"
     )
     app = create_app(build_gateway(settings))
-    try:
-        admin = await aiohttp_client(create_admin_app(app[GATEWAY]))
-        proxy = await aiohttp_client(app)
-        await (await proxy.post(CHAT, json=chat_body())).read()
-        resp = await admin.get("/governance/v1/decisions", headers=ADMIN)
-        assert resp.status == 200 and len((await resp.json())["decisions"]) == 1
-        await relay.stop()
-        # the pooled connection is cut, and no new one can be made
-        for path in ("/governance/v1/decisions", "/governance/v1/incidents"):
-            err = await error_of(await admin.get(path, headers=ADMIN), 503, "store-unavailable")
-            assert "PostgreSQL" in err["message"]
-    finally:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+    admin = await aiohttp_client(create_admin_app(app[GATEWAY]))
+    proxy = await aiohttp_client(app)
+    await (await proxy.post(CHAT, json=chat_body())).read()
+    resp = await admin.get("/governance/v1/decisions", headers=ADMIN)
+    assert resp.status == 200 and len((await resp.json())["decisions"]) == 1
+    await relay.cut()
+    # the pooled connection is cut, and no new one can be made
+    for path in ("/governance/v1/decisions", "/governance/v1/incidents"):
+        err = await error_of(await admin.get(path, headers=ADMIN), 503, "store-unavailable")
+        assert "PostgreSQL" in err["message"]
 
 
 def make_unreadable(path: Path) -> str:

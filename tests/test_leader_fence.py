@@ -11,28 +11,14 @@ the first tries to commit.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from gateway.store import open_store
 from gateway.store.base import RowsChanged
-from tests.conftest import PG_DSN, incidents_of, leak_policy_with_rule, write_policies
+from tests.conftest import incidents_of, leak_policy_with_rule, write_policies
 
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_DSN}?schema={schema}"
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

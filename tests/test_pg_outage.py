@@ -11,17 +11,13 @@ counted on its incident, without a restart.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 
 from tests.conftest import ADMIN_TOKEN, PG_DSN, leak_policy_with_rule, write_policies
 from tests.gateway_process import free_port, start_gateway, write_config
-from tests.tcp_relay import TcpRelay
 
 TOKENS = f"- {{name: ops, token: {ADMIN_TOKEN}, roles: [admin]}}\n"
 HOLD = """\
@@ -36,29 +32,16 @@ def ask(word: str) -> dict:
     return {"model": "gpt-test", "messages": [{"role": "user", "content": word}]}
 
 
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 async def test_an_outage_loses_nothing_answered_and_heals_by_itself(
-    fake, tmp_path: Path, schema: str
+    fake, tmp_path: Path, pg_schema: str, pg_relay
 ):
-    relay = TcpRelay(free_port(), ("127.0.0.1", 5432))
-    await relay.restore()
+    relay, store = pg_relay
     policies = leak_policy_with_rule("    policies: [no-forbidden]\n").replace(
         "policies:\n", "policies:\n" + HOLD, 1
     )
     write_policies(tmp_path / "policies", policies)
     proxy_port, admin_port = free_port(), free_port()
     config = write_config(tmp_path, fake.url, proxy_port, admin_port, tokens=TOKENS)
-    store = f"postgresql://postgres@127.0.0.1:{relay.port}/test?schema={schema}"
     gw = await start_gateway(config, admin_port, proxy_port, env={"GATEWAY_STORE_URL": store})
     answered: list[str] = []
     try:
@@ -102,7 +85,7 @@ async def test_an_outage_loses_nothing_answered_and_heals_by_itself(
                     break
                 await asyncio.sleep(0.1)
             assert await healed()
-            conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
+            conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": pg_schema})
             try:
                 for _ in range(300):
                     ids = {r["id"] for r in await conn.fetch("SELECT id FROM decisions")}
@@ -119,4 +102,3 @@ async def test_an_outage_loses_nothing_answered_and_heals_by_itself(
             assert breaches == 8
     finally:
         await gw.stop()
-        await relay.cut()

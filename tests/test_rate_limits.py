@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import web
 from redis.asyncio import Redis
@@ -521,15 +520,6 @@ async def test_without_redis_readyz_does_not_name_it(make_gateway, fake):
 
 
 # -- real processes ---------------------------------------------------------------------------
-@pytest.fixture
-async def pg_schema():
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield schema
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def limits_yaml(redis_prefix: str, **limits: int) -> str:

@@ -5,12 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from gateway.errors import ItemChanged
-from gateway.records.review import ReviewItem
+from gateway.config import Route, Settings
+from gateway.contract.policy import ReviewOptions
+from gateway.errors import ItemChanged, ReviewUnavailable
+from gateway.events import EventBus
+from gateway.records.review import HeldAnswer, HeldRequest, ReviewItem
+from gateway.review.callbacks import Callbacks
+from gateway.review.holds import Holds
 from gateway.review.items import new_id
+from gateway.review.metrics import ReviewMetrics
 from gateway.review.store import ReviewStore
+from gateway.severity import Severity
+from gateway.store import open_store
+from tests.test_records import HELD, SAUCE
 
 
 def make_item(i: int = 0, **over) -> ReviewItem:
@@ -326,15 +338,6 @@ async def test_two_senders_deliver_each_callback_once_to_a_slow_receiver(
     reviews, aiohttp_server, monkeypatch
 ):
     """More callbacks are due than a slow receiver takes within one claim's lease."""
-    import aiohttp
-    from aiohttp import web
-    from prometheus_client import CollectorRegistry
-
-    from gateway.config import Route, Settings
-    from gateway.events import EventBus
-    from gateway.review.callbacks import Callbacks
-    from gateway.review.metrics import ReviewMetrics
-
     deliveries: list[str] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -393,31 +396,10 @@ async def test_two_senders_deliver_each_callback_once_to_a_slow_receiver(
 
 
 @pytest.mark.parametrize("keep_open", [False, True], ids=["new-connection", "open-connection"])
-async def test_a_hold_on_a_hung_store_is_refused_in_bounds(keep_open):
+async def test_a_hold_on_a_hung_store_is_refused_in_bounds(keep_open, pg_relay):
     """The client of a held answer hears ``review-unavailable`` well before asyncpg gives up."""
-    import uuid
-
-    import asyncpg
-    from prometheus_client import CollectorRegistry
-
-    from gateway.config import Route, Settings
-    from gateway.contract.policy import ReviewOptions
-    from gateway.errors import ReviewUnavailable
-    from gateway.events import EventBus
-    from gateway.records.review import HeldAnswer, HeldRequest
-    from gateway.review.holds import Holds
-    from gateway.review.metrics import ReviewMetrics
-    from gateway.severity import Severity
-    from gateway.store import open_store
-    from tests.conftest import PG_DSN
-    from tests.gateway_process import free_port
-    from tests.tcp_relay import TcpRelay
-    from tests.test_records import HELD, SAUCE
-
-    relay = TcpRelay(free_port(), ("127.0.0.1", 5432))
-    await relay.restore()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    store = open_store(f"postgresql://postgres@127.0.0.1:{relay.port}/test?schema={schema}")
+    relay, url = pg_relay
+    store = open_store(url)
     answer = HeldAnswer(
         decision=HELD,
         policy="hold-sauce",
@@ -446,10 +428,4 @@ async def test_a_hold_on_a_hung_store_is_refused_in_bounds(keep_open):
         assert err.value.code == "review-unavailable"
         assert loop.time() - started < 25
     finally:
-        await relay.cut()
         await store.close()
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()

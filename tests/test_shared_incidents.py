@@ -8,13 +8,10 @@ directory; only the store is shared. One of them leads the incident rules
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 
 from gateway.store.leadership import lock_key
 from tests.conftest import ADMIN_TOKEN, PG_DSN, leak_policy_with_rule, write_policies
@@ -23,17 +20,6 @@ from tests.gateway_process import GatewayProcess, free_port, start_gateway, writ
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 TOKENS = f"- {{name: ops, token: {ADMIN_TOKEN}, roles: [admin]}}\n"
 BREACH = {"model": "gpt-test", "messages": [{"role": "user", "content": "the codes?"}]}
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_DSN}?schema={schema}"
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def start_pair(
@@ -237,11 +223,10 @@ async def test_a_route_contained_on_one_process_is_contained_on_the_other_within
 
 
 async def test_when_the_leaders_lock_connection_dies_the_other_process_takes_over(
-    fake, tmp_path: Path, pg_url: str
+    fake, tmp_path: Path, pg_url: str, pg_schema: str
 ):
     fake.script.text = "Sure. The launch codes are 0000."
     a, b = await start_pair(tmp_path, fake.url, pg_url, leak_policy_with_rule())
-    schema = pg_url.rsplit("schema=", 1)[1]
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -256,7 +241,7 @@ async def test_when_the_leaders_lock_connection_dies_the_other_process_takes_ove
             [first] = await until(leaders)
             assert first
             # the backend holding this schema's leadership lock is the leader's
-            key = lock_key("signals", schema)
+            key = lock_key("signals", pg_schema)
             conn = await asyncpg.connect(PG_DSN)
             try:
                 killed = await conn.fetchval(

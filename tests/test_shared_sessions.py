@@ -11,8 +11,6 @@ import asyncio
 import hashlib
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
-import pytest
 
 from gateway.config import Route, Settings
 from gateway.web.auth import TokenBook
@@ -33,17 +30,6 @@ POLICY = "policies:\n  - {id: no-secret, kind: phrases, phrases: [internal use o
 OPS = f"- {{name: ops, token: {ADMIN_TOKEN}, roles: [admin]}}\n"
 RITA = f"- {{name: rita, token: {REVIEWER_TOKEN}, roles: [reviewer]}}\n"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_DSN}?schema={schema}"
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def config_for(home: Path, upstream: str, tokens: str = OPS + RITA) -> tuple[Path, int, int]:

@@ -33,7 +33,14 @@ from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.store.broadcast import LocalBroadcast, PostgresBroadcast, open_broadcast
 from gateway.store.postgres import PostgresStore
-from tests.conftest import ADMIN_TOKEN, PG_DSN, POLICIES, REVIEWER_TOKEN, write_policies
+from tests.conftest import (
+    ADMIN_TOKEN,
+    PG_DSN,
+    POLICIES,
+    REVIEWER_TOKEN,
+    drop_schemas,
+    write_policies,
+)
 from tests.gateway_process import GatewayProcess, free_port, start_gateway, write_config
 from tests.test_review_api import REVIEW_POLICIES, SAUCE
 from tests.test_sinks import HOOK_SECRET, RULES, FakeSinks
@@ -74,12 +81,7 @@ async def schemas():
         return made[-1]
 
     yield make
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        for schema in made:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schemas(*made)
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
+
+from gateway.errors import StoreUnavailable
 from gateway.records.decision import DecisionRecord
 from gateway.store import open_store
 
@@ -73,23 +77,12 @@ async def test_migrations_run_once(store_url):
     assert [r["version"] for r in rows] == sorted(m[0] for m in MIGRATIONS)
 
 
-async def test_a_postgres_server_that_stops_answering_makes_the_store_unavailable_in_bounds():
+async def test_a_postgres_server_that_stops_answering_makes_the_store_unavailable_in_bounds(
+    pg_relay,
+):
     """A server that accepts connections but never answers is an outage, not a minute's wait."""
-    import asyncio
-    import uuid
-
-    import asyncpg
-    import pytest
-
-    from gateway.errors import StoreUnavailable
-    from tests.conftest import PG_DSN
-    from tests.gateway_process import free_port
-    from tests.tcp_relay import TcpRelay
-
-    relay = TcpRelay(free_port(), ("127.0.0.1", 5432))
-    await relay.restore()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    store = open_store(f"postgresql://postgres@127.0.0.1:{relay.port}/test?schema={schema}")
+    relay, url = pg_relay
+    store = open_store(url)
     try:
         await store.open()
         await store.insert_decisions([record(1)])
@@ -106,10 +99,4 @@ async def test_a_postgres_server_that_stops_answering_makes_the_store_unavailabl
         await relay.restore()
         assert (await store.get_decision("d0001"))["decision_id"] == "d0001"
     finally:
-        await relay.cut()
         await store.close()
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()

@@ -445,19 +445,11 @@ class IncidentService:
                 # the action wrote nothing (refused, or nothing to change): its outcome
                 # and the command's removal still commit together
                 tail.statements = [_outcome(body["id"], outcome)]
-                await self._write_fenced(tail)
+                async with self.lock:
+                    await self._write(tail)
         await self.store.execute(
             "DELETE FROM incident_commands WHERE created_at < ?", time.time() - COMMAND_KEEP
         )
-
-    async def _write_fenced(self, plan: Plan) -> None:
-        try:
-            await self.store.transaction(plan.all(), plan.expected())
-        except RowsChanged:
-            log.warning("another process applied this incident action first; reading again")
-            await self._resync()
-            return
-        plan.committed()
 
     async def _queue_command(self, op: str, *args: object) -> None:
         """Queue a person's action for the leader and wait for its outcome."""
@@ -519,7 +511,7 @@ class IncidentService:
             except RowsChanged:
                 # another process applied these queue items first: this process's
                 # view is wrong, and nothing of it was written
-                log.warning("another process applied these incident signals first; reading again")
+                log.warning("another process applied these queued items first; reading again")
                 await self._resync()
                 return
             self._unwritten = Plan()
