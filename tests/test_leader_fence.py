@@ -63,25 +63,30 @@ async def test_two_leaders_at_once_count_a_storm_once(
     # b's lock check has not run yet: it still believes it leads
     gw_b.leadership.leader = True
     await b._change_leader()
-    for _ in range(5):
-        await (await proxy_a.post(CHAT, json={"model": "m", "messages": []})).read()
-    await a._forward()
+    # the background turns of both services wait: the race below is the only one
+    async with a._turn, b._turn:
+        for _ in range(5):
+            await (await proxy_a.post(CHAT, json={"model": "m", "messages": []})).read()
+        await a._forward()
 
-    # b reads the batch, then waits while a applies and commits the same batch
-    a_done = asyncio.Event()
-    peek = b.signals.peek
+        # b reads the batch, then waits while a applies and commits the same batch
+        a_done = asyncio.Event()
+        peek = b.signals.peek
+        peeked: list[int] = []
 
-    async def slow_peek(limit: int):
-        batch = await peek(limit)
-        await a_done.wait()
-        return batch
+        async def slow_peek(limit: int):
+            batch = await peek(limit)
+            peeked.append(len(batch))
+            await a_done.wait()
+            return batch
 
-    b.signals.peek = slow_peek  # type: ignore[method-assign]
-    b_turn = asyncio.create_task(b._apply_signals())
-    await asyncio.sleep(0.1)
-    await a._apply_signals()
-    a_done.set()
-    await b_turn
+        b.signals.peek = slow_peek  # type: ignore[method-assign]
+        b_turn = asyncio.create_task(b._apply_signals())
+        await asyncio.sleep(0.1)
+        await a._apply_signals()
+        a_done.set()
+        await b_turn
+    assert peeked[0] == 5
 
     rows = await gw_a.store.fetchall("SELECT breach_count FROM incidents WHERE rule_id = 'leaks'")
     assert [r["breach_count"] for r in rows] == [5]
@@ -141,3 +146,32 @@ async def test_a_queued_action_is_applied_once_by_the_leader(
     )
     assert len(events) == 1
     assert await a.commands.depth() == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_hand_over_sent_again_after_it_was_applied_is_not_applied_twice(
+    tmp_path, pg_url, backend
+):
+    from gateway.store.queue import SharedQueue
+
+    url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'queue.db'}"
+    store = open_store(url)
+    await store.open()
+    try:
+        queue = SharedQueue(store, "incidents")
+        sent = queue.statements([{"r": 1}, {"r": 2}])
+        await store.transaction(sent)
+        batch = await queue.peek(10)
+        assert [body for _, body in batch] == [{"r": 1}, {"r": 2}]
+        ids = [item_id for item_id, _ in batch]
+        await store.transaction(queue.removal(ids), [len(ids)])
+        queue.removed(ids)
+        # the sender never heard its commit, and sends the same items again
+        await store.transaction(sent)
+        assert await queue.peek(10) == []
+        assert await queue.depth() == 0
+        # a second leader marking them again changes nothing, and is fenced off
+        with pytest.raises(RowsChanged):
+            await store.transaction(queue.removal(ids), [len(ids)])
+    finally:
+        await store.close()

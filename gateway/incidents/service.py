@@ -450,6 +450,8 @@ class IncidentService:
         await self.store.execute(
             "DELETE FROM incident_commands WHERE created_at < ?", time.time() - COMMAND_KEEP
         )
+        await self.signals.prune()
+        await self.commands.prune()
 
     async def _queue_command(self, op: str, *args: object) -> None:
         """Queue a person's action for the leader and wait for its outcome."""
@@ -477,7 +479,9 @@ class IncidentService:
             await asyncio.sleep(0.05)
         # taken back if no leader has removed it: then it is never applied, and the
         # 503 means just that (a leader applying it now finds it gone and undoes)
-        withdrawn = await self.store.execute("DELETE FROM shared_queue WHERE id = ?", item_id)
+        withdrawn = await self.store.execute(
+            "DELETE FROM shared_queue WHERE id = ? AND applied_at IS NULL", item_id
+        )
         if not withdrawn:
             # a leader removed it, so it committed the action: its outcome is written
             result = await self._command_result(command_id)

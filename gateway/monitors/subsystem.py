@@ -204,6 +204,7 @@ class Monitors(Subsystem):
             self.shared.removed(self._applied)
             self._applied = []
             if len(batch) < SHARE_BATCH:
+                await self.shared.prune()
                 return
 
     async def current(self) -> MonitorSet:

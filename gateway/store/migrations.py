@@ -230,9 +230,15 @@ MIGRATIONS.append(
                 id TEXT PRIMARY KEY,
                 topic TEXT NOT NULL,
                 body TEXT NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL
+                created_at DOUBLE PRECISION NOT NULL,
+                applied_at DOUBLE PRECISION
             )""",
-            "CREATE INDEX shared_queue_topic ON shared_queue (topic, id)",
+            # what waits for the leader, in order; and applied items, kept a while
+            # so that a hand-over sent again is recognised, not applied twice
+            "CREATE INDEX shared_queue_waiting ON shared_queue (topic, id) "
+            "WHERE applied_at IS NULL",
+            "CREATE INDEX shared_queue_applied ON shared_queue (applied_at) "
+            "WHERE applied_at IS NOT NULL",
             # a person's action on an incident taken by a process that is not the
             # leader: the leader applies it and writes the outcome here
             """CREATE TABLE incident_commands (

@@ -3,9 +3,12 @@
 Incident rules and monitor windows must count the traffic of every process
 and replica, so each process hands its signals to the leader (see
 ``leadership``) through the ``shared_queue`` table: ``push`` commits a batch;
-the leader ``peek``s the oldest items of a topic and removes them with a
-statement it commits together with what it made of them, so an item is
-applied exactly once even when the leader dies mid-batch.
+the leader ``peek``s the oldest items of a topic and marks them applied
+with a statement it commits together with what it made of them, so an item
+is applied exactly once even when the leader dies mid-batch. An applied item
+stays, marked, for ``KEEP`` seconds before ``prune`` deletes it: a process
+whose insert committed but whose answer was lost sends the same ids again,
+and they must meet the applied row, not an empty place.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import orjson
 from gateway.store.base import Statement, Store
 
 _ORIGIN = uuid.uuid4().hex[:8]
+# seconds an applied item is kept; a hand-over is sent again within seconds
+KEEP = 600.0
 
 
 class SharedQueue:
@@ -66,7 +71,8 @@ class SharedQueue:
     async def peek(self, limit: int) -> list[tuple[str, Any]]:
         """The oldest items not taken yet, marked taken until ``removal`` commits or ``release``."""
         rows = await self.store.fetchall(
-            "SELECT id, body FROM shared_queue WHERE topic = ? ORDER BY id LIMIT ?",
+            "SELECT id, body FROM shared_queue WHERE topic = ? AND applied_at IS NULL "
+            "ORDER BY id LIMIT ?",
             self.topic,
             limit + len(self._taken),
         )
@@ -81,9 +87,29 @@ class SharedQueue:
         return out
 
     def removal(self, ids: list[str]) -> list[Statement]:
-        """Statements that remove ``ids``, for the caller's transaction."""
+        """Statements that mark ``ids`` applied, for the caller's transaction.
+
+        Each changes as many rows as ``ids`` only if no other process applied
+        any of them first (the fence of ``Plan.fenced``).
+        """
+        if not ids:
+            return []
         marks = ", ".join("?" for _ in ids)
-        return [(f"DELETE FROM shared_queue WHERE id IN ({marks})", tuple(ids))] if ids else []
+        return [
+            (
+                f"UPDATE shared_queue SET applied_at = ? WHERE applied_at IS NULL "
+                f"AND id IN ({marks})",
+                (time.time(), *ids),
+            )
+        ]
+
+    async def prune(self) -> None:
+        """Delete this topic's items applied more than ``KEEP`` seconds ago."""
+        await self.store.execute(
+            "DELETE FROM shared_queue WHERE topic = ? AND applied_at < ?",
+            self.topic,
+            time.time() - KEEP,
+        )
 
     def removed(self, ids: list[str]) -> None:
         """The caller's transaction holding ``removal(ids)`` committed."""
@@ -99,6 +125,7 @@ class SharedQueue:
 
     async def depth(self) -> int:
         row = await self.store.fetchone(
-            "SELECT COUNT(*) AS n FROM shared_queue WHERE topic = ?", self.topic
+            "SELECT COUNT(*) AS n FROM shared_queue WHERE topic = ? AND applied_at IS NULL",
+            self.topic,
         )
         return int(row["n"]) if row else 0
