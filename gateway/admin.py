@@ -185,7 +185,7 @@ async def readyz(request: web.Request) -> web.Response:
     responses={200: Text("text/plain")},
 )
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[GATEWAY].metrics.registry)
+    data = generate_latest(request.app[GATEWAY].metrics.exposition)
     return web.Response(body=data, headers={"content-type": CONTENT_TYPE_LATEST})
 
 

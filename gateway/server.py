@@ -14,16 +14,12 @@ import logging
 import signal
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
 
 from gateway.app import build_gateway, create_admin_app, create_app
 from gateway.config import AdminListener, Settings
 from gateway.errors import ListenError
 from gateway.listeners import GuardedSite
-from gateway.policy.reload import PolicySwap
-from gateway.proxy.state import Gateway
+from gateway.observability.metric_pool import MetricPool
 from gateway.store.files import tighten_dir
 from gateway.workers import WorkerRole
 
@@ -120,51 +116,6 @@ async def check_addresses(settings: Settings) -> Settings:
     return settings.model_copy(update={"listeners": listeners.model_copy(update=resolved)})
 
 
-class PooledRegistry(CollectorRegistry):
-    """The samples of every process writing to ``path``, and nothing else."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        super().register(MultiProcessCollector(None, path=path))
-
-    def register(self, collector: Collector) -> None:
-        # a metric made after the swap writes to the files like every other;
-        # registering it here as well would count it twice
-        return
-
-
-def pool_metrics(metrics_dir: str) -> None:
-    """Before the gateway is built: what prometheus_client's multiprocess mode needs of us.
-
-    The metrics themselves already write to ``metrics_dir``: prometheus_client
-    reads ``PROMETHEUS_MULTIPROC_DIR``, which the parent set, when imported.
-    """
-    import warnings
-
-    # clearing a labelled metric (the policy revision) cannot remove what is in
-    # the files; ``share_metrics`` zeroes the revision instead
-    warnings.filterwarnings("ignore", "Clearing labels has not been implemented", UserWarning)
-
-
-def share_metrics(gw: Gateway, metrics_dir: str) -> None:
-    """Let /metrics show every worker's samples, wherever a scrape lands.
-
-    Each process's updates land in its own files in ``metrics_dir``; a scrape
-    reads them all through a registry of its own, summing counters and
-    histograms, and showing gauges per process (a ``pid`` label).
-    """
-    gw.metrics.registry = PooledRegistry(metrics_dir)
-    serving = [gw.policies.serving.revision]
-
-    def swapped(swap: PolicySwap) -> None:
-        # the revision replaced would stay at 1 in the files: say 0 instead
-        old, serving[0] = serving[0], swap.policy_set.revision
-        if old != serving[0]:
-            gw.metrics.policy_revision.labels(old).set(0)
-
-    gw.events.subscribe(PolicySwap, swapped)
-
-
 async def serve(
     settings: Settings,
     *,
@@ -179,12 +130,12 @@ async def serve(
     """
     # the admin token and, by default, the database live here: the owner's only
     tighten_dir(settings.data_dir)
-    pooled = worker.metrics_dir if worker is not None else None
-    if pooled:
-        pool_metrics(pooled)
     gw = build_gateway(settings, worker=worker is not None)
-    if pooled:
-        share_metrics(gw, pooled)
+    snapshots: asyncio.Task[None] | None = None
+    if worker is not None and worker.metrics_dir:
+        pool = MetricPool(gw.metrics.registry, worker.metrics_dir)
+        gw.metrics.exposition = pool.exposition
+        snapshots = asyncio.create_task(pool.run(), name="metric snapshots")
     proxy_runner = web.AppRunner(
         create_app(gw), handler_cancellation=True, access_log=None, shutdown_timeout=10
     )
@@ -217,6 +168,7 @@ async def serve(
             # undo the start (store, background tasks) before saying why in one line
             await admin_runner.cleanup()
             await proxy_runner.cleanup()
+            await _stopped(snapshots)
             raise listen_error(
                 exc, f"{name} listener", listener.host, listener.port, *LISTENER_SETTINGS[name]
             ) from None
@@ -247,3 +199,11 @@ async def serve(
     log.info("shutting down")
     await admin_runner.cleanup()
     await proxy_runner.cleanup()
+    await _stopped(snapshots)
+
+
+async def _stopped(snapshots: asyncio.Task[None] | None) -> None:
+    # cancelled, the task writes a last snapshot: everything this worker counted
+    if snapshots is not None:
+        snapshots.cancel()
+        await asyncio.gather(snapshots, return_exceptions=True)

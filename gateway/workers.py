@@ -44,8 +44,8 @@ log = logging.getLogger("gateway.workers")
 # what the parent tells a worker, besides its slot (given as a command-line flag)
 ENV_PARENT = "GATEWAY_WORKER_PARENT"
 ENV_READY_FD = "GATEWAY_WORKER_READY_FD"
-# prometheus_client's multiprocess mode: every worker writes its samples here
-ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# where every worker writes its metrics snapshot, for a scrape on any of them
+ENV_METRICS_DIR = "GATEWAY_METRICS_DIR"
 
 # the parent's exit status when a slot keeps dying right after its start
 EXIT_WORKERS_FAILING = 3
@@ -247,7 +247,6 @@ class Supervisor:
                 slot.ever_ready = True
                 slot.listening.set()
             code = await proc.wait()
-            self._forget_gauges(proc.pid)
             if self._stopping.is_set():
                 return
             if not slot.ever_ready:
@@ -331,15 +330,6 @@ class Supervisor:
             "gateway worker started", extra={"fields": {"worker": slot.number, "pid": proc.pid}}
         )
         return proc, ready
-
-    def _forget_gauges(self, pid: int) -> None:
-        # a dead worker's gauges describe nothing any more; its counters and
-        # histograms stay, so the totals a scrape sums never go backwards
-        for path in glob.glob(os.path.join(self.metrics_dir, f"gauge_*_{pid}.db")):
-            try:
-                os.remove(path)
-            except OSError:
-                pass
 
     async def _stop_all(self) -> None:
         """SIGTERM every worker, wait up to the grace, SIGKILL the rest."""

@@ -134,6 +134,23 @@ async def scrape_requests(admin: str) -> float:
     )
 
 
+async def until_scraped(admin: str, expected: float, deadline: float = 10.0) -> None:
+    """Scrape until every worker's snapshot (written about once a second) counts ``expected``.
+
+    A scrape shows its own worker's counts live and the others' from their
+    snapshots, so it must agree several times in a row, on whichever worker
+    each scrape lands.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    agreed = 0
+    while agreed < 5:
+        seen = await scrape_requests(admin)
+        agreed = agreed + 1 if seen == expected else 0
+        assert loop.time() < end, f"scrapes count {seen}, not {expected}"
+        await asyncio.sleep(0.1)
+
+
 def log_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
@@ -152,6 +169,7 @@ async def test_two_workers_serve_one_port_and_stop_cleanly(fake, tmp_path: Path)
         )
         assert {pid for pid, n in served.items() if n} == pids, served
         # a scrape lands on one worker and counts what every worker served
+        await until_scraped(gw.admin, 40)
         for _ in range(6):
             assert await scrape_requests(gw.admin) == 40
         # a worker's own log lines say which worker wrote them
@@ -180,8 +198,9 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(fake, t
     gw = await start_workers(tmp_path, fake.url)
     try:
         victim, survivor = sorted(worker_pids(tmp_path))
-        async with aiohttp.ClientSession() as session:
-            await ask(session, gw.proxy)
+        await ask_on_new_connections(gw.proxy, 20)
+        # once both snapshots hold them, what the victim counted outlives it
+        await until_scraped(gw.admin, 20)
         os.kill(victim, signal.SIGKILL)
         await until(lambda: reaped(victim), "the killed worker to be gone")
         # whichever worker a connection lands on answers
@@ -195,6 +214,7 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(fake, t
         # the new worker replays the killed one's journal and deletes it
         await until(lambda: victim not in worker_pids(tmp_path), "the dead journal's replay")
         await ask_on_new_connections(gw.proxy, 10)
+        await until_scraped(gw.admin, 40)
         restarted = [
             line
             for line in log_lines(gw.log)

@@ -13,6 +13,8 @@ class Metrics:
     def __init__(self) -> None:
         self._children: dict[tuple[str, ...], object] = {}
         self.registry = CollectorRegistry()
+        # what /metrics shows: this registry, or every worker's pooled (``MetricPool``)
+        self.exposition = self.registry
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total",
