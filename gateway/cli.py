@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", action="append", help="policy files (default: policies/)")
     demo.set_defaults(func=cmd_demo)
 
+    gate = sub.add_parser(
+        "gate",
+        help="replay prompts through a candidate upstream and judge it against thresholds",
+        description="Exit 0 when the candidate passes, 1 when it fails a threshold, "
+        "2 when it cannot be judged (docs/gate.md).",
+    )
+    from gateway.gate.command import add_arguments as add_gate_arguments
+
+    add_gate_arguments(gate)
+    gate.set_defaults(func=cmd_gate)
+
     from gateway.policy.schema import add_command as add_schema_command
 
     add_schema_command(sub)
@@ -368,6 +379,12 @@ def _check(args) -> dict | None:
     if protocol:
         out["protocol"] = protocol
     return out
+
+
+def cmd_gate(args) -> int:
+    from gateway.gate.command import run_gate
+
+    return run_gate(args)
 
 
 def cmd_demo(args) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ class Script:
     extra: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     tool_call: bool = False
+    # the answer's text from the request body, when the text depends on the prompt
+    reply: Callable[[dict[str, Any]], str] | None = None
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -134,7 +137,8 @@ class FakeUpstream:
         if not body.get("stream"):
             if s.fault == "hang":
                 await asyncio.sleep(3600)
-            message: dict[str, Any] = {"role": "assistant", "content": s.text, "refusal": None}
+            text = s.reply(body) if s.reply is not None else s.text
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
             if s.tool_call:
                 message["tool_calls"] = [
                     {
