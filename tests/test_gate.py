@@ -270,3 +270,15 @@ async def test_bad_inputs_are_precise(policies, tmp_path):
     )
     assert code == 2
     assert f"{limits}:2:3: unknown-field: defaults.max_rat (did you mean max_rate?)" in stderr
+
+
+def test_intervals_match_the_published_examples():
+    from gateway.gate.stats import difference, wilson
+
+    # Newcombe (1998), table II, example (a): 56/70 against 48/80
+    d = difference(wilson(56, 70), wilson(48, 80))
+    assert (round(d.low, 4), round(d.high, 4)) == (0.0524, 0.3339)
+    # no hits: the interval starts at exactly 0 and is not degenerate
+    none = wilson(0, 200)
+    assert none.low == 0.0 and 0.018 < none.high < 0.019
+    assert wilson(0, 0).to_json()["high"] == 1.0
