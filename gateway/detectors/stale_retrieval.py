@@ -1,6 +1,9 @@
 """Policy kind ``stale_retrieval``: answers resting on old, superseded or withdrawn sources.
 
-Rules, each judged on the RAG sources the adapter found (``ctx.sources``):
+Rules, each judged on the sources the adapter found (``ctx.sources``). Any
+answer may carry sources (a RAG pipeline's chunks, a search API's citations),
+so the kind is meant to run on every route; an answer without sources costs
+two length checks per feed.
 
 * ``max_age``: a source whose ``updated_at`` (else ``published_at``) is older
   than this breaches. Missing or unparseable dates follow ``treat_as``.
@@ -317,6 +320,9 @@ class StaleRetrievalDetector:
         self, text: str, ctx: ScanContext, first_source: int, first_error: int
     ) -> list[Finding]:
         """The per-source rules on sources and adapter errors from the given positions on."""
+        if len(ctx.sources) <= first_source and len(ctx.source_errors) <= first_error:
+            # most answers on a chat route carry no sources: nothing to read the clock for
+            return []
         cfg = self.config
         span = (0, len(text))
         findings: list[Finding] = []
@@ -506,5 +512,5 @@ KIND = PolicyKind(
     "stale_retrieval",
     StaleRetrievalPolicy,
     build,
-    "RAG sources that are too old, superseded, withdrawn or expired; too few sources.",
+    "Sources that are too old, superseded, withdrawn or expired; too few sources.",
 )
