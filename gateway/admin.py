@@ -42,8 +42,8 @@ from gateway.proxy.adapters import parse_answer
 from gateway.proxy.adapters.base import openai_error
 from gateway.proxy.state import GATEWAY, Gateway
 from gateway.web.api import error_json, from_http_exception, json_body, json_response
-from gateway.web.auth import PRINCIPAL, TOKENS, TokenBook
-from gateway.web.openapi import ErrorBody, Text, describe
+from gateway.web.auth import PRINCIPAL, SIDE_ROLES, TOKENS, TokenBook
+from gateway.web.openapi import ErrorBody, Text, describe, operation_of
 from gateway.web.openapi import install as install_openapi
 from gateway.web.pages import PAGES, VIEWER, Pages, Viewer, install_pages, viewer_of
 from gateway.web.sessions import SESSIONS, SessionBook
@@ -115,7 +115,10 @@ async def viewer_for_error(request: web.Request, err: GatewayError) -> Viewer | 
 @web.middleware
 async def bearer_auth(request: web.Request, handler):
     if request.path.startswith("/governance/"):
-        request[PRINCIPAL] = request.app[TOKENS].require(request, "reviewer")
+        # a path described for a side role (feedback) takes that role instead of reviewer
+        op = operation_of(request.match_info.handler)
+        role = op.auth if op is not None and op.auth in SIDE_ROLES else "reviewer"
+        request[PRINCIPAL] = request.app[TOKENS].require(request, role)
     return await handler(request)
 
 

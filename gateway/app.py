@@ -33,7 +33,7 @@ from gateway.store.leadership import Leadership
 log = logging.getLogger(__name__)
 
 
-PORTS = ("hold", "containment")
+PORTS = ("hold", "containment", "variants")
 
 
 def installed_subsystems() -> list[type[Subsystem]]:
@@ -94,9 +94,10 @@ def build_gateway(
     events.subscribe(PolicyReloadFailed, lambda _: metrics.reloads.labels("failed").inc())
     for cls in classes:
         sub = cls(gw)
-        ports = (gw.hold, gw.containment)
+        ports = (gw.hold, gw.containment, gw.variants)
         sub.install()
-        for before, after, port in zip(ports, (gw.hold, gw.containment), PORTS, strict=True):
+        plugged = (gw.hold, gw.containment, gw.variants)
+        for before, after, port in zip(ports, plugged, PORTS, strict=True):
             if before is not None and after is not before:
                 raise ConfigError(
                     f"subsystem {cls.name} plugs the {port} port another already holds"

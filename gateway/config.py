@@ -21,7 +21,8 @@ from gateway.strict import Strict
 from gateway.yaml_source import load_source, sorted_by_position, validation_messages
 
 Protocol = Literal["auto", "openai", "anthropic", "rag-json"]
-Role = Literal["reviewer", "lead", "admin"]
+# "feedback" stands apart from the ladder: a client key that may post outcomes only
+Role = Literal["reviewer", "lead", "admin", "feedback"]
 
 
 class Listener(Strict):
@@ -131,12 +132,89 @@ class KeyLimits(Strict):
         return self.requests_per_minute is not None or self.concurrent_streams is not None
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"upstream must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class Variant(Strict):
+    """One upstream of a route that splits its traffic (a canary, an A/B test)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # the upstream's URL, or ``model``: a model registry alias that names it
+    upstream: str | None = None
+    # ``<registered model>@<alias>`` in ``model_registry``; the version the alias
+    # points at names its serving URL in a tag (docs/canary.md)
+    model: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    # a share of the route's traffic, relative to the other variants' weights
+    weight: float = Field(ge=0)
+    # the variant's own upstream key; unset: the route's ``api_key``
+    api_key: ApiKey | None = None
+
+    @field_validator("upstream")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _http_url(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_upstream(self) -> Variant:
+        if (self.upstream is None) == (self.model is None):
+            raise ValueError(f"variant {self.name}: give either upstream (a URL) or model")
+        return self
+
+
+class Sticky(Strict):
+    """What keeps one client on one variant: its API key, a header's value, or nothing."""
+
+    by: Literal["api_key", "header", "none"] = "api_key"
+    header: str | None = None
+
+    @model_validator(mode="after")
+    def _header_named(self) -> Sticky:
+        if self.by == "header" and not self.header:
+            raise ValueError("sticky.by: header needs sticky.header, the header's name")
+        return self
+
+
+class RollbackLimit(Strict):
+    # the candidate's figure over the baseline's beyond which it is rolled back
+    max_ratio: float = Field(default=2.0, gt=1)
+    # answers each variant needs inside the window before the ratio means anything
+    min_samples: int = Field(default=200, ge=1)
+
+
+class Rollback(Strict):
+    """When a candidate variant is rolled back: its figures against the baseline's."""
+
+    # the variant the others are compared with; unset: the one with the highest weight
+    baseline: str | None = None
+    # seconds of answers compared, and seconds between comparisons
+    window: float = Field(default=600.0, gt=0)
+    check_interval: float = Field(default=10.0, gt=0, le=300)
+    breach_rate: RollbackLimit | None = None
+    error_rate: RollbackLimit | None = None
+    # the mean time to a whole answer, the upstream's included
+    latency: RollbackLimit | None = None
+    # the rollback incident's severity, as a policy's (high: SEV2)
+    severity: Literal["low", "medium", "high", "critical"] = "high"
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Rollback:
+        if self.breach_rate is None and self.error_rate is None and self.latency is None:
+            raise ValueError("rollback_on needs breach_rate, error_rate or latency")
+        return self
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path_prefix: str = "/"
     # model names (shell globs) this route serves; empty means any
     models: list[str] = Field(default_factory=list)
-    upstream: str
+    # required unless ``variants`` name the upstreams (it is then the baseline's URL,
+    # or empty when a registry alias names the baseline: each request's variant decides)
+    upstream: str = ""
     protocol: Protocol = "auto"
     timeouts: Timeouts = Timeouts()
     fallback: str | None = None
@@ -148,14 +226,56 @@ class Route(Strict):
     review: RouteReview = RouteReview()
     # per-key limits of this route, counted apart from other routes; None: ``limits.per_key``
     per_key: KeyLimits | None = None
+    # traffic split between upstreams by weight (docs/canary.md); ``upstream`` then
+    # defaults to the baseline variant's
+    variants: list[Variant] = Field(default_factory=list)
+    sticky: Sticky = Sticky()
+    rollback_on: Rollback | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_from_variants(cls, data: object) -> object:
+        if isinstance(data, dict) and "upstream" not in data and data.get("variants"):
+            baseline = _baseline_of(data)
+            if baseline is not None and isinstance(baseline.get("upstream"), str):
+                data = {**data, "upstream": baseline["upstream"]}
+        return data
 
     @field_validator("upstream")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"upstream must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
+        return _http_url(value) if value else value
+
+    @model_validator(mode="after")
+    def _variants_consistent(self) -> Route:
+        if not self.upstream and not self.variants:
+            raise ValueError("a route needs an upstream (an http(s) URL), or variants")
+        names = [v.name for v in self.variants]
+        if self.variants and len(self.variants) < 2:
+            raise ValueError("variants: a split needs at least two variants")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variant names must be unique: {', '.join(dupes)}")
+        if self.variants and not any(v.weight > 0 for v in self.variants):
+            raise ValueError("variants: at least one variant needs a weight above 0")
+        if self.rollback_on is not None:
+            if not self.variants:
+                raise ValueError("rollback_on needs variants to compare")
+            if self.rollback_on.baseline is not None and self.rollback_on.baseline not in names:
+                raise ValueError(
+                    f"rollback_on.baseline {self.rollback_on.baseline!r} is no variant "
+                    f"(variants: {', '.join(names)})"
+                )
+        return self
+
+    def baseline_variant(self) -> Variant | None:
+        """The variant the others are compared with: named, else the highest weight."""
+        if not self.variants:
+            return None
+        named = self.rollback_on.baseline if self.rollback_on is not None else None
+        if named is not None:
+            return next(v for v in self.variants if v.name == named)
+        return max(self.variants, key=lambda v: v.weight)
 
     @field_validator("path_prefix")
     @classmethod
@@ -163,6 +283,55 @@ class Route(Strict):
         if not value.startswith("/"):
             raise ValueError("path_prefix must start with '/'")
         return value
+
+
+def _baseline_of(data: dict) -> dict | None:
+    variants = [v for v in data.get("variants") or [] if isinstance(v, dict)]
+    rollback = data.get("rollback_on")
+    named = rollback.get("baseline") if isinstance(rollback, dict) else None
+    found = next((v for v in variants if named is not None and v.get("name") == named), None)
+    if found is not None:
+        return found
+    # a baseline that names no variant is reported by the validators; meanwhile the
+    # upstream is one of the variants', so no "missing upstream" hides the real error
+    weighted = [v for v in variants if isinstance(v.get("weight"), int | float)]
+    if weighted:
+        return max(weighted, key=lambda v: v["weight"])
+    return variants[0] if variants else None
+
+
+class MlflowRegistry(Strict):
+    """An MLflow model registry whose aliases name route variants' upstreams."""
+
+    url: str
+    # a bearer token for the registry (Databricks, a hosted MLflow); unset: none
+    token_env: str | None = None
+    # the model version tag that holds the version's serving URL
+    upstream_tag: str = "gateway.upstream"
+    # URL prefixes a tag may name ("https://models.internal/"): whoever can tag a
+    # version must not be able to send traffic, and the route's key, anywhere else
+    allowed_upstreams: list[str] = Field(min_length=1)
+    # seconds between re-reads of every alias, so a move made elsewhere is followed
+    refresh_interval: float = Field(default=30.0, gt=0, le=3600)
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("allowed_upstreams")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            parts = urlsplit(prefix)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"allowed_upstreams: {prefix!r} is not an http(s) URL prefix")
+        return value
+
+
+class ModelRegistry(Strict):
+    mlflow: MlflowRegistry
 
 
 class Store(Strict):
@@ -366,6 +535,8 @@ class Settings(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     tracing: Tracing = Tracing()
     state: State = State()
+    # where route variants named by ``model`` are resolved (docs/canary.md)
+    model_registry: ModelRegistry | None = None
 
     @model_validator(mode="after")
     def _routes_consistent(self) -> Settings:
@@ -401,13 +572,21 @@ class Settings(Strict):
                         route.fallback,
                         f"route {route.name}: fallback {route.fallback!r} is no route",
                     )
-                elif self.route(route.fallback).upstream == route.upstream:
+                elif route.upstream and self.route(route.fallback).upstream == route.upstream:
                     problem(
                         at,
                         route.fallback,
                         f"route {route.name}: fallback {route.fallback!r} has the same upstream; "
                         "a fallback must go somewhere else",
                     )
+            named = [v for v in route.variants if v.model is not None]
+            if named and self.model_registry is None:
+                problem(
+                    ("routes", i, "variants"),
+                    named[0].model,
+                    f"route {route.name}: variant {named[0].name} names a model alias; "
+                    "configure model_registry to resolve it",
+                )
             if route.containment.fallback_on is not None and route.fallback is None:
                 problem(
                     ("routes", i, "containment", "fallback_on"),

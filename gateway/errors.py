@@ -243,6 +243,20 @@ class ExchangeInterrupted(GatewayError):
 
 
 # -- the upstream ---------------------------------------------------------------------
+class VariantUnavailable(GatewayError):
+    """No variant of a split route can serve: every one with traffic is an unresolved alias."""
+
+    code = "variant-unavailable"
+    status = 503
+
+
+class RegistryError(GatewayError):
+    """The model registry that names route variants refused or could not be reached."""
+
+    code = "registry-error"
+    status = 502
+
+
 class UpstreamError(GatewayError):
     """The upstream answered, but not with something we can serve."""
 

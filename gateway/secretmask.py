@@ -149,9 +149,17 @@ def mask_secrets(text: str) -> str:
     return "".join(out)
 
 
+# evidence keys that hold a small image (a thumbnail the gateway drew) as a
+# data URI: its base64 is pixels, not a credential, and masked it shows nothing
+_IMAGE_KEYS = frozenset({"thumbnail", "source_thumbnail"})
+_IMAGE_URI = re.compile(r"data:image/(?:jpeg|png|webp);base64,[A-Za-z0-9+/]+={0,2}")
+
+
 def mask_evidence(value: Any, key: str | None = None) -> Any:
     """A copy of JSON-like evidence with secrets masked in every string (ids kept)."""
     if isinstance(value, str):
+        if key in _IMAGE_KEYS and _IMAGE_URI.fullmatch(value):
+            return value
         return value if key in _ID_KEYS else mask_secrets(value)
     if isinstance(value, dict):
         return {k: mask_evidence(v, k) for k, v in value.items()}

@@ -31,6 +31,7 @@ EXPECTED_PROTOCOLS = {
     "openai-chat",
     "openai-completions",
     "openai-responses",
+    "openai-images",
     "anthropic-messages",
     "rag-json",
 }

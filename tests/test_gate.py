@@ -273,7 +273,7 @@ async def test_bad_inputs_are_precise(policies, tmp_path):
 
 
 def test_intervals_match_the_published_examples():
-    from gateway.gate.stats import difference, wilson
+    from gateway.stats import difference, wilson
 
     # Newcombe (1998), table II, example (a): 56/70 against 48/80
     d = difference(wilson(56, 70), wilson(48, 80))
@@ -282,3 +282,97 @@ def test_intervals_match_the_published_examples():
     none = wilson(0, 200)
     assert none.low == 0.0 and 0.018 < none.high < 0.019
     assert wilson(0, 0).to_json()["high"] == 1.0
+
+
+async def test_an_anthropic_upstream_is_asked_in_its_own_protocol(
+    aiohttp_server, policies, tmp_path
+):
+    candidate = FakeUpstream()
+    candidate.script.text = CLEAN
+    server = await aiohttp_server(candidate.app)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "messages": [
+                    {"role": "system", "content": "Be terse."},
+                    {"role": "user", "content": "Hello"},
+                ],
+            }
+        )
+        + "\n"
+    )
+    code, stdout, stderr = await gate(
+        "--candidate",
+        str(server.make_url("")),
+        "--protocol",
+        "anthropic",
+        "--prompts",
+        str(prompts),
+        "--policies",
+        str(policies),
+        "--out",
+        "a",
+        cwd=tmp_path,
+    )
+    assert code == 0, stderr
+    [request] = candidate.requests
+    assert request["path"] == "/v1/messages"
+    assert request["headers"]["anthropic-version"] == "2023-06-01"
+    assert request["body"]["system"] == "Be terse."
+    assert request["body"]["messages"] == [{"role": "user", "content": "Hello"}]
+    assert request["body"]["max_tokens"] == 1024
+    assert "1 answers judged, 0 failed" in stdout
+
+
+async def test_a_baseline_that_does_not_answer_cannot_wave_a_candidate_through(
+    aiohttp_server, policies, tmp_path
+):
+    candidate, baseline, c_url, b_url = await upstreams(aiohttp_server, copying_every_tenth)
+    baseline.script.fault = "500"
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
+    code, stdout, _ = await gate(
+        "--candidate",
+        c_url,
+        "--baseline",
+        b_url,
+        "--prompts",
+        str(prompts),
+        "--policies",
+        str(policies),
+        "--retries",
+        "0",
+        "--out",
+        "b",
+        cwd=tmp_path,
+    )
+    assert code == 2
+    assert "Not judged: the baseline failed to answer" in stdout
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["unanswered"] == ["baseline"]
+
+
+async def test_a_line_cut_short_by_a_crash_is_asked_again(aiohttp_server, policies, tmp_path):
+    candidate, _, c_url, _ = await upstreams(aiohttp_server, lambda body: CLEAN)
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 5)
+    args = [
+        "--candidate",
+        c_url,
+        "--prompts",
+        str(prompts),
+        "--policies",
+        str(policies),
+        "--out",
+        "cut",
+    ]
+    code, _, stderr = await gate(*args, cwd=tmp_path)
+    assert code == 0, stderr
+    results = tmp_path / "cut" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    # the process died while writing the last result: half a line, no newline
+    results.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    code, stdout, stderr = await gate(*args, "--resume", cwd=tmp_path)
+    assert code == 0, stderr
+    assert len(candidate.requests) == 6  # the cut prompt only, asked again
+    assert "5 answers judged, 0 failed" in stdout
+    assert all(json.loads(line) for line in results.read_text().splitlines())

@@ -504,6 +504,7 @@ def test_builtin_kinds_are_registered_as_entry_points():
     assert sorted(found) == [
         "bias",
         "copyright",
+        "image_copyright",
         "length",
         "phrases",
         "retrieval_quality",
@@ -518,6 +519,7 @@ def test_builtin_kinds_are_registered_as_entry_points():
 
 
 def test_builtin_subsystems_are_registered_as_entry_points():
+    from gateway.canary.subsystem import Canary
     from gateway.incidents.subsystem import Incidents
     from gateway.index_service.subsystem import IndexService
     from gateway.monitors.subsystem import Monitors
@@ -525,6 +527,7 @@ def test_builtin_subsystems_are_registered_as_entry_points():
 
     found = dict(load_group(SUBSYSTEMS))
     assert found == {
+        "canary": Canary,
         "incidents": Incidents,
         "indexes": IndexService,
         "monitors": Monitors,
@@ -533,7 +536,7 @@ def test_builtin_subsystems_are_registered_as_entry_points():
     for name, cls in found.items():
         assert issubclass(cls, Subsystem)
         assert cls.name == name
-    assert installed_subsystems() == [Incidents, IndexService, Monitors, Review]
+    assert installed_subsystems() == [Canary, Incidents, IndexService, Monitors, Review]
 
 
 def test_two_subsystems_cannot_plug_one_port(tmp_path, policy_dir):

@@ -230,7 +230,13 @@ def test_shipped_monitors_validate():
 
     path = Path(__file__).parents[1] / "policies" / "monitors.yaml"
     configs = parse_monitors([(str(path), yaml.safe_load(path.read_text())["monitors"])])
-    assert {c.id for c in configs} == {"credit-decisions", "recommendations-drift"}
+    assert {c.id for c in configs} == {
+        "credit-decisions",
+        "recommendations-drift",
+        "recommendations-click-through",
+        "offers-accepted-by-region",
+        "policy-labels",
+    }
 
 
 @pytest.mark.parametrize(
@@ -259,7 +265,7 @@ def test_monitors_section_from_the_policy_loader():
 
     policy_set = load_policies([Path(__file__).parents[1] / "policies" / "monitors.yaml"])
     mset = MonitorSet(parse_monitors(policy_set.sections["monitors"]))
-    assert set(mset.monitors) == {"credit-decisions", "recommendations-drift"}
+    assert {"credit-decisions", "recommendations-drift", "policy-labels"} <= set(mset.monitors)
     body = {"result": {"decision": "declined", "score": 0.3}, "applicant": {"cohort": "a"}}
     assert mset.observe("credit", body, now=0.0) == []
     assert mset.monitors["credit-decisions"].count == 1

@@ -9,11 +9,12 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from gateway.config import Route
 from gateway.web.openapi import SPEC_PATH, api_routes, build_document
 from tests.conftest import ADMIN_TOKEN, REVIEWER_TOKEN, write_policies
 
 # the admin listener's HTML pages and their assets: for browsers, left out of the document
-UI_PREFIXES = ("/review", "/incidents/", "/login", "/logout", "/ui/static/")
+UI_PREFIXES = ("/review", "/incidents/", "/variants/", "/login", "/logout", "/ui/static/")
 # JSON API routes the document does not cover yet, each with the reason; empty means all
 UNDOCUMENTED: dict[tuple[str, str], str] = {}
 
@@ -95,7 +96,21 @@ class Checker:
 
 
 async def started(make_gateway, fake):
-    proxy, admin, gw = await make_gateway(upstream=fake)
+    routes = [
+        Route(name="default", path_prefix="/v1/", upstream=fake.url),
+        # a route that splits its traffic, for the variants API
+        Route.model_validate(
+            {
+                "name": "split",
+                "path_prefix": "/split/",
+                "variants": [
+                    {"name": "stable", "upstream": fake.url, "weight": 9},
+                    {"name": "candidate", "upstream": fake.url, "weight": 1},
+                ],
+            }
+        ),
+    ]
+    proxy, admin, gw = await make_gateway(routes)
     return proxy, admin, gw
 
 
@@ -282,10 +297,47 @@ async def test_real_answers_match_the_document(make_gateway, fake, policy_dir):
         route="default",
     )
 
+    # route variants
+    split = await c.call("GET", "/governance/v1/routes/variants", 200)
+    assert [r["route"] for r in split["routes"]] == ["split"]
+    await c.call("GET", "/governance/v1/routes/{route}/variants", 200, route="split")
+    await c.call("GET", "/governance/v1/routes/{route}/variants", 404, route="default")
+    promoted = await c.call(
+        "POST",
+        "/governance/v1/routes/{route}/{action}",
+        200,
+        json={"variant": "candidate", "reason": "testing"},
+        route="split",
+        action="promote",
+    )
+    assert promoted["weights"]["weights"] == {"stable": 0.0, "candidate": 100.0}
+    await c.call(
+        "POST",
+        "/governance/v1/routes/{route}/{action}",
+        400,
+        json={"variant": "nope"},
+        route="split",
+        action="rollback",
+    )
+    await c.call(
+        "POST",
+        "/governance/v1/routes/{route}/{action}",
+        403,
+        json={},
+        route="split",
+        action="reset",
+        headers=REVIEWER,
+    )
+
     # the smaller subsystems
     await c.call("GET", "/governance/v1/indexes", 200)
     await c.call("POST", "/governance/v1/indexes/{name}/reload", 404, name="nope")
     await c.call("GET", "/governance/v1/monitors", 200)
+    click = {"event_id": "e1", "decision_id": "d1", "type": "click"}
+    await c.call("POST", "/governance/v1/feedback", 200, json=click)
+    await c.call("POST", "/governance/v1/feedback", 400, json={"type": "click"})
+    await c.call("POST", "/governance/v1/feedback/batch", 200, json={"events": [click]})
+    await c.call("GET", "/governance/v1/feedback/labels", 200)
 
     # a reload that fails keeps the old set and says why
     write_policies(policy_dir, "policies:\n  - id: broken\n    kind: nope\n")

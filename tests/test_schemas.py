@@ -24,6 +24,7 @@ from gateway.config import Settings
 from gateway.contract.kind import PolicyKind
 from gateway.contract.policy import PolicyBase
 from gateway.errors import ConfigError
+from gateway.gate.thresholds import Thresholds
 from gateway.policy.kinds import Registry, default_registry
 from gateway.policy.loader import default_sections, load_policies
 from gateway.policy.schema import SCHEMAS, case_file_schema, config_schema, policies_schema
@@ -192,6 +193,8 @@ def classify(doc: str, data: Any) -> str | None:
         return "tests"
     if "routes" in keys:
         return "config"
+    if doc == "docs/gate.md" and keys <= set(Thresholds.model_fields):
+        return "gate"
     if keys <= set(Settings.model_fields):
         # sections of gateway.yaml shown on their own: checked with a route added,
         # the one key every config needs
@@ -211,6 +214,10 @@ def test_docs_yaml_example_validates(doc, line, data, schemas):
     which = classify(doc, data)
     if which is None:
         pytest.skip(NOT_CHECKED[(doc, next(iter(data)))])
+    if which == "gate":
+        # ``gateway gate --thresholds``: no schema file of its own, its model checks it
+        Thresholds.model_validate(data)
+        return
     if which == "config-part":
         which, data = "config", {"routes": [{"name": "r", "upstream": "http://u"}], **data}
     assert problems(schemas[which], data) == [], f"{doc}:{line}"

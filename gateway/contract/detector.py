@@ -9,6 +9,11 @@ returned before. Non-streamed responses are one ``feed(text, final=True)``.
 
 Detectors never decide what happens: they return findings with evidence, and
 the policy's action decides.
+
+Images in an answer are segments of their own, with empty text and the image
+in ``ScanContext.image``. A detector declares which segments it reads with
+``modality`` (``"text"``, the default when absent, or ``"image"``); the
+engine starts it only on those, so text policies never see image segments.
 """
 
 from __future__ import annotations
@@ -38,6 +43,18 @@ class Finding:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image in an answer, as the adapter found it; never decoded by the adapter."""
+
+    # where it sits in the answer, for messages and evidence: ``data[0].b64_json``
+    where: str
+    # base64 (possibly a ``data:`` URI); None when the answer gave only a link
+    data: str | None = None
+    url: str | None = None
+    media_type: str | None = None
+
+
 @dataclass(slots=True)
 class ScanContext:
     """What a detector may know about the exchange besides the text."""
@@ -55,6 +72,8 @@ class ScanContext:
     segment: str = "0"
     # the client's request body, already parsed; never mutate
     request: dict[str, Any] | None = None
+    # the image of an image segment (None for text segments)
+    image: ImagePart | None = None
 
 
 class Scan(Protocol):
@@ -81,6 +100,8 @@ class Detector(Protocol):
 
     def start(self, ctx: ScanContext) -> Scan: ...
 
+    # Optional: ``modality = "image"`` makes the engine start the detector on
+    # image segments only (see the module docstring); absent means "text".
     # Optional: ``warm()`` loads what the detector would otherwise load on
     # first use (a model). The gateway calls it in a worker thread at start
     # and after each reload, and /readyz reports "loading" until it returns,

@@ -10,7 +10,7 @@ refuse a model or prompt change.
 - ``prompts``: the prompt file (JSON Lines) and its errors, line by line;
 - ``replay``: asking the upstreams, with bounded concurrency, retries and a
   results file that lets an interrupted run resume;
-- ``stats``: Wilson intervals and Newcombe's interval for a difference;
 - ``thresholds``: the YAML file of limits;
-- ``report``: the verdict, JSON, Markdown and the plot.
+- ``report``: the verdict, JSON, Markdown and the plot, with the intervals
+  of ``gateway.stats``.
 """

@@ -1,14 +1,15 @@
 """``gateway gate``: the command itself, from arguments to exit status.
 
 Exit status: 0 the candidate passes, 1 it fails a threshold, 2 the gate
-could not judge (bad input, or the candidate failed to answer more than
-``max_errors`` of the prompts).
+could not judge (bad input, a side that failed to answer more than
+``max_errors`` of the prompts, or an unexpected failure).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,9 @@ from gateway.gate.replay import Replay, ResultsFile, Upstream, judge_with
 from gateway.gate.report import markdown, plot, summarise, write_json
 from gateway.gate.thresholds import load_thresholds
 from gateway.policy.loader import load_policies
+from gateway.proxy.adapters import CONVERSATIONS
+
+log = logging.getLogger(__name__)
 
 GATE_PASSED, GATE_FAILED, GATE_ERROR = 0, 1, 2
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -48,7 +52,7 @@ def add_arguments(gate: argparse.ArgumentParser) -> None:
     gate.add_argument(
         "--route", default="default", help="route whose policies apply (default: default)"
     )
-    gate.add_argument("--protocol", choices=("openai", "anthropic"), default="openai")
+    gate.add_argument("--protocol", choices=sorted(CONVERSATIONS), default="openai")
     gate.add_argument("--model", default="gate", help="model for prompts that name none")
     gate.add_argument(
         "--api-key-env",
@@ -118,6 +122,11 @@ def run_gate(args: argparse.Namespace) -> int:
         return GATE_ERROR
     except KeyboardInterrupt:
         print(f"gateway gate: interrupted; finish with --resume --out {args.out}", file=sys.stderr)
+        return GATE_ERROR
+    except Exception as exc:
+        # a crash must not read as "the candidate failed a threshold" (exit 1)
+        log.exception("gateway gate failed")
+        print(f"gateway gate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return GATE_ERROR
 
 

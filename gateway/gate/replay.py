@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from tqdm import tqdm
@@ -27,11 +27,9 @@ from gateway.errors import BadRequest, ConfigError
 from gateway.gate.prompts import Prompt, PromptSet
 from gateway.policy.check import context_for, evaluate
 from gateway.policy.loader import PolicySet
-from gateway.proxy.adapters import Adapters, parse_answer
+from gateway.proxy.adapters import CONVERSATIONS, Adapters, parse_answer
 from gateway.retry import delay
 
-Protocol = Literal["openai", "anthropic"]
-ANTHROPIC_VERSION = "2023-06-01"
 # statuses worth asking again: the upstream is busy or failing, not refusing the prompt
 RETRIED_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 EXCERPT_CHARS = 400
@@ -43,42 +41,38 @@ class Upstream:
 
     side: str
     url: str
-    protocol: Protocol = "openai"
+    # a name of ``CONVERSATIONS``: how the upstream is asked
+    protocol: str = "openai"
     api_key: str | None = None
     model: str = "gate"
     max_tokens: int = 1024
 
-    def endpoint(self) -> str:
+    def request(self, prompt: Prompt) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """URL, body and headers of the request that asks ``prompt``."""
+        adapter = CONVERSATIONS[self.protocol]
+        path, body, extra = adapter.ask(
+            prompt.messages, prompt.model or self.model, self.max_tokens
+        )
         base = self.url.rstrip("/")
-        if not base.endswith("/v1"):
-            base += "/v1"
-        return base + ("/messages" if self.protocol == "anthropic" else "/chat/completions")
+        # a base URL given with its /v1 (as the SDKs take it) or without
+        if base.endswith("/v1") and path.startswith("/v1/"):
+            path = path[len("/v1") :]
+        headers = {"content-type": "application/json", **extra}
+        if self.api_key:
+            header = adapter.credential_header
+            headers[header] = (
+                f"Bearer {self.api_key}" if header == "authorization" else self.api_key
+            )
+        return base + path, body, headers
 
-    def headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json"}
-        if self.protocol == "anthropic":
-            headers["anthropic-version"] = ANTHROPIC_VERSION
-            if self.api_key:
-                headers["x-api-key"] = self.api_key
-        elif self.api_key:
-            headers["authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    def body(self, prompt: Prompt) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": prompt.model or self.model}
-        if self.protocol == "anthropic":
-            system = [m["content"] for m in prompt.messages if m["role"] == "system"]
-            body["messages"] = [m for m in prompt.messages if m["role"] != "system"]
-            body["max_tokens"] = self.max_tokens
-            if system:
-                body["system"] = "\n\n".join(str(s) for s in system)
-        else:
-            body["messages"] = prompt.messages
-        return body
-
-    def describe(self) -> dict[str, str]:
-        # never the key: run.json and the report are shared
-        return {"url": self.url, "protocol": self.protocol}
+    def describe(self) -> dict[str, Any]:
+        # never the key: run.json and the report are shared; the rest says what was asked
+        return {
+            "url": self.url,
+            "protocol": self.protocol,
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+        }
 
 
 class ResultsFile:
@@ -114,6 +108,11 @@ class ResultsFile:
                 "resuming would mix two runs in one report (choose another --out)"
             )
         if self.path.exists():
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                # a crash cut the last line short: drop it, so the next one starts clean
+                with self.path.open("r+b") as fh:
+                    fh.truncate(raw.rfind(b"\n") + 1)
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     record = json.loads(line)
@@ -240,10 +239,9 @@ class Replay:
         while True:
             attempts += 1
             try:
-                async with session.post(
-                    upstream.endpoint(), json=upstream.body(prompt), headers=upstream.headers()
-                ) as resp:
-                    text = await resp.text()
+                url, body, headers = upstream.request(prompt)
+                async with session.post(url, json=body, headers=headers) as resp:
+                    text = (await resp.read()).decode("utf-8", "replace")
                     if resp.status == 200:
                         try:
                             answer = json.loads(text)

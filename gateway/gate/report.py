@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.gate.stats import difference, wilson
 from gateway.gate.thresholds import Thresholds
+from gateway.stats import difference, wilson
 
 WORST_EXAMPLES = 3
 ANY = "(any policy)"
@@ -48,12 +48,27 @@ def summarise(
             row["failures"] = _failures(row, thresholds.limit(policy).model_dump())
             row["worst"] = _worst(ok["candidate"], policy)
         rows.append(row)
-    asked = {side: len(ok[side]) + len(failed[side]) for side in sides}
-    error_share = len(failed["candidate"]) / asked["candidate"] if asked["candidate"] else 1.0
-    too_many_errors = error_share > thresholds.max_errors
+    # prompts with no result at all (a run cut short) count as failed answers
+    missing = {
+        side: max(0, run["prompt_count"] - len(ok[side]) - len(failed[side])) for side in sides
+    }
+    shares = {
+        side: (len(failed[side]) + missing[side]) / run["prompt_count"]
+        if run["prompt_count"]
+        else 1.0
+        for side in sides
+    }
+    # a baseline that failed to answer makes every difference look like chance:
+    # judging the candidate against it would wave any regression through
+    short = [side for side in sides if shares[side] > thresholds.max_errors]
+    too_many_errors = bool(short)
     return {
         "run": run,
-        "answers": {side: {"ok": len(ok[side]), "failed": len(failed[side])} for side in sides},
+        "answers": {
+            side: {"ok": len(ok[side]), "failed": len(failed[side]) + missing[side]}
+            for side in sides
+        },
+        "unanswered": short,
         "failed_examples": {
             side: [r["error"] for r in failed[side][:WORST_EXAMPLES]] for side in sides
         },
@@ -129,12 +144,12 @@ def markdown(summary: dict[str, Any]) -> str:
             f"- {side}: `{run['upstreams'][side]['url']}`, {counts['ok']} answers judged, "
             f"{counts['failed']} failed"
         )
-    if summary["too_many_errors"]:
+    for side in summary["unanswered"]:
+        examples = "; ".join(summary["failed_examples"][side]) or "no result recorded"
         lines += [
             "",
-            f"The candidate failed to answer more than "
-            f"{summary['thresholds']['max_errors']:.0%} of the prompts: "
-            + "; ".join(summary["failed_examples"]["candidate"]),
+            f"Not judged: the {side} failed to answer more than "
+            f"{summary['thresholds']['max_errors']:.0%} of the prompts: {examples}",
         ]
     header = "| policy | candidate breach rate (95% interval) |"
     rule = "|---|---|"

@@ -90,6 +90,20 @@ def sample_of(rec: DecisionRecord, policy: PolicyVerdict | None) -> Sample:
     return sample
 
 
+# the monitor name of route variants' rollbacks (gateway.canary)
+CANARY = "canary"
+CANARY_ROLLBACK = MonitorRule(
+    id="canary-rollback",
+    source="monitor",
+    monitors=[CANARY],
+    rules=["rollback"],
+    title="Route {route}: a variant was rolled back",
+    # a rollback is an event, not a condition that clears: it waits for a person
+    resolve_on_clear=False,
+    auto_resolve_after=30 * 86400.0,
+)
+
+
 class Matcher:
     def __init__(self, book: IncidentBook) -> None:
         self.book = book
@@ -121,6 +135,10 @@ class Matcher:
             for line in self.errors:
                 log.error("incident rules not reloaded: %s", line)
             return
+        if not any(isinstance(r, MonitorRule) and r.watches(CANARY, "rollback") for r in rules):
+            # a canary rolled back is always an incident; a rule of the policy files may
+            # take it over (its severity, routes, escalations)
+            rules = [*rules, CANARY_ROLLBACK]
         self.rules = rules
         self.book.rules = {r.id: r for r in rules}
         self.errors = []
@@ -302,8 +320,11 @@ class Matcher:
             }
             key = self.key(rule, attrs)
             inc = self.book.active.get(key)
+            summary = ev.details.get("summary")
             detail = (
-                f"monitor {ev.monitor} rule {ev.rule} {ev.state}: "
+                summary
+                if isinstance(summary, str)
+                else f"monitor {ev.monitor} rule {ev.rule} {ev.state}: "
                 f"value {ev.value} against {ev.threshold}"
             )
             sample: Sample = {

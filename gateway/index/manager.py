@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import IndexUnavailable
+from gateway.index.images import ImageIndex, is_image_index
 from gateway.index.store import MANIFEST, CopyrightIndex
+
+# what ``get`` hands out: the manifest's ``kind`` says which
+AnyIndex = CopyrightIndex | ImageIndex
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,11 @@ def discover(root: str | Path = "indexes") -> dict[str, Path]:
         for p in sorted(base.iterdir())
         if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
     }
+
+
+def open_index(path: str | Path) -> AnyIndex:
+    """The index in ``path``, text or image as its manifest says."""
+    return ImageIndex(path) if is_image_index(path) else CopyrightIndex(path)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -52,7 +61,7 @@ class IndexManager:
 
     def __init__(self, paths: Mapping[str, str | Path], *, preload: bool = False):
         self._paths = {name: Path(p) for name, p in paths.items()}
-        self._loaded: dict[str, CopyrightIndex] = {}
+        self._loaded: dict[str, AnyIndex] = {}
         self._stamps: dict[str, tuple[int, int] | None] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -73,7 +82,7 @@ class IndexManager:
     def path(self, name: str) -> Path:
         return self._paths[name]
 
-    def get(self, name: str) -> CopyrightIndex:
+    def get(self, name: str) -> Any:
         """The current index ``name``, loading it on first use.
 
         Raises ``KeyError`` for an unknown name and ``IndexUnavailable`` when the
@@ -88,12 +97,12 @@ class IndexManager:
             index = self._loaded.get(name)
             if index is None:
                 stamp = _stamp(self._paths[name])
-                index = CopyrightIndex(self._paths[name])
+                index = open_index(self._paths[name])
                 self._loaded[name] = index
                 self._stamps[name] = stamp
         return index
 
-    def reload(self, name: str) -> CopyrightIndex:
+    def reload(self, name: str) -> AnyIndex:
         """Load ``name`` from disk again and swap it in; the old object stays valid.
 
         On failure the previous index keeps serving and the error is raised
@@ -103,7 +112,7 @@ class IndexManager:
             raise KeyError(f"unknown index {name!r}")
         stamp = _stamp(self._paths[name])
         try:
-            fresh = CopyrightIndex(self._paths[name])
+            fresh = open_index(self._paths[name])
         except (IndexUnavailable, OSError, ValueError, KeyError) as exc:
             self._errors[name] = f"{type(exc).__name__}: {exc}"
             raise

@@ -15,6 +15,8 @@ from typing import Any
 
 from gateway.errors import IndexUnavailable
 from gateway.index.build import BuildParams, add_documents, build_index, remove_documents
+from gateway.index.images import build_image_index, is_image_index
+from gateway.index.manager import open_index
 from gateway.index.store import CopyrightIndex
 
 
@@ -23,8 +25,16 @@ def register(subparsers: Any) -> None:
     index = subparsers.add_parser("index", help="build and inspect copyright indexes")
     sub = index.add_subparsers(dest="index_command", required=True)
 
-    b = sub.add_parser("build", help="index a corpus (text file, directory or JSONL)")
-    b.add_argument("--corpus", required=True, help="a .txt file, a directory, or .jsonl")
+    b = sub.add_parser(
+        "build", help="index a corpus (text file, directory or JSONL) or a directory of images"
+    )
+    what = b.add_mutually_exclusive_group(required=True)
+    what.add_argument("--corpus", help="a .txt file, a directory, or .jsonl")
+    what.add_argument(
+        "--images",
+        help="a directory of protected images (png, jpeg, webp, gif, bmp) for image_copyright; "
+        "an optional sources.jsonl in it names each file's id, title, owner, licence",
+    )
     b.add_argument("--out", required=True, help="index directory, e.g. indexes/NAME")
     defaults = BuildParams()
     b.add_argument("--chunk-words", type=int, default=defaults.chunk_words)
@@ -70,6 +80,8 @@ def register(subparsers: Any) -> None:
     q.add_argument("--near-min-words", type=int)
     q.add_argument("--near-ratio", type=float)
     q.add_argument("--semantic-threshold", type=float)
+    q.add_argument("--image", help="an image index: the image file to look up")
+    q.add_argument("--max-distance", type=int, help="an image index: the largest Hamming distance")
     q.set_defaults(func=_query)
 
 
@@ -94,6 +106,8 @@ def _report(report: Any) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.images is not None:
+        return _report(build_image_index(args.images, args.out, progress=not args.no_progress))
     params = BuildParams(
         chunk_words=args.chunk_words,
         chunk_overlap=args.chunk_overlap,
@@ -113,7 +127,19 @@ def _build(args: argparse.Namespace) -> int:
     return _report(report)
 
 
+def _rebuild_only(path: str) -> bool:
+    if is_image_index(path):
+        print(
+            f"error: {path} is an image index; rebuild it with gateway index build --images",
+            file=sys.stderr,
+        )
+        return True
+    return False
+
+
 def _add(args: argparse.Namespace) -> int:
+    if _rebuild_only(args.dir):
+        return 2
     try:
         report = add_documents(args.dir, args.corpus, progress=not args.no_progress)
     except IndexUnavailable as exc:
@@ -129,6 +155,8 @@ def _remove(args: argparse.Namespace) -> int:
             ids.extend(line.strip() for line in fh if line.strip())
     if not ids:
         print("error: give at least one id (or --ids-file)", file=sys.stderr)
+        return 2
+    if _rebuild_only(args.dir):
         return 2
     try:
         report = remove_documents(args.dir, ids)
@@ -151,7 +179,7 @@ def _rss_bytes() -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     try:
-        index = CopyrightIndex(args.dir)
+        index = open_index(args.dir)
     except IndexUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -170,6 +198,8 @@ def _query(args: argparse.Namespace) -> int:
     from gateway.contract.detector import ScanContext
     from gateway.detectors.copyright import CopyrightDetector, CopyrightPolicy
 
+    if is_image_index(args.dir):
+        return _query_image(args)
     try:
         index = CopyrightIndex(args.dir)
     except IndexUnavailable as exc:
@@ -223,3 +253,34 @@ def _query(args: argparse.Namespace) -> int:
             continue
         _print({"id": record.get("id"), "findings": scan(text)})
     return status
+
+
+def _query_image(args: argparse.Namespace) -> int:
+    import base64
+
+    from gateway.contract.detector import ImagePart
+    from gateway.detectors.image_copyright import ImageCopyrightDetector, ImageCopyrightPolicy
+    from gateway.index.images import ImageIndex, ImageUnreadable
+
+    if not args.image:
+        print(f"error: {args.dir} is an image index: give --image FILE", file=sys.stderr)
+        return 2
+    try:
+        index = ImageIndex(args.dir)
+        raw = open(args.image, "rb").read()
+    except (IndexUnavailable, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    extra = {"max_distance": args.max_distance} if args.max_distance is not None else {}
+    config = ImageCopyrightPolicy(
+        id="query", kind="image_copyright", index=index.name, thumbnails=False, **extra
+    )
+    detector = ImageCopyrightDetector(config, lambda: index)
+    part = ImagePart(args.image, base64.b64encode(raw).decode("ascii"))
+    try:
+        findings = detector.check(part)
+    except ImageUnreadable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print({"findings": [f.as_dict() for f in findings]})
+    return 0

@@ -1,1 +1,1 @@
-"""Windowed monitors for decision endpoints: rejection rate, disparate impact, score drift."""
+"""Windowed monitors: rejection rate, disparate impact, score drift, and outcome feedback."""

@@ -28,15 +28,28 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from gateway.monitors.windows import MonitorSet, parse_monitors
+from gateway.monitors.feedback import (
+    FeedbackAck,
+    FeedbackBatch,
+    FeedbackBatchAck,
+    FeedbackEvent,
+    FeedbackStore,
+    LabelReport,
+    parse_batch,
+    parse_event,
+    week_start,
+    weeks_param,
+)
+from gateway.monitors.windows import MonitorSet, Outcome, parse_monitors
 from gateway.policy.reload import PolicySwap
 from gateway.proxy.hookspecs import SectionParser, Subsystem
 from gateway.proxy.ports import AnswerBody
 from gateway.records.monitor import MonitorEvent
 from gateway.store.base import Store
 from gateway.store.queue import SharedQueue
-from gateway.web.api import json_response
-from gateway.web.openapi import ApiModel, describe
+from gateway.web.api import json_body, json_response
+from gateway.web.auth import PRINCIPAL
+from gateway.web.openapi import ApiModel, ErrorBody, describe
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +114,13 @@ class Monitors(Subsystem):
             ["monitor", "rule"],
             registry=registry,
         )
+        self.feedback_events = Counter(
+            "gateway_feedback_events_total",
+            "Outcome feedback events received, by type; status accepted or duplicate",
+            ["type", "status"],
+            registry=registry,
+        )
+        self.feedback = FeedbackStore(self.gw.store)
         self.gw.events.subscribe(PolicySwap, self.rebuild)
         self._watching = False
         # shared mode: observations on their way to the leader
@@ -113,6 +133,7 @@ class Monitors(Subsystem):
         self._applied: list[str] = []
         self._complained = -60.0
         self._share_task: asyncio.Task[None] | None = None
+        self._share_lock = asyncio.Lock()
         self._loaded = self.leadership is None
         if self.leadership is not None:
             self.leadership.on_change(self._on_leadership)
@@ -123,19 +144,21 @@ class Monitors(Subsystem):
         fresh = MonitorSet(configs, on_event=self._emit)
         fresh.restore(self.set.snapshot())
         self.set = fresh
-        routes = {r for c in configs for r in c.routes}
+        # outcome monitors count feedback events, never answers
+        answers = [c for c in configs if c.outcome is None]
+        routes = {r for c in answers for r in c.routes}
         self.all_routes = "*" in routes
         self.routes = frozenset(routes)
-        # without monitors the proxy need not hand over any answer at all
-        if bool(configs) != self._watching:
-            if configs:
+        # without answer monitors the proxy need not hand over any answer at all
+        if bool(answers) != self._watching:
+            if answers:
                 self.gw.events.subscribe(AnswerBody, self.observe)
             else:
                 self.gw.events.unsubscribe(AnswerBody, self.observe)
-            self._watching = bool(configs)
+            self._watching = bool(answers)
 
     def watches(self, route: str) -> bool:
-        return bool(self.set.monitors) and (self.all_routes or route in self.routes)
+        return bool(self.routes) and (self.all_routes or route in self.routes)
 
     def observe(self, answer: AnswerBody) -> None:
         """On the request path: take the observation on the next loop turn."""
@@ -149,14 +172,53 @@ class Monitors(Subsystem):
             if self.leadership is None:
                 self.set.observe(route, body, now)
                 return
-            for monitor_id, obs in self.set.parse(route, body):
-                self._outgoing.append([monitor_id, route, list(obs), now])
-            if len(self._outgoing) > MAX_OUTGOING:
-                dropped = len(self._outgoing) - MAX_OUTGOING
-                del self._outgoing[:dropped]
-                self.dropped.inc(dropped)
+            self._hand_over(route, self.set.parse(route, body), now)
         except Exception:  # a monitor must never take requests down
             log.exception("monitor observation failed")
+
+    def _hand_over(self, route: str, pairs: list[tuple[str, Any]], now: float) -> None:
+        """Queue parsed observations for the leader (shared mode)."""
+        for monitor_id, obs in pairs:
+            self._outgoing.append([monitor_id, route, list(obs), now])
+        if len(self._outgoing) > MAX_OUTGOING:
+            dropped = len(self._outgoing) - MAX_OUTGOING
+            del self._outgoing[:dropped]
+            self.dropped.inc(dropped)
+
+    # -- outcome feedback ---------------------------------------------------------------------
+    async def take_feedback(self, events: list[FeedbackEvent], sender: str) -> list[dict[str, Any]]:
+        """Store feedback events once each and feed the new ones to the outcome monitors."""
+        ids = [ev.decision_id for ev in events]
+        records = await self.feedback.decisions(ids)
+        if len(records) < len(set(ids)):
+            # this process's own records may still wait in the decision log's batch
+            await self.gw.decisions.flush()
+            records.update(await self.feedback.decisions([i for i in ids if i not in records]))
+        now = time.time()
+        stored = await self.feedback.insert(events, records, sender, now)
+        acks = []
+        for ev, (new, outcome, route) in zip(events, stored, strict=True):
+            status = "accepted" if new else "duplicate"
+            self.feedback_events.labels(ev.type, status).inc()
+            if new:
+                self._take_outcome(route, outcome, now)
+            acks.append(
+                {
+                    "event_id": ev.event_id,
+                    "status": status,
+                    "decision_found": ev.decision_id in records,
+                }
+            )
+        return acks
+
+    def _take_outcome(self, route: str, outcome: Outcome, now: float) -> None:
+        try:
+            if self.leadership is None:
+                self.set.feed(route, outcome, now)
+            else:
+                self._hand_over(route, self.set.read(route, outcome), now)
+        except Exception:  # stored already; a monitor failure must not fail the client
+            log.exception("monitor feedback observation failed")
 
     # -- shared mode --------------------------------------------------------------------------
     def _on_leadership(self, leader: bool) -> None:
@@ -180,6 +242,11 @@ class Monitors(Subsystem):
 
     async def share(self) -> None:
         """One hand-over and, as the leader, one round of applying (tests call it)."""
+        # one round at a time: two rounds at once would apply the same queue items twice
+        async with self._share_lock:
+            await self._share()
+
+    async def _share(self) -> None:
         if self._outgoing and not self._pushing:
             # ids given once: a push whose commit answer was lost is sent again as it was
             self._pushing = self.shared.statements(self._outgoing)
@@ -267,6 +334,9 @@ class Monitors(Subsystem):
     def admin_routes(self, app: web.Application) -> None:
         app[MONITORS] = self
         app.router.add_get("/governance/v1/monitors", status)
+        app.router.add_post("/governance/v1/feedback", post_feedback)
+        app.router.add_post("/governance/v1/feedback/batch", post_feedback_batch)
+        app.router.add_get("/governance/v1/feedback/labels", label_report)
 
 
 MONITORS = web.AppKey("monitors", Monitors)
@@ -305,3 +375,54 @@ async def status(request: web.Request) -> web.Response:
             }
         )
     return json_response({"monitors": out})
+
+
+@describe(
+    summary="Report one outcome of an answer (a click, an acceptance, a label…)",
+    tags=("feedback",),
+    auth="feedback",
+    request=FeedbackEvent,
+    responses={200: FeedbackAck, 400: ErrorBody},
+    description="Idempotent by event_id: an event sent again is answered as a duplicate "
+    "and counted once. An unknown decision id is accepted with decision_found false.",
+)
+async def post_feedback(request: web.Request) -> web.Response:
+    event = parse_event(await json_body(request))
+    acks = await request.app[MONITORS].take_feedback([event], request[PRINCIPAL].name)
+    return json_response(acks[0])
+
+
+@describe(
+    summary="Report up to 1,000 outcomes in one request",
+    tags=("feedback",),
+    auth="feedback",
+    request=FeedbackBatch,
+    responses={200: FeedbackBatchAck, 400: ErrorBody},
+    description="All or nothing: one invalid event refuses the batch and names it "
+    "(events[i].field). Results follow the order of the events.",
+)
+async def post_feedback_batch(request: web.Request) -> web.Response:
+    events = parse_batch(await json_body(request))
+    acks = await request.app[MONITORS].take_feedback(events, request[PRINCIPAL].name)
+    accepted = sum(a["status"] == "accepted" for a in acks)
+    return json_response(
+        {"accepted": accepted, "duplicates": len(acks) - accepted, "results": acks}
+    )
+
+
+@describe(
+    summary="Labels against policies, per ISO week: false positives and misses",
+    tags=("feedback",),
+    query={
+        "weeks": "ISO weeks to cover, this one included (1-104, default 8)",
+        "policy": "only this policy's labels",
+    },
+    responses={200: LabelReport, 400: ErrorBody},
+)
+async def label_report(request: web.Request) -> web.Response:
+    weeks = weeks_param(request.query.get("weeks"))
+    since = week_start(time.time(), weeks)
+    rows = await request.app[MONITORS].feedback.label_report(
+        since, request.query.get("policy") or None
+    )
+    return json_response({"since": since, "weeks": rows})

@@ -13,6 +13,15 @@ window; ``fixed``: the first ones ever seen). Three rules compare them:
 * ``score_drift``: the window's score distribution moved from the
   baseline's (population stability index or Kolmogorov-Smirnov statistic).
 
+Outcome monitors (``OutcomeMonitor``) count feedback events instead of
+answers (clicks, acceptances, repayments, thumbs down, labels; see
+``feedback.py``) with the same windows, and three rules:
+
+* ``outcome_rate``: the share of events whose outcome happened fell (or
+  rose) by at least ``min_drop`` (``min_rise``) against the baseline;
+* ``outcome_cohorts``: a cohort's outcome rate over the best cohort's;
+* ``label_disagreement``: a policy's labelled false positives and misses.
+
 Monitors never block a response. A rule emits an event when it starts
 firing and another when it clears (edge-triggered, so a sustained problem
 is one incident, not one per request). Window state is a plain dict that a
@@ -23,12 +32,14 @@ Declared in YAML beside the policies, under a top-level ``monitors:`` key.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import math
 import re
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -86,10 +97,74 @@ class ScoreDriftRule(Strict):
     every: int = Field(default=10, ge=1)
 
 
+# what a client may report about an answer after it was given (docs/feedback.md)
+OutcomeType = Literal["click", "acceptance", "repayment", "label", "thumbs_down"]
+OUTCOME_TYPES: tuple[str, ...] = ("click", "acceptance", "repayment", "label", "thumbs_down")
+
+
+class OutcomeCohort(Strict):
+    # a key of the feedback event's ``cohort`` object ...
+    attribute: str | None = Field(default=None, min_length=1, max_length=100)
+    # ... or a JSON path in the decision record the feedback is about (``model``, ``route``)
+    decision: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OutcomeCohort:
+        if (self.attribute is None) == (self.decision is None):
+            raise ValueError("give exactly one of attribute or decision")
+        if self.decision is not None and not _PATH.match(self.decision):
+            raise ValueError(f"{self.decision!r} is not a JSON path like 'model' or 'a.b'")
+        return self
+
+
+class OutcomeSpec(Strict):
+    # the feedback events this monitor counts
+    type: OutcomeType
+    cohort: OutcomeCohort | None = None
+
+
+class OutcomeRateRule(Strict):
+    # a fall of the outcome rate (click-through, acceptance, repayment) ...
+    min_drop: float | None = Field(default=None, gt=0.0)
+    # ... or a rise (thumbs down), against the baseline; exactly one is given
+    min_rise: float | None = Field(default=None, gt=0.0)
+    relative: bool = True
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> OutcomeRateRule:
+        if (self.min_drop is None) == (self.min_rise is None):
+            raise ValueError("give exactly one of min_drop or min_rise")
+        return self
+
+
+class OutcomeCohortRule(Strict):
+    # a cohort's outcome rate divided by the best cohort's
+    min_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
+    min_cohort_samples: int = Field(default=30, ge=1)
+
+
+class LabelDisagreementRule(Strict):
+    # policy ids (shell globs) whose labels count
+    policies: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    # share of a policy's labels in the window that disagree with what it did
+    max_rate: float = Field(default=0.2, ge=0.0, lt=1.0)
+    # a policy with fewer labels in the window is not judged
+    min_samples: int = Field(default=20, ge=1)
+
+
 class Rules(Strict):
     rejection_rate: RejectionRateRule | None = None
     disparate_impact: DisparateImpactRule | None = None
     score_drift: ScoreDriftRule | None = None
+    outcome_rate: OutcomeRateRule | None = None
+    outcome_cohorts: OutcomeCohortRule | None = None
+    label_disagreement: LabelDisagreementRule | None = None
+
+    def answer_rules(self) -> bool:
+        return any((self.rejection_rate, self.disparate_impact, self.score_drift))
+
+    def outcome_rules(self) -> bool:
+        return any((self.outcome_rate, self.outcome_cohorts, self.label_disagreement))
 
 
 class MonitorConfig(Strict):
@@ -99,6 +174,8 @@ class MonitorConfig(Strict):
     routes: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     decision: DecisionSpec | None = None
     cohort: FieldSpec | None = None
+    # an outcome monitor counts feedback events (docs/feedback.md), not answers
+    outcome: OutcomeSpec | None = None
     score: FieldSpec | None = None
     window: int = Field(default=200, ge=2)
     baseline: int = Field(default=1000, ge=2)
@@ -111,8 +188,10 @@ class MonitorConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> MonitorConfig:
         r = self.rules
-        if r.rejection_rate is None and r.disparate_impact is None and r.score_drift is None:
+        if not r.answer_rules() and not r.outcome_rules():
             raise ValueError(f"monitor {self.id!r} has no rules")
+        if self.outcome is not None or r.outcome_rules():
+            return self._consistent_outcome()
         if (r.rejection_rate or r.disparate_impact) and self.decision is None:
             raise ValueError(
                 f"monitor {self.id!r}: rejection_rate and disparate_impact need a decision field"
@@ -121,6 +200,29 @@ class MonitorConfig(Strict):
             raise ValueError(f"monitor {self.id!r}: disparate_impact needs a cohort field")
         if r.score_drift and self.score is None:
             raise ValueError(f"monitor {self.id!r}: score_drift needs a score field")
+        return self
+
+    def _consistent_outcome(self) -> MonitorConfig:
+        r, out = self.rules, self.outcome
+        if out is None:
+            raise ValueError(
+                f"monitor {self.id!r}: outcome_rate, outcome_cohorts and label_disagreement "
+                "need an outcome field"
+            )
+        if r.answer_rules() or self.decision or self.cohort or self.score:
+            raise ValueError(
+                f"monitor {self.id!r}: an outcome monitor counts feedback, not answers; "
+                "put decision, cohort, score and their rules in another monitor"
+            )
+        if out.type == "label":
+            if r.outcome_rate or r.outcome_cohorts:
+                raise ValueError(
+                    f"monitor {self.id!r}: labels have no rate; use label_disagreement"
+                )
+        elif r.label_disagreement:
+            raise ValueError(f"monitor {self.id!r}: label_disagreement needs outcome type label")
+        if r.outcome_cohorts and out.cohort is None:
+            raise ValueError(f"monitor {self.id!r}: outcome_cohorts needs outcome.cohort")
         return self
 
     def applies_to(self, route: str) -> bool:
@@ -278,6 +380,10 @@ class Monitor:
 
     # -- observations
 
+    @staticmethod
+    def coerce(raw: Any) -> _Obs:
+        return _obs(list(raw))
+
     def parse(self, body: Any) -> _Obs | None:
         cfg = self.config
         rejected: bool | None = None
@@ -434,6 +540,8 @@ class Monitor:
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"monitor state version {state.get('version')!r} is not supported")
+        if state.get("kind", "answers") != "answers":
+            return  # the id belonged to an outcome monitor: its windows mean nothing here
         fresh = Monitor(self.config)
         # replaying keeps the running counts right even if window sizes changed
         for o in state.get("baseline", []):
@@ -451,6 +559,256 @@ class Monitor:
         fresh.firing = {str(k): bool(v) for k, v in state.get("firing", {}).items()}
         fresh.last_values = {str(k): float(v) for k, v in state.get("last_values", {}).items()}
         self.__dict__.update(fresh.__dict__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One feedback event as the outcome monitors read it (docs/feedback.md)."""
+
+    type: str
+    # the outcome happened (a click, an acceptance, a repayment, a thumbs down);
+    # False: it was offered and did not (an impression without a click)
+    value: bool
+    cohort: Mapping[str, Any] = field(default_factory=dict)
+    # the decision record the feedback is about; None when the store has none
+    record: Mapping[str, Any] | None = None
+    # labels: the policy labelled, and how the label compares with what it did
+    policy: str | None = None
+    verdict: str | None = None
+
+
+# labels: what the policy did against what the label says it should have done
+AGREE, FALSE_POSITIVE, MISS = "agree", "false_positive", "miss"
+
+# one outcome observation: (hit, cohort, policy, verdict); hit is the outcome's value,
+# or for a label whether it disagrees with the policy
+_OObs = tuple[bool, str | None, str | None, str | None]
+
+
+class OutcomeMonitor:
+    """Windows of feedback events and outcome-rule state (not thread-safe; MonitorSet locks).
+
+    The windows count events, as ``Monitor`` counts answers: ``window`` recent
+    ones and a ``baseline`` of older ones, so a replay of the same feedback
+    fires at the same event.
+    """
+
+    def __init__(self, config: MonitorConfig):
+        assert config.outcome is not None
+        self.config = config
+        self.outcome = config.outcome
+        self.window: deque[_OObs] = deque()
+        self.baseline: deque[_OObs] = deque()
+        self.count = 0
+        self.skipped = 0
+        self.firing: dict[str, bool] = {}
+        self.last_values: dict[str, float] = {}
+        self._w_hits = 0
+        self._b_hits = 0
+        self._w_cohorts: Counter[str] = Counter()
+        self._w_cohort_hits: Counter[str] = Counter()
+        self._w_labels: Counter[str] = Counter()
+        self._w_verdicts: Counter[tuple[str, str]] = Counter()
+
+    def read(self, event: Outcome) -> _OObs | None:
+        """The observation ``event`` gives this monitor; None when it is not one to count."""
+        if event.type != self.outcome.type:
+            return None
+        cohort = self._cohort(event)
+        if self.outcome.type != "label":
+            return bool(event.value), cohort, None, None
+        rule = self.config.rules.label_disagreement
+        if event.policy is None or event.verdict not in (AGREE, FALSE_POSITIVE, MISS):
+            return None  # the decision or the policy's status is unknown: nothing to compare
+        globs = rule.policies if rule is not None else ["*"]
+        if not any(fnmatch.fnmatchcase(event.policy, g) for g in globs):
+            return None
+        return event.verdict != AGREE, cohort, event.policy, event.verdict
+
+    def _cohort(self, event: Outcome) -> str | None:
+        spec = self.outcome.cohort
+        if spec is None:
+            return None
+        if spec.attribute is not None:
+            value = event.cohort.get(spec.attribute)
+        elif event.record is not None and spec.decision is not None:
+            value = extract(event.record, spec.decision)
+        else:
+            return None
+        if value is _MISSING or value is None or isinstance(value, dict | list):
+            return None
+        return str(value)
+
+    @staticmethod
+    def coerce(raw: Any) -> _OObs:
+        hit, cohort, policy, verdict = raw
+        return (
+            bool(hit),
+            None if cohort is None else str(cohort),
+            None if policy is None else str(policy),
+            None if verdict is None else str(verdict),
+        )
+
+    def add(self, obs: _OObs) -> None:
+        self.count += 1
+        cfg = self.config
+        if cfg.baseline_mode == "fixed" and len(self.baseline) < cfg.baseline:
+            self._to_baseline(obs)
+            return
+        self.window.append(obs)
+        self._count_window(obs, +1)
+        if len(self.window) > cfg.window:
+            old = self.window.popleft()
+            self._count_window(old, -1)
+            if cfg.baseline_mode == "trailing":
+                self._to_baseline(old)
+
+    def _to_baseline(self, obs: _OObs) -> None:
+        self.baseline.append(obs)
+        self._b_hits += obs[0]
+        if len(self.baseline) > self.config.baseline:
+            self._b_hits -= self.baseline.popleft()[0]
+
+    def _count_window(self, obs: _OObs, sign: int) -> None:
+        hit, cohort, policy, verdict = obs
+        self._w_hits += sign * hit
+        if cohort is not None:
+            self._w_cohorts[cohort] += sign
+            self._w_cohort_hits[cohort] += sign * hit
+        if policy is not None and verdict is not None:
+            self._w_labels[policy] += sign
+            self._w_verdicts[(policy, verdict)] += sign
+
+    def ready(self) -> bool:
+        cfg = self.config
+        need = cfg.min_baseline if cfg.min_baseline is not None else cfg.baseline
+        return len(self.window) >= cfg.window and len(self.baseline) >= min(need, cfg.baseline)
+
+    def evaluate(self) -> dict[str, tuple[bool, float, float, dict[str, Any]]]:
+        """Per rule: (firing, value, threshold, details)."""
+        rules = self.config.rules
+        out: dict[str, tuple[bool, float, float, dict[str, Any]]] = {}
+        if rules.outcome_rate is not None and self.ready() and self.baseline:
+            r = rules.outcome_rate
+            cur = self._w_hits / len(self.window)
+            base = self._b_hits / len(self.baseline)
+            falling = r.min_drop is not None
+            change = base - cur if falling else cur - base
+            if r.relative:
+                change = change / base if base > 0 else (0.0 if change <= 0 else math.inf)
+            limit = r.min_drop if r.min_drop is not None else r.min_rise
+            assert limit is not None
+            out["outcome_rate"] = (
+                self._judge("outcome_rate", change >= limit, change < limit / 2),
+                change,
+                limit,
+                {
+                    "outcome": self.outcome.type,
+                    "direction": "drop" if falling else "rise",
+                    "window_rate": round(cur, 4),
+                    "baseline_rate": round(base, 4),
+                    "window_events": len(self.window),
+                    "baseline_events": len(self.baseline),
+                    "relative": r.relative,
+                },
+            )
+        if rules.outcome_cohorts is not None and len(self.window) >= self.config.window:
+            r2 = rules.outcome_cohorts
+            rates = {
+                c: self._w_cohort_hits[c] / n
+                for c, n in self._w_cohorts.items()
+                if n >= r2.min_cohort_samples
+            }
+            if len(rates) >= 2:
+                best = max(rates, key=lambda c: rates[c])
+                worst = min(rates, key=lambda c: rates[c])
+                ratio = rates[worst] / rates[best] if rates[best] > 0 else 1.0
+                out["outcome_cohorts"] = (
+                    self._judge(
+                        "outcome_cohorts", ratio < r2.min_ratio, ratio >= (1 + r2.min_ratio) / 2
+                    ),
+                    ratio,
+                    r2.min_ratio,
+                    {
+                        "outcome": self.outcome.type,
+                        "rates": {c: round(v, 4) for c, v in sorted(rates.items())},
+                        "lowest": worst,
+                        "reference": best,
+                        "samples": {c: self._w_cohorts[c] for c in sorted(rates)},
+                    },
+                )
+        if rules.label_disagreement is not None:
+            r3 = rules.label_disagreement
+            judged = {}
+            for policy, n in sorted(self._w_labels.items()):
+                if n < r3.min_samples:
+                    continue
+                fp = self._w_verdicts[(policy, FALSE_POSITIVE)]
+                miss = self._w_verdicts[(policy, MISS)]
+                judged[policy] = {
+                    "labels": n,
+                    "false_positives": fp,
+                    "misses": miss,
+                    "disagreement": round((fp + miss) / n, 4),
+                }
+            if judged:
+                worst = max(judged, key=lambda p: (judged[p]["disagreement"], p))
+                rate = (judged[worst]["false_positives"] + judged[worst]["misses"]) / judged[worst][
+                    "labels"
+                ]
+                out["label_disagreement"] = (
+                    self._judge("label_disagreement", rate > r3.max_rate, rate <= r3.max_rate / 2),
+                    rate,
+                    r3.max_rate,
+                    {"policy": worst, "policies": judged},
+                )
+        return out
+
+    def _judge(self, rule: str, past: bool, back: bool) -> bool:
+        """Whether ``rule`` fires: it starts past its threshold and clears only once back
+        halfway to no change, so a rate that wobbles around the threshold (a sliding
+        window of clicks moves by one click at a time) is one incident, not many."""
+        if self.firing.get(rule, False):
+            return not back
+        return past
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "kind": "outcome",
+            "window": [list(o) for o in self.window],
+            "baseline": [list(o) for o in self.baseline],
+            "count": self.count,
+            "skipped": self.skipped,
+            "firing": dict(self.firing),
+            "last_values": dict(self.last_values),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"monitor state version {state.get('version')!r} is not supported")
+        if state.get("kind") != "outcome":
+            return  # the id belonged to an answer monitor: its windows mean nothing here
+        fresh = OutcomeMonitor(self.config)
+        for o in state.get("baseline", []):
+            fresh._to_baseline(self.coerce(o))
+        for o in state.get("window", []):
+            fresh.add_to_window(self.coerce(o))
+        fresh.count = int(state.get("count", 0))
+        fresh.skipped = int(state.get("skipped", 0))
+        fresh.firing = {str(k): bool(v) for k, v in state.get("firing", {}).items()}
+        fresh.last_values = {str(k): float(v) for k, v in state.get("last_values", {}).items()}
+        self.__dict__.update(fresh.__dict__)
+
+    def add_to_window(self, obs: _OObs) -> None:
+        """Replay a saved window observation; what overflows a smaller window moves on."""
+        self.window.append(obs)
+        self._count_window(obs, +1)
+        while len(self.window) > self.config.window:
+            old = self.window.popleft()
+            self._count_window(old, -1)
+            if self.config.baseline_mode == "trailing":
+                self._to_baseline(old)
 
 
 def _norm(v: Any) -> Any:
@@ -474,7 +832,9 @@ class MonitorSet:
         configs: list[MonitorConfig],
         on_event: Callable[[MonitorEvent], None] | None = None,
     ):
-        self.monitors = {c.id: Monitor(c) for c in configs}
+        self.monitors: dict[str, Monitor | OutcomeMonitor] = {
+            c.id: OutcomeMonitor(c) if c.outcome is not None else Monitor(c) for c in configs
+        }
         self.on_event = on_event
         self.events_total: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
@@ -492,7 +852,7 @@ class MonitorSet:
         out: list[tuple[str, _Obs]] = []
         with self._lock:
             for mon in self.monitors.values():
-                if not mon.config.applies_to(route):
+                if not mon.config.applies_to(route) or isinstance(mon, OutcomeMonitor):
                     continue
                 obs = mon.parse(body)
                 if obs is None:
@@ -500,6 +860,31 @@ class MonitorSet:
                     continue
                 out.append((mon.config.id, obs))
         return out
+
+    def read(self, route: str, event: Outcome) -> list[tuple[str, _OObs]]:
+        """What each outcome monitor of ``route`` reads in a feedback event.
+
+        ``route`` is the route of the decision the feedback is about ("" when
+        the store has no such decision: only monitors of every route count it).
+        Like ``parse``, free of window state, so any process can read.
+        """
+        out: list[tuple[str, _OObs]] = []
+        with self._lock:
+            for mon in self.monitors.values():
+                if not isinstance(mon, OutcomeMonitor) or mon.outcome.type != event.type:
+                    continue
+                if not ("*" in mon.config.routes or (route and route in mon.config.routes)):
+                    continue
+                obs = mon.read(event)
+                if obs is None:
+                    mon.skipped += 1
+                    continue
+                out.append((mon.config.id, obs))
+        return out
+
+    def feed(self, route: str, event: Outcome, now: float) -> list[MonitorEvent]:
+        """Record one feedback event; return the events it caused."""
+        return self.apply(route, list(self.read(route, event)), now)
 
     def apply(
         self, route: str, observations: list[tuple[str, Any]], now: float
@@ -511,7 +896,7 @@ class MonitorSet:
                 mon = self.monitors.get(monitor_id)
                 if mon is None:
                     continue  # a monitor of another policy revision
-                mon.add(_obs(list(raw)))
+                mon.add(mon.coerce(raw))  # type: ignore[arg-type]
                 for rule, (firing, value, threshold, details) in mon.evaluate().items():
                     mon.last_values[rule] = value
                     if firing == mon.firing.get(rule, False):

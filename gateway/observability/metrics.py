@@ -22,6 +22,12 @@ class Metrics:
             ["route", "decision"],
             registry=r,
         )
+        self.variant_requests = Counter(
+            "gateway_variant_requests_total",
+            "Governed requests on routes that split their traffic, by variant and decision",
+            ["route", "variant", "decision"],
+            registry=r,
+        )
         self.passthrough = Counter(
             "gateway_passthrough_requests_total",
             "Requests passed through ungoverned",

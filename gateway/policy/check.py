@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.contract.detector import ScanContext
+from gateway.contract.detector import ImagePart, ScanContext
 from gateway.contract.policy import STOPPING_ACTIONS
 from gateway.contract.sources import normalize_sources
 from gateway.policy.engine import ResponseGuard
@@ -22,8 +22,10 @@ async def evaluate(
     *,
     chunk: int | None = None,
     thread_runner=None,
+    images: list[tuple[str, ImagePart]] | None = None,
 ) -> ResponseGuard:
-    """Scan ``segments`` whole, or in ``chunk``-sized pieces as a stream would arrive."""
+    """Scan ``segments`` whole, or in ``chunk``-sized pieces as a stream would arrive,
+    then ``images`` (each an image segment)."""
     guard = ResponseGuard(policies, ctx, thread_runner=thread_runner)
     for key, text in segments:
         if chunk:
@@ -37,6 +39,10 @@ async def evaluate(
             await guard.feed(key, text, final=True)
         if guard.stopped:
             break
+    for key, image in images or []:
+        if guard.stopped:
+            break
+        await guard.feed_image(key, image)
     guard.close()
     return guard
 

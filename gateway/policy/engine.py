@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.contract.detector import Finding, ScanContext
+from gateway.contract.detector import Finding, ImagePart, ScanContext
 from gateway.contract.policy import STOPPING_ACTIONS as STOPPING
 from gateway.contract.policy import Action, Status
 from gateway.policy.loader import CompiledPolicy
@@ -100,6 +100,11 @@ class PolicyResult:
         )
 
 
+def modality(detector: Any) -> str:
+    """Which segments a detector reads: ``text`` (the default), ``image`` or ``any``."""
+    return getattr(detector, "modality", "text")
+
+
 class SegmentGuard:
     """Hold-back state of one segment; see the module docstring."""
 
@@ -177,7 +182,7 @@ class ResponseGuard:
         self._run_in_thread = thread_runner
 
     # -- segments -------------------------------------------------------
-    def segment(self, key: str) -> SegmentGuard:
+    def segment(self, key: str, image: ImagePart | None = None) -> SegmentGuard:
         seg = self.segments.get(key)
         if seg is None:
             ctx = ScanContext(
@@ -188,9 +193,13 @@ class ResponseGuard:
                 source_errors=self.ctx.source_errors,
                 segment=key,
                 request=self.ctx.request,
+                image=image,
             )
+            wanted = ("image" if image is not None else "text", "any")
             scans = []
             for result in self._active:
+                if modality(result.policy.detector) not in wanted:
+                    continue
                 try:
                     scans.append((result, result.policy.detector.start(ctx)))
                 except Exception as exc:  # a detector that cannot even start is an error
@@ -225,6 +234,11 @@ class ResponseGuard:
 
     async def finish(self, key: str) -> str:
         return await self.feed(key, "", final=True)
+
+    async def feed_image(self, key: str, image: ImagePart) -> None:
+        """Scan an image of the answer: a segment of its own, with no text."""
+        self.segment(key, image)
+        await self.feed(key, "", final=True)
 
     async def _scan(self, seg: SegmentGuard, final: bool) -> None:
         for result, scan in seg.scans:
@@ -296,11 +310,19 @@ class ResponseGuard:
     # -- outcome ------------------------------------------------------------
     def close(self) -> None:
         """Mark policies that never saw the end of every segment as ``not_scanned``."""
+        present = {"image" if s.ctx.image is not None else "text" for s in self.segments.values()}
         for result in self._active:
             if result.status is Status.PASS and (
                 result.segments == 0 or result.scanned_to_end < result.segments
             ):
-                result.status = Status.NOT_SCANNED
+                # an answer with segments, none of the kind this policy reads
+                # (an image policy on a text answer): nothing to judge, not a miss
+                unread = (
+                    result.segments == 0
+                    and present
+                    and (modality(result.policy.detector) not in present | {"any"})
+                )
+                result.status = Status.SKIPPED if unread else Status.NOT_SCANNED
 
     def action(self) -> Action:
         best = Action.ALLOW

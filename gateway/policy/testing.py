@@ -11,12 +11,14 @@ its file still run. Every result carries the case's ``file:line:col``.
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from gateway.contract.detector import ImagePart
 from gateway.contract.kind import Resources
 from gateway.contract.policy import Action, Status
 from gateway.errors import ConfigError, YamlSyntaxError
@@ -35,7 +37,10 @@ class Expect(Strict):
 
 class Case(Strict):
     name: str
+    # the answer's text; an image case gives "" when the answer is only the image
     text: str
+    # an image file (relative to the case file) in the answer, for image policies
+    image: str | None = None
     sources: list[Any] | None = None
     query: str | None = None
     route: str = "default"
@@ -168,9 +173,17 @@ def _file_error(shown: str, problems: list[str]) -> CaseResult:
 async def _run_case(shown: str, case: Case, policy_set) -> CaseResult:
     policies = policy_set.for_route(case.route)
     chunks = [None] + ([case.stream_chunk] if case.stream_chunk else [])
+    images: list[tuple[str, ImagePart]] = []
+    if case.image is not None:
+        try:
+            raw = (Path(shown).parent / case.image).read_bytes()
+        except OSError as exc:
+            return CaseResult(shown, case.name, "ERROR", f"image {case.image}: {exc}")
+        images.append(("image.0", ImagePart(case.image, base64.b64encode(raw).decode("ascii"))))
+    segments = [("0", case.text)] if case.text or not images else []
     for chunk in chunks:
         ctx = context_for(case.route, query=case.query, sources=case.sources)
-        guard = await evaluate(policies, [("0", case.text)], ctx, chunk=chunk)
+        guard = await evaluate(policies, segments, ctx, chunk=chunk, images=images)
         errors = [r for r in guard.results if r.status is Status.ERROR]
         mode = "streamed" if chunk else "whole"
         if errors:

@@ -48,6 +48,8 @@ class _HoldAllScan:
 class _HoldAllDetector:
     hold_back = None
     blocking = False
+    # every answer is held, an image-only one too
+    modality = "any"
 
     def start(self, ctx: ScanContext) -> _HoldAllScan:
         return _HoldAllScan()

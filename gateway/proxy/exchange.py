@@ -34,13 +34,14 @@ from gateway.policy.engine import ResponseGuard
 from gateway.proxy import containment, holding
 from gateway.proxy import upstream as up
 from gateway.proxy.adapters import Adapter, RequestInfo
-from gateway.proxy.adapters.base import Done, End, Raw, StreamTranslator, Text
+from gateway.proxy.adapters.base import Done, End, Picture, Raw, StreamTranslator, Text
 from gateway.proxy.answers import client_message, error_response, json_response
 from gateway.proxy.ports import AnswerBody, HoldPort
 from gateway.proxy.sse import SSEEvent, SSEParser
 from gateway.proxy.state import Gateway
 from gateway.proxy.stopwatch import Stopwatch
 from gateway.proxy.streaming import coalesce, read_rest
+from gateway.proxy.variants import pick as pick_variant
 from gateway.records.containment import Switch
 from gateway.records.decision import Attempt, Containment, DecisionRecord
 from gateway.records.review import Ticket
@@ -139,10 +140,13 @@ class Exchange:
         info: RequestInfo,
         body: bytes,
         decision_id: str,
+        variant: str | None = None,
     ):
         self.gw = gw
         self.request = request
         self.route = route
+        # the route's variant serving this request (``route`` is as that variant serves it)
+        self.variant = variant
         self.adapter = adapter
         self.info = info
         self.body = body
@@ -226,10 +230,12 @@ class Exchange:
                     self.attempts.append(
                         _Try(self.route.name, self.route.upstream, skipped="containment")
                     )
-                    route = self.gw.settings.route(self.route.fallback)
+                    route = self.served(self.gw.settings.route(self.route.fallback))
             while route is not None:
                 used.add(route.name)
-                nxt = self.gw.settings.route(route.fallback) if route.fallback else None
+                nxt = (
+                    self.served(self.gw.settings.route(route.fallback)) if route.fallback else None
+                )
                 can_fall_back = nxt is not None and nxt.name not in used
                 try:
                     result = await self.attempt(route)
@@ -272,6 +278,12 @@ class Exchange:
         finally:
             if self.outcome is None:
                 self.finish(action="error")
+
+    def served(self, route: Route) -> Route:
+        """A fallback route as it serves this client: one of its variants, if it splits."""
+        if not route.variants:
+            return route
+        return pick_variant(route, self.request.headers, self.gw.variants)[0]
 
     @property
     def started_answer(self) -> bool:
@@ -348,6 +360,7 @@ class Exchange:
             raise UpstreamMalformed(f"upstream {route.name} sent JSON that is not an object")
         try:
             segments = self.adapter.segments(body)
+            images = self.adapter.images(body)
             sources = self.adapter.sources(body)
         except GatewayError:
             raise
@@ -359,6 +372,10 @@ class Exchange:
             await guard.feed(key, text, final=True)
             if guard.stopped:
                 break
+        for key, image in images:
+            if guard.stopped:
+                break
+            await guard.feed_image(key, image)
         guard.close()
         if self.gw.events.wants(AnswerBody):
             # the model's own decision, for monitors; they take it off the response path
@@ -468,6 +485,12 @@ class Exchange:
         """Handle parsed upstream items; True when the stream's terminator was among them."""
         terminal = False
         for item in items:
+            if isinstance(item, Picture):
+                # checked before the event carrying it (the next item) is queued
+                await guard.feed_image(item.key, item.image)
+                if guard.stopped:
+                    return False
+                continue
             if isinstance(item, Text):
                 await self.release(translator, guard, pending, item.key, item.text, final=False)
                 if guard.stopped:
@@ -609,7 +632,8 @@ class Exchange:
     # -- the end of a stream ---------------------------------------------------------
     def open_keys(self, guard: ResponseGuard) -> list[str]:
         """Segments still open when the stream stopped (or every one, if none is)."""
-        return [k for k, s in guard.segments.items() if not s.closed] or list(guard.segments)
+        texts = [k for k, s in guard.segments.items() if s.ctx.image is None]
+        return [k for k in texts if not guard.segments[k].closed] or texts
 
     async def stream_cut(
         self, route: Route, guard: ResponseGuard, translator
@@ -623,7 +647,7 @@ class Exchange:
         config = stopper.config if stopper else None
         if action is Action.REVIEW and self.gw.hold is not None:
             # the whole answer is kept for the reviewer, read to its end
-            seen = {key: seg.text for key, seg in guard.segments.items()}
+            seen = {k: seg.text for k, seg in guard.segments.items() if seg.ctx.image is None}
             self.busy.stop()
             left = route.timeouts.total - (time.perf_counter() - self.began)
             texts, complete = await read_rest(seen, translator, self.unread, left, route.name)
@@ -726,6 +750,8 @@ class Exchange:
 
     def decision_headers(self, decision: str) -> dict[str, str]:
         headers = {"x-governance-decision": decision, "x-governance-decision-id": self.decision_id}
+        if self.variant is not None:
+            headers["x-governance-variant"] = self.variant
         if len(self.attempts) > 1:
             headers["x-governance-route"] = self.attempts[-1].route
         return headers
@@ -822,6 +848,7 @@ class Exchange:
                 Containment(switch.mode, self.route.name, switch.incident_id) if switch else None
             ),
             review_id=self.ticket.review_id if self.ticket else None,
+            variant=self.variant,
         )
 
     def publish(self) -> None:
@@ -836,6 +863,8 @@ class Exchange:
             return
         child = self.gw.metrics.child
         child("requests", record.route, record.action).inc()
+        if record.variant is not None:
+            child("variant_requests", record.route, record.variant, record.action).inc()
         child("added_latency", record.route, "true" if record.stream else "false").observe(
             self.busy.total
         )

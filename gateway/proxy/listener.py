@@ -37,6 +37,7 @@ from gateway.proxy.adapters import Adapter
 from gateway.proxy.answers import error_response
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.state import GATEWAY, Gateway
+from gateway.proxy.variants import pick as pick_variant
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,26 @@ async def handle(request: web.Request) -> web.StreamResponse:
         parsed: dict[str, Any] | None = None
         model = None
         if request.method == "POST" and candidate is not None:
-            parsed = parse_json_body(body)
+            if request.content_type == "multipart/form-data":
+                # an image edit's form: its text fields, the files stay in the body
+                parsed = candidate.parse_form(body, request.headers.get("content-type", ""))
+            else:
+                parsed = parse_json_body(body)
             model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
-        route = choose_route(gw, request.path, model)
+        route, variant = pick_variant(
+            choose_route(gw, request.path, model), request.headers, gw.variants
+        )
         governed = gw.adapters.for_route(route, request.path) if parsed is not None else None
         if governed is None or parsed is None:
             await gw.limiter.admit(route, request.headers, stream=False)
-            return await passthrough(gw, request, route, body, decision_id, adapter)
+            return await passthrough(gw, request, route, body, decision_id, adapter, variant)
         adapter = governed
         info = adapter.request_info(parsed)
         if not info.stream:
             await gw.limiter.admit(route, request.headers, stream=False)
-            return await Exchange(gw, request, route, adapter, info, body, decision_id).run()
+            return await Exchange(
+                gw, request, route, adapter, info, body, decision_id, variant
+            ).run()
         limits = gw.settings.limits
         if gw.streams >= limits.max_streams:
             gw.metrics.shed.labels("streams").inc()
@@ -84,7 +93,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         held = await gw.limiter.admit(route, request.headers, stream=True)
         gw.streams += 1
         try:
-            return await Exchange(gw, request, route, adapter, info, body, decision_id).run()
+            return await Exchange(
+                gw, request, route, adapter, info, body, decision_id, variant
+            ).run()
         finally:
             gw.streams -= 1
             await gw.limiter.release(held)
@@ -171,6 +182,7 @@ async def passthrough(
     body: bytes,
     decision_id: str,
     adapter: Adapter,
+    variant: str | None = None,
 ) -> web.StreamResponse:
     """Forward an ungoverned request (``/v1/models``, embeddings…) untouched."""
     gw.metrics.passthrough.labels(route.name).inc()
@@ -183,6 +195,8 @@ async def passthrough(
             out.content_type = resp.content_type
         out.headers["x-governance-decision"] = "passthrough"
         out.headers["x-governance-decision-id"] = decision_id
+        if variant is not None:
+            out.headers["x-governance-variant"] = variant
         await out.prepare(request)
         try:
             async with asyncio.timeout(route.timeouts.total):

@@ -36,6 +36,21 @@ class ContainmentPort(Protocol):
     def switch_for(self, route: str) -> Switch | None: ...
 
 
+class VariantsPort(Protocol):
+    """What a route's variants serve now: their weights, and the URLs registry aliases name.
+
+    Read on every request of a route with ``variants``.
+    """
+
+    def weights_for(self, route: str) -> Mapping[str, float] | None:
+        """Weights by variant name; None: the route's configured weights."""
+        ...
+
+    def upstream_of(self, model: str) -> str | None:
+        """The URL the registry alias ``model`` names now; None while it is not known."""
+        ...
+
+
 class ClientChannel(Protocol):
     """What an exchange lets others do to its client, in the client's own protocol."""
 
@@ -71,4 +86,4 @@ class AnswerBody:
     body: Mapping[str, Any]
 
 
-__all__ = ["AnswerBody", "ClientChannel", "ContainmentPort", "HoldPort"]
+__all__ = ["AnswerBody", "ClientChannel", "ContainmentPort", "HoldPort", "VariantsPort"]

@@ -26,7 +26,7 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import RequestTracer
 from gateway.policy.reload import PolicyHolder, PolicySwap
 from gateway.proxy.adapters import Adapters
-from gateway.proxy.ports import ContainmentPort, HoldPort
+from gateway.proxy.ports import ContainmentPort, HoldPort, VariantsPort
 from gateway.proxy.ratelimit import KeyLimiter
 from gateway.retry import retry_forever
 from gateway.store.base import Store
@@ -72,6 +72,8 @@ class Gateway:
     # ports plugged in by subsystems; None: a review action blocks, nothing is contained
     hold: HoldPort | None = None
     containment: ContainmentPort | None = None
+    # None: every route with variants serves its configured weights
+    variants: VariantsPort | None = None
     # None while tracing is off: a request then pays one ``is None`` check
     tracer: RequestTracer | None = None
     # with a store several processes share: which one applies the incident rules and monitors

@@ -176,6 +176,8 @@ class DecisionRecord:
     containment: Containment | None = None
     # the review item a ``review`` action held the answer as
     review_id: str | None = None
+    # the route's variant that answered, on a route that splits its traffic
+    variant: str | None = None
     schema: int = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
@@ -208,6 +210,8 @@ class DecisionRecord:
             out["containment"] = self.containment.to_json()
         if self.review_id is not None:
             out["review_id"] = self.review_id
+        if self.variant is not None:
+            out["variant"] = self.variant
         return out
 
     @classmethod
@@ -237,5 +241,6 @@ class DecisionRecord:
             error=data.get("error"),
             containment=Containment(**containment) if containment else None,
             review_id=data.get("review_id"),
+            variant=data.get("variant"),
             schema=int(data.get("schema", SCHEMA)),
         )

@@ -8,7 +8,7 @@ when this file changes; the admin API and ``gateway index stats`` show it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,50 @@ class IndexManifest(_Frozen):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IndexManifest:
+        return cls.model_validate(data)
+
+    def write(self, directory: Path) -> None:
+        (directory / FILE).write_text(self.model_dump_json(indent=2, by_alias=True) + "\n")
+
+
+class ImageCounts(_Frozen):
+    images: int = 0
+    # perceptual hashes stored: several per image (the whole and its crops)
+    hashes: int = 0
+    # files under the source directory that could not be read as images
+    problems: int = 0
+
+
+class ImageSourceInfo(_Frozen):
+    path: str
+    # over every indexed file's relative path and bytes, in path order
+    sha256: str
+    files: int = 0
+
+
+class ImageIndexManifest(_Frozen):
+    """What a built image index holds (``gateway index build --images``)."""
+
+    # tells an image index from a text one before either is loaded
+    kind: Literal["image"] = "image"
+    format: int
+    name: str
+    created_at: str
+    build_seconds: float
+    # the hash function, its size, the crop variants and the thumbnail size
+    params: dict[str, Any]
+    counts: ImageCounts
+    source: ImageSourceInfo
+    generation: int = 1
+    schema_version: int = Field(default=SCHEMA, alias="schema")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageIndexManifest:
         return cls.model_validate(data)
 
     def write(self, directory: Path) -> None:

@@ -8,6 +8,7 @@ characters it is.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,20 @@ class FindingView:
     source_id: str | None = None
     evidence_json: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # an image finding's thumbnails (the answer's, the protected source's) as data URIs
+    image: str | None = None
+    source_image: str | None = None
+
+
+# only data URIs of raster images the gateway drew are put in an ``src``
+_IMAGE_URI = re.compile(r"data:image/(?:jpeg|png|webp);base64,[A-Za-z0-9+/]+={0,2}")
+IMAGE_KEYS = ("thumbnail", "source_thumbnail")
+
+
+def _image(value: Any) -> str | None:
+    if isinstance(value, str) and len(value) <= 400_000 and _IMAGE_URI.fullmatch(value):
+        return value
+    return None
 
 
 def findings_of(item: ReviewItem) -> list[FindingView]:
@@ -46,6 +61,9 @@ def findings_of(item: ReviewItem) -> list[FindingView]:
             # the record's evidence is masked when it is made; masked again here
             # for items held before that, and for the text the span points at
             evidence = mask_evidence(f.evidence)
+            images = [_image(evidence.get(k)) for k in IMAGE_KEYS]
+            # shown as pictures, not as a wall of base64 among the fields
+            evidence = {k: v for k, v in evidence.items() if k not in IMAGE_KEYS}
             text = texts.get(f.segment)
             matched = text[f.start : f.end] if text is not None else evidence.get("match")
             view = FindingView(
@@ -63,6 +81,8 @@ def findings_of(item: ReviewItem) -> list[FindingView]:
                 source_text=evidence.get("source_text"),
                 source_id=evidence.get("source_id"),
                 evidence_json=json.dumps(evidence, indent=2, ensure_ascii=False, default=str),
+                image=images[0],
+                source_image=images[1],
             )
             out.append(view)
     return out

@@ -77,12 +77,16 @@ class Store(ABC):
                 r.action,
                 r.revision,
                 orjson.dumps(r.to_json(), default=str).decode(),
+                # what a route's variants are compared on (gateway/canary), as columns
+                r.variant,
+                1 if r.breached else 0,
+                r.total_ms,
             )
             for r in records
         ]
         await self.executemany(
-            "INSERT INTO decisions (id, ts, route, model, action, revision, record) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO decisions (id, ts, route, model, action, revision, record, variant, "
+            "breached, total_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             rows,
         )
 

@@ -291,3 +291,60 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+MIGRATIONS.append(
+    (
+        17,
+        "route variants: the variant of each decision, and the weights in force",
+        [
+            # a canary's figures are read per variant over a window of decisions,
+            # from every process and replica alike (gateway/canary)
+            "ALTER TABLE decisions ADD COLUMN variant TEXT",
+            "ALTER TABLE decisions ADD COLUMN breached INTEGER",
+            "ALTER TABLE decisions ADD COLUMN total_ms DOUBLE PRECISION",
+            "CREATE INDEX decisions_variant ON decisions (route, ts) WHERE variant IS NOT NULL",
+            # weights set by a rollback or a promotion, over the configured ones;
+            # a route without a row serves its configured weights
+            """CREATE TABLE route_variants (
+                route TEXT PRIMARY KEY,
+                weights TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                incident_id TEXT,
+                since DOUBLE PRECISION NOT NULL,
+                registry TEXT
+            )""",
+        ],
+    )
+)
+
+
+MIGRATIONS.append(
+    (
+        16,
+        "outcome feedback: clicks, acceptances, repayments, labels and thumbs down",
+        [
+            # one row per event a client reported after an answer; the event id is the
+            # client's idempotency key, so an event sent twice is stored and counted once
+            """CREATE TABLE feedback_events (
+                event_id TEXT PRIMARY KEY,
+                decision_id TEXT NOT NULL,
+                type TEXT NOT NULL,
+                value INTEGER NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                received_by TEXT NOT NULL,
+                decision_found INTEGER NOT NULL,
+                route TEXT,
+                cohort TEXT NOT NULL,
+                policy TEXT,
+                should_breach INTEGER,
+                verdict TEXT
+            )""",
+            "CREATE INDEX feedback_events_decision ON feedback_events (decision_id)",
+            # the weekly label report reads labels by time
+            "CREATE INDEX feedback_events_type_at ON feedback_events (type, at)",
+        ],
+    )
+)

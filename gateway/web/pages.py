@@ -32,8 +32,9 @@ from gateway.web.sessions import COOKIE, LOGIN_COOKIE, SESSIONS, Session, same
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+# ``data:`` images: an image finding's thumbnails are inline JPEGs (they cannot run script)
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 SECURITY_HEADERS = {

@@ -19,6 +19,7 @@ from gateway.errors import BadRequest, UpstreamMalformed
 from gateway.proxy.adapters.anthropic import AnthropicAdapter
 from gateway.proxy.adapters.base import Adapter, RequestInfo
 from gateway.proxy.adapters.openai_chat import ChatAdapter, CompletionsAdapter
+from gateway.proxy.adapters.openai_images import ImagesAdapter
 from gateway.proxy.adapters.openai_responses import ResponsesAdapter
 from gateway.proxy.adapters.rag_json import RagJsonAdapter
 
@@ -26,9 +27,14 @@ _CHAT = ChatAdapter()
 _COMPLETIONS = CompletionsAdapter()
 _RESPONSES = ResponsesAdapter()
 _ANTHROPIC = AnthropicAdapter()
+_IMAGES = ImagesAdapter()
 _BUILTIN: dict[str, Adapter] = {
-    a.protocol: a for a in (_CHAT, _COMPLETIONS, _RESPONSES, _ANTHROPIC)
+    a.protocol: a for a in (_CHAT, _COMPLETIONS, _RESPONSES, _ANTHROPIC, _IMAGES)
 }
+
+# the conversation protocols a client of ours (``gateway gate``) can speak, by the
+# names its command line uses
+CONVERSATIONS: dict[str, Adapter] = {"openai": _CHAT, "anthropic": _ANTHROPIC}
 
 # path suffix -> adapter; /chat/completions also ends in /completions, so the
 # listed order tries it first
@@ -37,11 +43,14 @@ _BY_SUFFIX: tuple[tuple[str, Adapter], ...] = (
     ("/completions", _COMPLETIONS),
     ("/responses", _RESPONSES),
     ("/messages", _ANTHROPIC),
+    ("/images/generations", _IMAGES),
+    ("/images/edits", _IMAGES),
+    ("/images/variations", _IMAGES),
 )
 _ROUTE_PROTOCOLS: dict[str, frozenset[Adapter]] = {
-    "openai": frozenset({_CHAT, _COMPLETIONS, _RESPONSES}),
+    "openai": frozenset({_CHAT, _COMPLETIONS, _RESPONSES, _IMAGES}),
     "anthropic": frozenset({_ANTHROPIC}),
-    "auto": frozenset({_CHAT, _COMPLETIONS, _RESPONSES, _ANTHROPIC}),
+    "auto": frozenset({_CHAT, _COMPLETIONS, _RESPONSES, _ANTHROPIC, _IMAGES}),
 }
 
 
@@ -99,6 +108,8 @@ class Adapters:
             return _RESPONSES
         if body.get("type") == "message" and isinstance(body.get("content"), list):
             return _ANTHROPIC
+        if isinstance(body.get("data"), list) and "created" in body:
+            return _IMAGES
         choices = body.get("choices")
         if isinstance(choices, list) and choices:
             first = choices[0] if isinstance(choices[0], dict) else {}
@@ -131,6 +142,7 @@ def parse_answer(
 
 
 __all__ = [
+    "CONVERSATIONS",
     "Adapter",
     "Adapters",
     "RequestInfo",

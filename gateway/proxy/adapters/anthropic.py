@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.contract.detector import ImagePart
 from gateway.errors import GatewayError, UpstreamMalformed
 from gateway.proxy.adapters.base import (
     Adapter,
@@ -91,9 +92,27 @@ def _text_blocks(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
+# the API version a client of ours asks for (``ask``)
+ANTHROPIC_VERSION = "2023-06-01"
+
+
 class AnthropicAdapter(Adapter):
     protocol = "anthropic-messages"
     credential_header = "x-api-key"
+
+    def ask(
+        self, messages: list[dict[str, Any]], model: str, max_tokens: int
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+        # Messages takes system prompts apart and needs max_tokens
+        system = [str(m.get("content", "")) for m in messages if m.get("role") == "system"]
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "messages": [m for m in messages if m.get("role") != "system"],
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        return "/v1/messages", body, {"anthropic-version": ANTHROPIC_VERSION}
 
     def error_body(self, err: GatewayError) -> dict[str, Any]:
         return anthropic_error(err)
@@ -108,6 +127,28 @@ class AnthropicAdapter(Adapter):
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
         return [(str(i), block["text"]) for i, block in _text_blocks(body)]
+
+    def images(self, body: dict[str, Any]) -> list[tuple[str, ImagePart]]:
+        """``image`` content blocks: a base64 ``source``, or a ``url`` one (never fetched)."""
+        out: list[tuple[str, ImagePart]] = []
+        for i, block in enumerate(body_list(body, "content")):
+            if type(block) is not dict or block.get("type") != "image":
+                continue
+            source = block.get("source")
+            where = f"content[{i}].source"
+            if type(source) is not dict:
+                raise malformed(where, "an object")
+            if source.get("type") == "url" and type(source.get("url")) is str:
+                out.append((f"image.{i}", ImagePart(where, url=source["url"])))
+                continue
+            if type(source.get("data")) is not str:
+                raise malformed(f"{where}.data", "a base64 string")
+            media = source.get("media_type")
+            part = ImagePart(
+                where, data=source["data"], media_type=media if type(media) is str else None
+            )
+            out.append((f"image.{i}", part))
+        return out
 
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
         content = list(body_list(body, "content"))

@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 
+from gateway.contract.detector import ImagePart
 from gateway.contract.sources import Sources
-from gateway.errors import GatewayError, UpstreamMalformed
+from gateway.errors import BadRequest, GatewayError, UpstreamMalformed
 from gateway.proxy.sse import SSEEvent, encode_event
 from gateway.records.review import Ticket
 
@@ -87,6 +88,15 @@ class End:
 
 
 @dataclass(slots=True)
+class Picture:
+    """An image in an upstream event, checked by the image policies before the event
+    that carries it (which follows as its own item) may go on."""
+
+    key: str
+    image: ImagePart
+
+
+@dataclass(slots=True)
 class Done:
     payload: Any = None
     event: str | None = None
@@ -127,6 +137,15 @@ def now() -> int:
 def key_order(key: str) -> tuple[int | str, ...]:
     """Sort key for segment keys such as ``"2"`` or ``"0.1"``."""
     return tuple(int(p) if p.isdecimal() else p for p in key.split("."))
+
+
+def image_link(url: Any, where: str) -> ImagePart | None:
+    """An image given by ``url``: inline when it is a ``data:`` URI, else a link (never fetched)."""
+    if type(url) is not str:
+        return None
+    if url.startswith("data:"):
+        return ImagePart(where, data=url, media_type=url[5:].partition(";")[0] or None)
+    return ImagePart(where, url=url)
 
 
 # -- error bodies -------------------------------------------------------------
@@ -181,11 +200,29 @@ class Adapter:
     # where an injected upstream key goes when the route does not say
     credential_header = "authorization"
 
+    def ask(
+        self, messages: list[dict[str, Any]], model: str, max_tokens: int
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The path, body and extra headers that ask this protocol's API for one answer.
+
+        For callers that are clients themselves (``gateway gate``); only
+        conversation protocols can be asked.
+        """
+        raise NotImplementedError(f"{self.protocol} cannot be asked a conversation")
+
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         raise NotImplementedError
 
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
         raise NotImplementedError
+
+    def images(self, body: dict[str, Any]) -> list[tuple[str, ImagePart]]:
+        """The images of a whole answer, each an image segment keyed ``image.…``."""
+        return []
+
+    def parse_form(self, body: bytes, content_type: str) -> dict[str, Any]:
+        """A ``multipart/form-data`` request's fields; only adapters that take forms read them."""
+        raise BadRequest("the request body must be JSON, not multipart/form-data")
 
     def sources(self, body: dict[str, Any]) -> Sources:
         found = Sources()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from gateway.contract.detector import ImagePart
 from gateway.errors import UpstreamMalformed
 from gateway.proxy.adapters.base import (
     Adapter,
@@ -24,6 +25,7 @@ from gateway.proxy.adapters.base import (
     Text,
     dumps,
     gateway_id,
+    image_link,
     last_user_text,
     loads_event,
     now,
@@ -90,6 +92,12 @@ def content_text(content: Any, name: str) -> str | None:
 class ChatAdapter(Adapter):
     protocol = "openai-chat"
 
+    def ask(
+        self, messages: list[dict[str, Any]], model: str, max_tokens: int
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+        # the model's own limit applies: Chat Completions needs no max_tokens
+        return "/v1/chat/completions", {"model": model, "messages": messages}, {}
+
     def request_info(self, body: dict[str, Any]) -> RequestInfo:
         return RequestInfo(
             body,
@@ -108,6 +116,30 @@ class ChatAdapter(Adapter):
             text = content_text(message.get("content"), f"choices[{pos}].message.content")
             if text is not None:
                 out.append((key, text))
+        return out
+
+    def images(self, body: dict[str, Any]) -> list[tuple[str, ImagePart]]:
+        """Image parts of each message's ``content`` and its ``images`` list (as some
+        OpenAI-compatible servers return generated images)."""
+        out: list[tuple[str, ImagePart]] = []
+        for pos, key, choice in choices_of(body):
+            message = message_of(choice, pos)
+            if message is None:
+                continue
+            for field in ("content", "images"):
+                parts = message.get(field)
+                if type(parts) is not list:
+                    continue
+                for j, part in enumerate(parts):
+                    if type(part) is not dict or part.get("type") != "image_url":
+                        continue
+                    ref = part.get("image_url")
+                    url = ref.get("url") if type(ref) is dict else ref
+                    where = f"choices[{pos}].message.{field}[{j}].image_url"
+                    image = image_link(url, where)
+                    if image is None:
+                        raise malformed(where, "an object with a URL string")
+                    out.append((f"image.{key}.{field}.{j}", image))
         return out
 
     def sources(self, body: dict[str, Any]):

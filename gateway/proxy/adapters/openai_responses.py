@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from gateway.contract.detector import ImagePart
 from gateway.proxy.adapters.base import (
     Adapter,
     Done,
     End,
+    Picture,
     Raw,
     RequestInfo,
     StreamTranslator,
@@ -145,6 +147,20 @@ class ResponsesAdapter(Adapter):
     def segments(self, body: dict[str, Any]) -> list[tuple[str, str]]:
         return [(f"{i}.{j}", part["text"]) for i, j, part in _text_parts(body_list(body, "output"))]
 
+    def images(self, body: dict[str, Any]) -> list[tuple[str, ImagePart]]:
+        """The ``result`` (base64) of each ``image_generation_call`` output item."""
+        out: list[tuple[str, ImagePart]] = []
+        for i, item in enumerate(body_list(body, "output")):
+            if type(item) is not dict or item.get("type") != "image_generation_call":
+                continue
+            data = opt_str(item.get("result"), f"output[{i}].result")
+            if data is not None:
+                where = f"output[{i}].result"
+                fmt = item.get("output_format")
+                media = f"image/{fmt}" if type(fmt) is str else None
+                out.append((f"image.{i}", ImagePart(where, data=data, media_type=media)))
+        return out
+
     def rebuild(self, body: dict[str, Any], texts: dict[str, str], finish: str | None) -> dict:
         body_list(body, "output")
         out = _with_texts(body, texts)
@@ -238,6 +254,8 @@ class ResponsesStream(StreamTranslator):
         self.sequence = 0
         self.response: dict[str, Any] | None = None
         self.item_ids: dict[str, str] = {}
+        # output positions whose final image was already checked
+        self.pictured: set[int] = set()
 
     def parse(self, ev: SSEEvent) -> list[Any]:
         obj = event_object(loads_event(ev))
@@ -261,21 +279,48 @@ class ResponsesStream(StreamTranslator):
             key = self._key(obj)
             opt_dict(obj.get("part"), "part")
             return [Raw(key, obj, name)]
+        elif kind == "response.image_generation_call.partial_image":
+            # a partial image is a lower-fidelity copy of the final one: checked too
+            index = index_of(obj.get("output_index"), "output_index", 0)
+            n = index_of(obj.get("partial_image_index"), "partial_image_index", 0)
+            data = opt_str(obj.get("partial_image_b64"), "partial_image_b64")
+            if data is not None:
+                part = ImagePart("partial_image_b64", data=data)
+                return [Picture(f"image.{index}.partial.{n}", part), Raw(None, obj, name)]
         elif kind == "response.output_item.done":
             # rewritten with the released text when it goes out
-            index_of(obj.get("output_index"), "output_index", 0)
+            index = index_of(obj.get("output_index"), "output_index", 0)
             item = opt_dict(obj.get("item"), "item")
             if item is not None:
                 for _ in _message_parts(item, "item"):
                     pass
+                pictures = self._pictures([(index, item)], "item.result")
+                if pictures:
+                    return [*pictures, Raw(None, obj, name)]
         elif kind in FINAL_EVENTS:
             response = opt_dict(obj.get("response"), "response")
+            pictures = []
             if response is not None:
                 output = opt_list(response.get("output"), "response.output") or []
                 for _ in _text_parts(output, "response.output"):
                     pass
-            return [Done(obj, name)]
+                # images the stream never sent in an output_item.done
+                where = "response.output[].result"
+                pictures = self._pictures(list(enumerate(output)), where)
+            return [*pictures, Done(obj, name)]
         return [Raw(None, obj, name, lead=kind in LEAD_EVENTS)]
+
+    def _pictures(self, items: list[tuple[int, Any]], where: str) -> list[Picture]:
+        """An image segment for each finished ``image_generation_call`` not yet checked."""
+        out = []
+        for index, item in items:
+            if type(item) is not dict or item.get("type") != "image_generation_call":
+                continue
+            data = opt_str(item.get("result"), where)
+            if data is not None and index not in self.pictured:
+                self.pictured.add(index)
+                out.append(Picture(f"image.{index}", ImagePart(where, data=data)))
+        return out
 
     @staticmethod
     def _key(obj: dict[str, Any]) -> str:
@@ -291,7 +336,9 @@ class ResponsesStream(StreamTranslator):
         return encode_event(dumps(payload), name or payload.get("type"))
 
     def render_text(self, key: str, text: str) -> bytes:
-        output_index, content_index = (int(x) for x in key.split("."))
+        # a stream cut before any text (only images so far) says why under key "0"
+        first, _, second = key.partition(".")
+        output_index, content_index = int(first), int(second or 0)
         payload = {
             "type": "response.output_text.delta",
             "item_id": self.item_ids.get(key, ""),
