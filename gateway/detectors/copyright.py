@@ -6,14 +6,18 @@ Three match types, selected per policy:
   (after Unicode folding and ignoring punctuation and case).
 - ``near_verbatim``: a span of at least ``near_min_words`` words whose word
   alignment with a source has similarity ``>= near_ratio`` (words dropped,
-  swapped or replaced).
+  inserted, swapped or replaced), or of at least ``near_long_words`` words
+  with similarity ``>= near_long_ratio``.
 - ``semantic``: a sentence whose embedding has cosine ``>= semantic_threshold``
   with an indexed passage (paraphrase).
 
 The lexical path finds candidates through winnowed word n-gram anchors,
 which measure containment: a 12-word copy inside a 500-word answer shares an
-anchor with its source however long the answer is. Candidates are then
-aligned word by word to get the exact spans in the response and the source.
+anchor with its source however long the answer is. A copy with a quarter of
+its words edited keeps few intact 4-word runs, so near-verbatim matching also
+uses a denser table of 3-word near anchors, trusted only when several point
+at the same stretch of one source. Candidates are then aligned word by word
+to get the exact spans in the response and the source.
 
 Streaming: words are hashed once as they become final; a candidate is
 aligned when no new anchor has extended it for a while, and ``hold_from``
@@ -25,6 +29,7 @@ redaction masks exactly the span found.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -56,6 +61,15 @@ MATCH_TYPES: tuple[str, ...] = ("verbatim", "near_verbatim", "semantic")
 GAP_WORDS = 4
 # shortest run of identical words that anchors a near-verbatim alignment
 NEAR_ANCHOR = 2
+# a word that is in the copied span but out of order counts this much of a
+# matched word: reordering is an edit, if a milder one than a new word
+MOVED_CREDIT = 0.5
+# a candidate found only through the shorter near anchors needs this many
+NEAR_SEEDS = 2
+# ... and is aligned without any full-length n-gram in common with this many
+NEAR_SEEDS_ALONE = 3
+# a near anchor shared by more than ``max_postings`` / this passages is skipped
+NEAR_POSTINGS_DIV = 4
 
 
 class CopyrightPolicy(PolicyBase):
@@ -67,9 +81,13 @@ class CopyrightPolicy(PolicyBase):
     )
     # verbatim: this many consecutive identical words
     min_words: int = Field(default=12, ge=4, le=1000)
-    # near-verbatim: span length in words and word-alignment similarity
+    # near-verbatim: span length in words and word-alignment similarity; a
+    # span of at least ``near_long_words`` needs only ``near_long_ratio``
+    # (a long aligned span is rarely chance, a short one may be a formula)
     near_min_words: int = Field(default=12, ge=6, le=1000)
-    near_ratio: float = Field(default=0.8, gt=0.5, le=1.0)
+    near_ratio: float = Field(default=0.85, gt=0.5, le=1.0)
+    near_long_words: int = Field(default=16, ge=6, le=1000)
+    near_long_ratio: float = Field(default=0.75, gt=0.5, le=1.0)
     # semantic: cosine similarity between a response sentence and a passage
     semantic_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
     semantic_min_words: int = Field(default=8, ge=3, le=200)
@@ -142,11 +160,12 @@ class CopyrightDetector:
 
 
 class _Cluster:
-    __slots__ = ("doc", "q_first", "q_last", "pmin", "pmax", "seeds")
+    __slots__ = ("doc", "q_first", "q_last", "pmin", "pmax", "seeds", "strong")
 
-    def __init__(self, doc: int, q: int, pid: int):
+    def __init__(self, doc: int, q: int, pid: int, strong: bool):
         self.doc, self.q_first, self.q_last, self.pmin, self.pmax = doc, q, q, pid, pid
         self.seeds = 1
+        self.strong = int(strong)  # seeds from the full-length anchors
 
 
 class CopyScan:
@@ -157,6 +176,8 @@ class CopyScan:
         self.cfg = detector.config
         self.index = index
         self.n = index.anchor_words
+        # the shorter near anchors, when the index has them and edited copies are wanted
+        self.n_near = index.near_anchor_words if "near_verbatim" in self.cfg.match else 0
         # words before an anchor that may still belong to the copy it anchors;
         # the index guarantees an anchor in every ``winnow + n - 1`` copied words
         self.pad = index.winnow + self.n + GAP_WORDS + 2
@@ -168,6 +189,10 @@ class CopyScan:
         self.present = np.zeros(0, bool)
         self.stable = 0  # text before this offset is split into final words
         self.open: list[_Cluster] = []
+        self.by_doc: dict[int, list[_Cluster]] = {}  # the open clusters per document
+        self.near_done = 0  # words before this have had their near anchors looked up
+        # near seeds still waiting for a partner: query positions, passages, documents
+        self.lone: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.pending: list[tuple[Finding, list[str]]] = []  # short quotes awaiting attribution
         self.seen: set[tuple[int, int, str, str]] = set()
         self.sem_cursor = 0  # text before this offset has been judged semantically
@@ -190,6 +215,10 @@ class CopyScan:
                 hold = min(hold, self.starts[max(0, nw - self.pad - self.n)])
             for c in self.open:
                 hold = min(hold, self.starts[max(0, c.q_first - self.pad)])
+            if self.lone is not None:
+                # a lone near seed may still become the start of a candidate
+                first = int(self.lone[0].min())
+                hold = min(hold, self.starts[max(0, first - self.pad)])
         if self.det.semantic:
             hold = min(hold, self.sem_cursor)
         for f, _ in self.pending:
@@ -214,37 +243,126 @@ class CopyScan:
         nw = len(self.starts)
         first_gram = max(0, before - self.n + 1)
         grams = ngram_hashes(self.hashes[first_gram:], self.n)
+        seeds: list[tuple[np.ndarray, np.ndarray, bool]] = []
+        strong_pids = np.zeros(0, np.int64)
         if len(grams):
             if self.index.bloom is not None:
                 self.present = np.concatenate([self.present, bloom_has(self.index.bloom, grams)])
-            qpos, pids = self.index.lookup(grams, self.cfg.max_postings)
-            if len(qpos):
-                docs = self.index.passages[pids, P_DOC]
-                for q, pid, doc in zip(
-                    (qpos + first_gram).tolist(), pids.tolist(), docs.tolist(), strict=True
-                ):
-                    self._add_seed(int(doc), q, pid)
+            qpos, strong_pids = self.index.lookup(grams, self.cfg.max_postings)
+            seeds.append((qpos + first_gram, strong_pids, True))
+        if self.n_near:
+            nq, npid = self._near_lookup(nw, final, strong_pids)
+            seeds.append((nq, npid, False))
+        # in response order, so a candidate only ever grows forward
+        q_all = np.concatenate([x[0] for x in seeds]) if seeds else np.zeros(0, np.int64)
+        if len(q_all):
+            p_all = np.concatenate([x[1] for x in seeds])
+            s_all = np.concatenate([np.full(len(x[0]), x[2]) for x in seeds])
+            order = np.argsort(q_all, kind="stable")
+            docs = self.index.passages[p_all[order], P_DOC]
+            for q, pid, doc, strong in zip(
+                q_all[order].tolist(),
+                p_all[order].tolist(),
+                docs.tolist(),
+                s_all[order].tolist(),
+                strict=True,
+            ):
+                self._add_seed(doc, q, pid, strong)
         out: list[Finding] = []
         still: list[_Cluster] = []
+        done = False
         for c in self.open:
             if final or c.q_last + self.n + self.pad <= nw:
+                done = True
                 if self._worth_aligning(c):
                     out.extend(self._verify(c))
             else:
                 still.append(c)
-        self.open = still
+        if done:
+            self.open = still
+            self.by_doc = {}
+            for c in still:
+                self.by_doc.setdefault(c.doc, []).append(c)
         return out
 
-    def _add_seed(self, doc: int, q: int, pid: int) -> None:
-        for c in self.open:
-            # one cluster is one stretch of one source: close in the response
-            # and close in the source
-            if c.doc == doc and q - c.q_last <= 2 * self.pad and c.pmin - 2 <= pid <= c.pmax + 2:
+    def _near_lookup(
+        self, nw: int, final: bool, strong_pids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Near-anchor seeds for the words not looked up yet."""
+        n3 = self.n_near
+        start = self.near_done
+        limit = nw - n3 + 1
+        if limit <= start:
+            none = np.zeros(0, np.int64)
+            return self._near_seeds(none, none, strong_pids, nw, final)
+        self.near_done = limit
+        grams = ngram_hashes(self.hashes[start : limit + n3 - 1], n3)
+        # a short n-gram is common far sooner than a long one
+        cap = max(1, self.cfg.max_postings // NEAR_POSTINGS_DIV)
+        qi, pids = self.index.lookup(grams, cap, near=True)
+        return self._near_seeds(qi + start, pids, strong_pids, nw, final)
+
+    def _near_seeds(
+        self, qpos: np.ndarray, pids: np.ndarray, strong_pids: np.ndarray, nw: int, final: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The seeds from the short near anchors that could be part of a copy.
+
+        A short n-gram shared with one of thousands of documents is usually
+        chance; an edited copy shares several with the same document close
+        together. So a near seed is kept when another near seed of its
+        document lies within ``2 * pad`` words, or when its document already
+        has a candidate; a lone one waits ``pad`` words for a partner (and
+        ``hold_from`` holds the text it could start).
+        """
+        docs = self.index.passages[pids, P_DOC] if len(pids) else np.zeros(0, np.int64)
+        if self.lone is not None:
+            qpos = np.concatenate([self.lone[0], qpos])
+            pids = np.concatenate([self.lone[1], pids])
+            docs = np.concatenate([self.lone[2], docs])
+            self.lone = None
+        if not len(qpos):
+            return qpos, pids
+        order = np.lexsort((qpos, docs))
+        q_s, d_s = qpos[order], docs[order]
+        paired = np.zeros(len(order), bool)
+        if len(order) > 1:
+            pair = (d_s[1:] == d_s[:-1]) & (q_s[1:] - q_s[:-1] <= 2 * self.pad)
+            paired[1:] |= pair
+            paired[:-1] |= pair
+        use = np.zeros(len(qpos), bool)
+        use[order] = paired
+        known = set(self.by_doc)
+        if len(strong_pids):
+            known.update(self.index.passages[strong_pids, P_DOC].tolist())
+        if known:
+            use |= np.fromiter((d in known for d in docs.tolist()), bool, len(docs))
+        if not final:
+            wait = ~use & (qpos > nw - self.pad)
+            if wait.any():
+                self.lone = (qpos[wait], pids[wait], docs[wait])
+        return qpos[use], pids[use]
+
+    def _add_seed(self, doc: int, q: int, pid: int, strong: bool) -> None:
+        # one cluster is one stretch of one source: close in the response and
+        # close in the source (looked up per document: a response may touch
+        # hundreds of documents through one common n-gram each)
+        group = self.by_doc.get(doc)
+        if group is None:
+            group = self.by_doc[doc] = []
+        for c in group:
+            if (
+                c.q_first - 2 * self.pad <= q <= c.q_last + 2 * self.pad
+                and c.pmin - 2 <= pid <= c.pmax + 2
+            ):
+                c.q_first = min(c.q_first, q)
                 c.q_last = max(c.q_last, q)
                 c.pmin, c.pmax = min(c.pmin, pid), max(c.pmax, pid)
                 c.seeds += 1
+                c.strong += strong
                 return
-        self.open.append(_Cluster(doc, q, pid))
+        c = _Cluster(doc, q, pid, strong)
+        group.append(c)
+        self.open.append(c)
 
     def _worth_aligning(self, c: _Cluster) -> bool:
         """Cheap necessary condition for a match, from the corpus-wide n-gram filter.
@@ -254,18 +372,26 @@ class CopyScan:
         n-grams between its edits. Most candidates (one shared formulaic n-gram)
         fail both and are never aligned.
         """
+        if not c.strong and c.seeds < NEAR_SEEDS:
+            # one short n-gram in common is chance; an edited copy shares several
+            return False
         if self.index.bloom is None:
             return True
         qa = max(0, c.q_first - self.pad)
         qb = min(len(self.present), c.q_last + self.pad)
         region = self.present[qa:qb]
-        if _longest_true(region) >= self.cfg.min_words - self.n + 1:
+        longest = _longest_true(region)
+        if longest >= self.cfg.min_words - self.n + 1:
             return True  # a verbatim run is possible
         if "near_verbatim" in self.cfg.match:
             # between edits a near copy keeps short shared runs; one stray
             # formulaic n-gram has neither a second anchor nor such a run
             need = max(2, (self.cfg.near_min_words - self.n + 1) // 4)
-            if int(region.sum()) >= need and (c.seeds >= 2 or _longest_true(region) >= 3):
+            if (c.seeds >= 2 or longest >= 3) and int(region.sum()) >= need:
+                return True
+            # edits every few words leave no 4-word run intact, but many short
+            # runs shared with the same stretch of one source
+            if c.seeds - c.strong >= NEAR_SEEDS_ALONE:
                 return True
         return False
 
@@ -300,11 +426,15 @@ class CopyScan:
                     covered[a:b] = True
                     hits.append(("verbatim", a, b, sa, sb, 1.0))
         if "near_verbatim" in self.cfg.match:
-            for a, b, sa, sb, sim in _near_segments(blocks):
-                if b - a < self.cfg.near_min_words or sim < self.cfg.near_ratio:
+            cfg = self.cfg
+            for a, b, sa, sb, sim, exact in _near_segments(blocks, q, s, cfg.near_min_words):
+                need = cfg.near_ratio
+                if b - a >= cfg.near_long_words:
+                    need = min(need, cfg.near_long_ratio)
+                if b - a < cfg.near_min_words or sim < need:
                     continue
                 # an exact copy is judged by the verbatim threshold alone
-                if want_verbatim and (sim >= 0.999 or covered[a:b].mean() >= 0.8):
+                if want_verbatim and (exact or covered[a:b].mean() >= 0.8):
                     continue
                 hits.append(("near_verbatim", a, b, sa, sb, sim))
         if not hits:
@@ -462,11 +592,10 @@ class CopyScan:
 
 
 def _longest_true(flags: np.ndarray) -> int:
-    if not len(flags) or not flags.any():
+    """Length of the longest run of True (regions are short: bytes beat numpy here)."""
+    if not len(flags):
         return 0
-    padded = np.concatenate([[False], flags, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return int((edges[1::2] - edges[::2]).max())
+    return max(map(len, flags.view(np.uint8).tobytes().split(b"\x00")))
 
 
 def _word_string(text: str) -> str:
@@ -501,25 +630,33 @@ def _extend(
 
 
 def _near_segments(
-    blocks: list[tuple[int, int, int, int]],
-) -> list[tuple[int, int, int, int, float]]:
-    """Spans aligned with few edits: (q0, q1, s0, s1, similarity).
+    blocks: list[tuple[int, int, int, int]], q: list[str], s: list[str], min_words: int = 1
+) -> list[tuple[int, int, int, int, float, bool]]:
+    """Spans aligned with few edits: (q0, q1, s0, s1, similarity, exact).
 
     ``blocks`` are the equal-word blocks of a word alignment; blocks of at
     least ``NEAR_ANCHOR`` words separated by at most ``GAP_WORDS`` unmatched
-    words on either side form one copied span.
+    words on either side form one copied span (spans under ``min_words``
+    are dropped before they are scored). Its similarity is
+    ``2 * matched / (span words + source words)``, where matched counts the
+    aligned words plus half of the words that only moved: an unaligned word
+    of the span that also occurs, unaligned, in the source span (a reordered
+    clause, two swapped words). Only words inside an already aligned span get
+    that credit, so text that merely shares vocabulary gains nothing.
     """
-    out: list[tuple[int, int, int, int, float]] = []
+    out: list[tuple[int, int, int, int, float, bool]] = []
     seg: list[tuple[int, int, int, int]] = []
 
     def close() -> None:
         while seg and seg[-1][1] - seg[-1][0] < NEAR_ANCHOR:
             seg.pop()
-        if seg:
+        if seg and seg[-1][1] - seg[0][0] >= min_words:
             q0, s0 = seg[0][0], seg[0][2]
             q1, s1 = seg[-1][1], seg[-1][3]
-            matched = sum(b - a for a, b, _, _ in seg)
-            out.append((q0, q1, s0, s1, 2 * matched / ((q1 - q0) + (s1 - s0))))
+            aligned = sum(b - a for a, b, _, _ in seg)
+            matched = aligned + MOVED_CREDIT * _moved(seg, q, s)
+            sim = 2 * matched / ((q1 - q0) + (s1 - s0))
+            out.append((q0, q1, s0, s1, sim, len(seg) == 1))
         seg.clear()
 
     for blk in blocks:
@@ -535,6 +672,18 @@ def _near_segments(
                 seg.append(blk)
     close()
     return out
+
+
+def _moved(seg: list[tuple[int, int, int, int]], q: list[str], s: list[str]) -> int:
+    """Words in the gaps of an aligned span that also sit in the source's gaps."""
+    q_gap: Counter[str] = Counter()
+    s_gap: Counter[str] = Counter()
+    for (_, b, _, sb), (a, _, sa, _) in zip(seg, seg[1:], strict=False):
+        q_gap.update(q[b:a])
+        s_gap.update(s[sb:sa])
+    if not q_gap or not s_gap:
+        return 0
+    return sum((q_gap & s_gap).values())
 
 
 def build(config: CopyrightPolicy, ctx: BuildContext) -> CopyrightDetector:

@@ -57,6 +57,11 @@ class BuildParams:
     # at least ``winnow + anchor_words - 1`` words shares one with its source
     anchor_words: int = 4
     winnow: int = 6
+    # near anchors: a denser table of shorter n-grams, so a copy with a quarter
+    # of its words edited (few intact 4-word runs left) still shares one with
+    # its source; 0 leaves them out (the index of an older build has none)
+    near_anchor_words: int = 3
+    near_winnow: int = 3
     semantic: bool = True
     model: str = "all-MiniLM-L6-v2"
     # a static-embedding first stage, so most windows skip the model (screen.py)
@@ -74,6 +79,10 @@ class BuildParams:
             raise ValueError("anchor_words must be between 2 and 8")
         if not 1 <= self.winnow <= 32:
             raise ValueError("winnow must be between 1 and 32")
+        if self.near_anchor_words and not 2 <= self.near_anchor_words <= 8:
+            raise ValueError("near_anchor_words must be 0 (off) or between 2 and 8")
+        if not 1 <= self.near_winnow <= 32:
+            raise ValueError("near_winnow must be between 1 and 32")
         if self.faiss not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError("faiss must be auto, flat, ivf or hnsw")
 
@@ -123,6 +132,8 @@ class _Writer:
         self.n_passages = len(base.passages) if base is not None else 0
         self.hash_parts: list[np.ndarray] = [base.anchor_hash] if base is not None else []
         self.pid_parts: list[np.ndarray] = [base.anchor_pid] if base is not None else []
+        self.near_hash_parts: list[np.ndarray] = [base.near_hash] if base is not None else []
+        self.near_pid_parts: list[np.ndarray] = [base.near_pid] if base is not None else []
         # every n-gram (not just anchors) goes into a Bloom filter, which lets a
         # scan skip candidates that cannot hold a long enough shared run
         self.base_bloom = base.bloom if base is not None else None
@@ -159,11 +170,18 @@ class _Writer:
         grams = ngram_hashes(w.hashes, self.params.anchor_words)
         picks = winnow(grams, self.params.winnow)
         self.gram_parts.append(grams)
+        stride = max(1, self.params.chunk_words - self.params.chunk_overlap)
         if len(picks):
-            stride = max(1, self.params.chunk_words - self.params.chunk_overlap)
             local = np.minimum(picks // stride, len(spans_chars) - 1)
             self.hash_parts.append(grams[picks])
             self.pid_parts.append((first + local).astype(np.uint32))
+        if self.params.near_anchor_words:
+            near = ngram_hashes(w.hashes, self.params.near_anchor_words)
+            near_picks = winnow(near, self.params.near_winnow)
+            if len(near_picks):
+                local = np.minimum(near_picks // stride, len(spans_chars) - 1)
+                self.near_hash_parts.append(near[near_picks])
+                self.near_pid_parts.append((first + local).astype(np.uint32))
         self.passage_parts.append(rows)
         self.docs.append(
             {
@@ -211,7 +229,21 @@ class _Writer:
         else:
             bloom = np.zeros(bloom_size(len(np.unique(grams))) // 8, np.uint8)
         bloom_add(bloom, grams)
-        np.savez(self.tmp / "anchors.npz", hash=hashes[order], pid=pids[order], bloom=bloom)
+        near_h = (
+            np.concatenate(self.near_hash_parts) if self.near_hash_parts else np.zeros(0, np.uint64)
+        )
+        near_p = (
+            np.concatenate(self.near_pid_parts) if self.near_pid_parts else np.zeros(0, np.uint32)
+        )
+        near_order = np.argsort(near_h, kind="stable")
+        np.savez(
+            self.tmp / "anchors.npz",
+            hash=hashes[order],
+            pid=pids[order],
+            bloom=bloom,
+            near_hash=near_h[near_order],
+            near_pid=near_p[near_order],
+        )
         with open(self.tmp / "docs.jsonl", "w", encoding="utf-8") as fh:
             for d in self.docs:
                 fh.write(json.dumps(d, ensure_ascii=False) + "\n")
@@ -505,6 +537,10 @@ def add_documents(
     out = Path(index_dir)
     base = _load(out)
     params = BuildParams(**base.manifest.params)
+    if not base.near_anchor_words:
+        # an index from before the near anchors: new documents follow its
+        # layout, and a rebuild adds the near anchors to all of them
+        params.near_anchor_words = 0
     t0 = time.perf_counter()
     tmp = _tmp_dir(out)
     embed = _embedder(params) if base.has_vectors else None
@@ -588,8 +624,17 @@ def remove_documents(index_dir: str | Path, ids: Iterable[str]) -> UpdateReport:
         else:
             keep = np.zeros(0, bool)
         bloom = base.bloom if base.bloom is not None else np.zeros(0, np.uint8)
+        if len(base.near_pid):
+            near_keep = ~gone[base.passages[base.near_pid.astype(np.int64), 0]]
+        else:
+            near_keep = np.zeros(0, bool)
         np.savez(
-            tmp / "anchors.npz", hash=base.anchor_hash[keep], pid=base.anchor_pid[keep], bloom=bloom
+            tmp / "anchors.npz",
+            hash=base.anchor_hash[keep],
+            pid=base.anchor_pid[keep],
+            bloom=bloom,
+            near_hash=base.near_hash[near_keep],
+            near_pid=base.near_pid[near_keep],
         )
         old = base.manifest
         manifest = old.model_copy(
@@ -675,7 +720,9 @@ def index_is_current(
     has_layers = not params.semantic or (
         bool(manifest.model) and (bool(manifest.screen) or not params.screen)
     )
-    return same_corpus and has_layers
+    # an index from before the near anchors finds fewer heavily edited copies
+    has_near = not params.near_anchor_words or bool(manifest.params.get("near_anchor_words"))
+    return same_corpus and has_layers and has_near
 
 
 __all__ = [

@@ -7,7 +7,9 @@ On disk an index is one directory::
     texts.bin       the UTF-8 text of every document, back to back
     passages.npy    int64 rows: doc, char start, char end, byte start, byte end
     anchors.npz     sorted winnowed word n-gram hashes and their passage rows,
-                    plus a Bloom filter of every word n-gram
+                    plus a Bloom filter of every word n-gram, plus (since the
+                    near anchors were added) a second, denser table of
+                    shorter n-grams for heavily edited copies
     vectors.faiss   passage embeddings (absent for a lexical-only index)
     screen.npz      the static-embedding screen distilled from the model (screen.py)
     screen.faiss    passage vectors in the screen's space, same rows as vectors.faiss
@@ -65,6 +67,10 @@ class CopyrightIndex:
         params = self.manifest.params
         self.anchor_words: int = params["anchor_words"]
         self.winnow: int = params["winnow"]
+        # an index built before the near anchors existed has none (0): it still
+        # loads and matches, but heavily edited copies are found less often
+        # until it is rebuilt
+        self.near_anchor_words: int = int(params.get("near_anchor_words") or 0)
         self.docs: list[dict[str, Any]] = []
         with open(self.path / "docs.jsonl", encoding="utf-8") as fh:
             for line in fh:
@@ -76,6 +82,13 @@ class CopyrightIndex:
             self.anchor_hash: np.ndarray = z["hash"]
             self.anchor_pid: np.ndarray = z["pid"]
             self.bloom: np.ndarray | None = z["bloom"] if "bloom" in z.files else None
+            has_near = self.near_anchor_words and "near_hash" in z.files
+            self.near_hash: np.ndarray = z["near_hash"] if has_near else np.zeros(0, np.uint64)
+            self.near_pid: np.ndarray = z["near_pid"] if has_near else np.zeros(0, np.uint32)
+        if not len(self.near_hash):
+            self.near_anchor_words = 0
+        self._buckets = _Buckets(self.anchor_hash)
+        self._near_buckets = _Buckets(self.near_hash)
         removed_docs = np.asarray([bool(d.get("removed")) for d in self.docs], dtype=bool)
         self.removed = (
             removed_docs[self.passages[:, P_DOC]] if len(self.passages) else np.zeros(0, bool)
@@ -85,7 +98,10 @@ class CopyrightIndex:
         with open(self.path / "texts.bin", "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             self.blob: Any = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        self._token_cache: dict[tuple[int, int], list[str]] = {}
+        self._token_cache: dict[int, list[str]] = {}
+        # words shared by consecutive passages; None when the layout is unknown
+        overlap = params.get("chunk_overlap")
+        self._overlap: int | None = overlap if isinstance(overlap, int) and overlap >= 0 else None
         self.vectors = self._read_faiss("vectors.faiss", self.manifest.faiss)
         self.screen: StaticScreen | None = None
         self.screen_vectors = None
@@ -147,17 +163,24 @@ class CopyrightIndex:
     def region_tokens(self, first: int, last: int, text: str) -> list[str]:
         """Folded words of a region (``text`` is ``region(first, last)[0]``), cached.
 
-        Popular passages are aligned again and again; the cache is bounded and
-        belongs to this loaded index, so a swap never serves stale words.
+        Regions overlap (every candidate takes its passages and their
+        neighbours), so words are cached per passage and joined: consecutive
+        passages of a document share exactly ``chunk_overlap`` words. The
+        cache is bounded and belongs to this loaded index, so a swap never
+        serves stale words.
         """
-        key = (first, last)
-        hit = self._token_cache.get(key)
-        if hit is None:
-            hit = tokens(text)
-            if len(self._token_cache) >= 4096:
-                self._token_cache.clear()
-            self._token_cache[key] = hit
-        return hit
+        if self._overlap is None:
+            return tokens(text)
+        out: list[str] = []
+        for pid in range(first, last + 1):
+            hit = self._token_cache.get(pid)
+            if hit is None:
+                hit = tokens(self.passage_text(pid))
+                if len(self._token_cache) >= 16384:
+                    self._token_cache.clear()
+                self._token_cache[pid] = hit
+            out.extend(hit if pid == first else hit[self._overlap :])
+        return out
 
     def passage_text(self, pid: int) -> str:
         return self.region(pid, pid)[0]
@@ -172,26 +195,41 @@ class CopyrightIndex:
         return {"source_id": d["id"], "source": dict(d.get("meta") or {})}
 
     # -- lookups ------------------------------------------------------------
-    def lookup(self, hashes: np.ndarray, max_postings: int) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(
+        self, hashes: np.ndarray, max_postings: int, near: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Anchors shared with the query: (query n-gram positions, passage rows).
 
-        An n-gram stored in more than ``max_postings`` passages is formulaic
-        (``of the united states``) and says nothing about copying, so it is
-        skipped rather than flooding verification with candidates.
+        ``near`` looks in the table of shorter near anchors instead. An n-gram
+        stored in more than ``max_postings`` passages is formulaic (``of the
+        united states``) and says nothing about copying, so it is skipped
+        rather than flooding verification with candidates.
         """
-        if len(hashes) == 0 or len(self.anchor_hash) == 0:
+        table, rows, buckets = self.anchor_hash, self.anchor_pid, self._buckets
+        if near:
+            table, rows, buckets = self.near_hash, self.near_pid, self._near_buckets
+        if len(hashes) == 0 or len(table) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        lo = np.searchsorted(self.anchor_hash, hashes, side="left")
-        hi = np.searchsorted(self.anchor_hash, hashes, side="right")
-        counts = hi - lo
-        keep = (counts > 0) & (counts <= max_postings)
+        lo = buckets.first_at_least(table, hashes)
+        # most n-grams of a response are in no source: only those that are
+        # need their number of postings
+        qpos = np.nonzero(table[np.minimum(lo, len(table) - 1)] == hashes)[0]
+        if not len(qpos):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lo = lo[qpos]
+        # the run of equal hashes is contiguous: look at most one past the cap
+        # instead of searching again for its end
+        ahead = lo[:, None] + np.arange(max_postings + 1)
+        inside = ahead < len(table)
+        same = table[np.minimum(ahead, len(table) - 1)] == hashes[qpos][:, None]
+        counts = (same & inside).sum(axis=1)
+        keep = counts <= max_postings
         if not keep.any():
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        qpos = np.nonzero(keep)[0]
-        lo, counts = lo[keep], counts[keep]
+        qpos, lo, counts = qpos[keep], lo[keep], counts[keep]
         rep_q = np.repeat(qpos, counts)
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        pids = self.anchor_pid[np.repeat(lo, counts) + offsets].astype(np.int64)
+        pids = rows[np.repeat(lo, counts) + offsets].astype(np.int64)
         live = ~self.removed[pids]
         return rep_q[live], pids[live]
 
@@ -244,6 +282,9 @@ class CopyrightIndex:
         return {
             "passages_bytes": int(self.passages.nbytes),
             "anchors_bytes": int(self.anchor_hash.nbytes + self.anchor_pid.nbytes),
+            "near_anchors_bytes": int(self.near_hash.nbytes + self.near_pid.nbytes),
+            # bucket starts of both tables, computed at load
+            "anchor_offsets_bytes": self._buckets.nbytes + self._near_buckets.nbytes,
             "bloom_bytes": int(self.bloom.nbytes) if self.bloom is not None else 0,
             "texts_bytes_mapped": len(self.blob),
             "vectors_bytes": vec_bytes,
@@ -258,6 +299,7 @@ class CopyrightIndex:
             "passages": int((~self.removed).sum()),
             "passages_removed": int(self.removed.sum()),
             "anchors": int(len(self.anchor_hash)),
+            "near_anchors": int(len(self.near_hash)),
             "vectors": int(self.vectors.ntotal) if self.vectors is not None else 0,
         }
 
@@ -267,3 +309,46 @@ class CopyrightIndex:
                 self.blob.close()
             except BufferError:  # a scan still holds a slice; the GC closes it later
                 pass
+
+
+class _Buckets:
+    """Where each range of leading hash bits starts in a sorted hash table.
+
+    A binary search over a table of millions of hashes misses the cache at
+    almost every step; with the start of every bucket of about 8 entries
+    known, a lookup reads one offset and one or two cache lines of the
+    table. The offsets (4 bytes per 8 entries) are computed when the index
+    is loaded, so the file format does not change.
+    """
+
+    def __init__(self, table: np.ndarray):
+        n = len(table)
+        self.bits = int(min(28, max(1, np.ceil(np.log2(max(n, 2))) - 3)))
+        self.shift = np.uint64(64 - self.bits)
+        keys = (table >> self.shift).astype(np.int64)
+        offsets = np.searchsorted(keys, np.arange((1 << self.bits) + 1))
+        self.offsets = offsets.astype(np.uint32 if n < 2**32 else np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets.nbytes)
+
+    def first_at_least(self, table: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """For each hash, the first table position whose hash is not smaller (searchsorted)."""
+        b = (hashes >> self.shift).astype(np.int64)
+        lo = self.offsets[b].astype(np.int64)
+        hi = self.offsets[b + 1].astype(np.int64)
+        out = lo.copy()
+        size = hi - lo
+        # a crowded bucket (one hash in many passages): a binary search there
+        crowded = size > 64
+        if crowded.any():
+            out[crowded] = np.searchsorted(table, hashes[crowded], side="left")
+        rows = np.nonzero(~crowded & (size > 0))[0]
+        if len(rows):
+            width = int(size[rows].max())
+            idx = lo[rows, None] + np.arange(width)
+            inside = idx < hi[rows, None]
+            ge = (table[np.minimum(idx, len(table) - 1)] >= hashes[rows, None]) & inside
+            out[rows] = np.where(ge.any(axis=1), lo[rows] + ge.argmax(axis=1), hi[rows])
+        return out
