@@ -21,6 +21,7 @@ hash or an id than a secret.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
@@ -149,20 +150,50 @@ def mask_secrets(text: str) -> str:
     return "".join(out)
 
 
-# evidence keys that hold a small image (a thumbnail the gateway drew) as a
-# data URI: its base64 is pixels, not a credential, and masked it shows nothing
+# the keys of an image finding's evidence that hold a thumbnail the gateway
+# drew, as a data URI: its base64 is pixels, not a credential, and masked it
+# shows nothing. Only at the top level of an image finding's evidence, and
+# only when the bytes are a small JPEG, PNG or WebP image
 _IMAGE_KEYS = frozenset({"thumbnail", "source_thumbnail"})
 _IMAGE_URI = re.compile(r"data:image/(?:jpeg|png|webp);base64,[A-Za-z0-9+/]+={0,2}")
+# the largest data URI the review page puts in an ``src`` (gateway.review.render)
+IMAGE_URI_MAX_CHARS = 400_000
+
+
+def is_thumbnail(value: str) -> bool:
+    """A data URI, within the size cap, whose decoded bytes begin as a JPEG, PNG or WebP."""
+    if len(value) > IMAGE_URI_MAX_CHARS or not _IMAGE_URI.fullmatch(value):
+        return False
+    b64 = value.partition(",")[2]
+    try:
+        head = base64.b64decode(b64[:16] + "=" * (-len(b64[:16]) % 4))
+    except ValueError:
+        return False
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")) or (
+        head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    )
 
 
 def mask_evidence(value: Any, key: str | None = None) -> Any:
-    """A copy of JSON-like evidence with secrets masked in every string (ids kept)."""
+    """A copy of JSON-like evidence with secrets masked in every string (ids kept).
+
+    ``key`` names ``value`` when it is one top-level field of an evidence dict.
+    """
+    if isinstance(value, str) and key in _IMAGE_KEYS and is_thumbnail(value):
+        return value
+    if isinstance(value, dict) and value.get("match_type") == "image":
+        return {
+            k: v if k in _IMAGE_KEYS and isinstance(v, str) and is_thumbnail(v) else _mask(v, k)
+            for k, v in value.items()
+        }
+    return _mask(value, key)
+
+
+def _mask(value: Any, key: str | None = None) -> Any:
     if isinstance(value, str):
-        if key in _IMAGE_KEYS and _IMAGE_URI.fullmatch(value):
-            return value
         return value if key in _ID_KEYS else mask_secrets(value)
     if isinstance(value, dict):
-        return {k: mask_evidence(v, k) for k, v in value.items()}
+        return {k: _mask(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [mask_evidence(v) for v in value]
+        return [_mask(v) for v in value]
     return value

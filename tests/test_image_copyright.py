@@ -9,13 +9,17 @@ asserted on the ``textures`` family, which shares no drawing code with it.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import random
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from aiohttp import web
+from PIL import Image
 
 from gateway.cli import main
 from gateway.config import Route
@@ -693,9 +697,9 @@ def test_only_image_data_uris_survive_masking_and_reach_an_img_tag():
 
     good = "data:image/jpeg;base64," + base64.b64encode(png_bytes(scene(3))).decode()
     token = "Zx9" + "aB3kQ7pL2mN8vR4tY6wE1uI5oP0sD9fG" * 2
-    assert mask_evidence({"thumbnail": good})["thumbnail"] == good
+    assert mask_evidence({"match_type": "image", "thumbnail": good})["thumbnail"] == good
     # the key alone does not exempt a string from masking
-    assert token not in json.dumps(mask_evidence({"thumbnail": token}))
+    assert token not in json.dumps(mask_evidence({"match_type": "image", "thumbnail": token}))
     hostile = 'data:image/jpeg;base64,AAAA" onerror="alert(1)'
     item = make_item(
         segments={},
@@ -716,6 +720,7 @@ def test_only_image_data_uris_survive_masking_and_reach_an_img_tag():
                             "message": "image copy of x",
                             "evidence": {
                                 "source_id": "x",
+                                "match_type": "image",
                                 "thumbnail": hostile,
                                 "source_thumbnail": good,
                             },
@@ -728,3 +733,215 @@ def test_only_image_data_uris_survive_masking_and_reach_an_img_tag():
     (view,) = findings_of(item)
     assert view.image is None and view.source_image == good
     assert "thumbnail" not in view.evidence and "source_thumbnail" not in view.evidence
+
+
+# -- review fixes: builds keep their sources, bounded forms, bounded decoding, masking -----------
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels in a few bytes (no real pixel data)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_a_build_never_deletes_its_source_or_a_text_index(tmp_path, capsys):
+    from gateway.index.images import is_image_index
+
+    out = tmp_path / "indexes" / "art"
+    inside = out / "images"
+    inside.mkdir(parents=True)
+    for i in range(2):
+        (inside / f"pic{i}.png").write_bytes(png_bytes(scene(800 + i)))
+    report = build_image_index(inside, out)
+    assert report.images == 0 and "inside the output directory" in report.problems[0]
+    assert sorted(p.name for p in inside.iterdir()) == ["pic0.png", "pic1.png"]
+    assert not (out / "manifest.json").exists()
+    cmd = ["index", "build", "--images", str(inside), "--out", str(out), "--no-progress"]
+    assert main(cmd) == 1
+    assert "inside the output directory" in capsys.readouterr().err
+    assert len(list(inside.iterdir())) == 2
+    # built from elsewhere, the index files are replaced and the directory's other files stay
+    (out / "README.txt").write_text("who owns these")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pic9.png").write_bytes(png_bytes(scene(809)))
+    for _ in range(2):
+        assert build_image_index(src, out).images == 1
+        assert (out / "README.txt").read_text() == "who owns these"
+        assert sorted(p.name for p in inside.iterdir()) == ["pic0.png", "pic1.png"]
+    assert ImageIndex(out).manifest.generation == 2
+    assert not list(out.parent.glob(".art.*"))
+    # a text copyright index in --out is refused, and left as it was
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "words " * 40}) + "\n")
+    books = tmp_path / "indexes" / "books"
+    build_index(corpus, books, BuildParams(semantic=False))
+    before = sorted(p.name for p in books.iterdir())
+    report = build_image_index(src, books)
+    assert report.images == 0 and "holds a text copyright index" in report.problems[0]
+    assert sorted(p.name for p in books.iterdir()) == before and not is_image_index(books)
+
+
+def test_the_unbuilt_index_hint_names_a_source_outside_the_index(tmp_path):
+    (tmp_path / "indexes" / "art" / "images").mkdir(parents=True)
+    (tmp_path / "policies").mkdir()
+    policy = ImageCopyrightPolicy(id="i", kind="image_copyright", index="art")
+    manager = IndexManager({})
+    with pytest.raises(ConfigError, match="not built yet") as exc:
+        build_detector(policy, BuildContext(tmp_path / "policies", Resources(indexes=manager)))
+    message = str(exc.value)
+    assert f"--images {tmp_path / 'images' / 'art'} --out {tmp_path / 'indexes' / 'art'}" in (
+        message
+    )
+    assert f"--images {tmp_path / 'indexes' / 'art' / 'images'}" not in message
+
+
+def many_parts(count: int, boundary: str = "b0undary") -> bytes:
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n'
+    return (part * count + f"--{boundary}--\r\n").encode()
+
+
+def test_an_edit_form_reads_its_text_fields_and_refuses_too_many_parts():
+    from gateway.errors import BadRequest
+    from gateway.proxy.adapters.openai_images import MAX_PARTS, ImagesAdapter
+
+    adapter = ImagesAdapter()
+    ctype = "multipart/form-data; boundary=b0undary"
+    body = (
+        b"preamble\r\n--b0undary\r\n"
+        b'Content-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="prompt"\r\n\r\nmake it "blue"\r\nplease\r\n'
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="n"\r\n\r\n2\r\n'
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="user"; filename="u.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nnot a field\r\n"
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="image"; filename="a;b.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png_bytes(scene(3)) + b"\r\n"
+        b"--b0undary--\r\n"
+    )
+    assert adapter.parse_form(body, ctype) == {
+        "model": "gpt-image-1",
+        "prompt": 'make it "blue"\r\nplease',
+        "n": 2,
+    }
+    assert adapter.parse_form(many_parts(MAX_PARTS), ctype) == {}
+    with pytest.raises(BadRequest, match=f"more than {MAX_PARTS} parts"):
+        adapter.parse_form(many_parts(80_000), ctype)
+    for broken in (body[: len(body) // 2], b"no parts at all"):
+        with pytest.raises(BadRequest, match="not valid multipart/form-data"):
+            adapter.parse_form(broken, ctype)
+    with pytest.raises(BadRequest, match="no boundary"):
+        adapter.parse_form(body, "multipart/form-data")
+
+
+async def test_a_form_of_many_parts_is_refused_in_the_clients_format(
+    make_gateway, images_up, policy_dir, gallery
+):
+    proxy, _, _ = await start(make_gateway, images_up, policy_dir, gallery)
+    resp = await proxy.post(
+        "/v1/images/edits",
+        data=many_parts(1_500),
+        headers={"content-type": "multipart/form-data; boundary=b0undary"},
+    )
+    assert resp.status == 400
+    assert "more than 64 parts" in (await resp.json())["error"]["message"]
+    assert images_up.requests == []
+
+
+def test_pixel_limits_refuse_huge_images_and_large_ones_still_match(gallery):
+    from gateway.index.images import MAX_PIXELS, reduce
+
+    assert ImageCopyrightPolicy(id="i", kind="image_copyright").max_pixels == MAX_PIXELS
+    assert MAX_PIXELS == 16_000_000
+    huge = base64.b64encode(png_header(6300, 6300)).decode()
+    with pytest.raises(ImageUnreadable, match="6300x6300 pixels; the limit is 16000000"):
+        detector(gallery).check(ImagePart("data[0].b64_json", huge))
+    # Pillow's own ceiling (a decompression bomb) is the same kind of error
+    bomb = base64.b64encode(png_header(20_000, 20_000)).decode()
+    with pytest.raises(ImageUnreadable, match="too many pixels"):
+        detector(gallery, max_pixels=400_000_000).check(ImagePart("data[0].b64_json", bomb))
+    # a large image is reduced before it is flattened, and still found
+    big = scene(501).convert("RGBA").resize((2600, 2000))
+    assert reduce(big).size == (1300, 1000)
+    (finding,) = detector(gallery).check(ImagePart("img", b64(big)))
+    assert finding.evidence["source_id"] == "scene-1"
+    thumb = base64.b64decode(finding.evidence["thumbnail"].partition(",")[2])
+    assert max(Image.open(io.BytesIO(thumb)).size) <= 96
+    # an image of ordinary size takes the path it always took
+    small = scene(500)
+    assert reduce(small) is small
+
+
+def test_a_file_pillow_refuses_is_skipped_and_counted_not_fatal(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.png").write_bytes(png_bytes(scene(900)))
+    (src / "bomb.png").write_bytes(png_header(20_000, 20_000))
+    report = build_image_index(src, tmp_path / "idx")
+    assert report.images == 1 and report.skipped == 1
+    (problem,) = report.problems
+    assert problem.startswith("bomb.png:") and "skipped" in problem
+    assert report.as_dict()["skipped"] == 1
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["counts"]["problems"] == 1 and manifest["counts"]["images"] == 1
+
+
+def test_only_an_image_findings_own_small_thumbnails_escape_masking():
+    from gateway.secretmask import IMAGE_URI_MAX_CHARS, mask_evidence
+
+    key = "AKIAIOSFODNN7EXAMPLE"
+    fake = "data:image/png;base64," + key
+    good = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()
+    nested = mask_evidence({"match_type": "image", "args": {"thumbnail": fake}})
+    assert key not in json.dumps(nested)
+    # at the top level too, base64 that is not an image's bytes is masked
+    assert key not in json.dumps(mask_evidence({"match_type": "image", "thumbnail": fake}))
+    # a real thumbnail outside an image finding, or nested in one, is not exempt
+    assert mask_evidence({"thumbnail": good})["thumbnail"] != good
+    assert mask_evidence({"match_type": "image", "x": {"thumbnail": good}})["x"] != {
+        "thumbnail": good
+    }
+    # nor is one over the size the review page shows
+    png = png_bytes(texture(5).resize((700, 700)))
+    noise = random.Random(1).randbytes(IMAGE_URI_MAX_CHARS)
+    padded = "data:image/png;base64," + base64.b64encode(png + noise).decode()
+    kept = mask_evidence({"match_type": "image", "thumbnail": padded})["thumbnail"]
+    assert kept != padded
+    ev = {"match_type": "image", "thumbnail": good, "source_thumbnail": good}
+    assert mask_evidence(ev) == ev
+
+
+def jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    scene(4).convert("RGB").resize((96, 72)).save(buf, "JPEG", quality=75)
+    return buf.getvalue()
+
+
+async def test_a_stream_whose_images_are_not_read_is_not_scanned_rather_than_skipped(
+    make_gateway, fake, policy_dir, gallery
+):
+    # chat and Anthropic streams carry no image the gateway reads: an image policy
+    # cannot say "nothing to judge" there, only that it did not look
+    write_policies(policy_dir, GATEWAY_POLICY.format(action="block", on_error="allow"))
+    proxy, admin, gw = await make_gateway(
+        [Route(name="default", upstream=fake.url)], indexes={"art": str(gallery)}
+    )
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    streamed = await proxy.post("/v1/chat/completions", json={**chat, "stream": True})
+    await streamed.read()
+    assert (await record_of(admin, gw, streamed))["policies"][0]["status"] == "not_scanned"
+    # a whole answer is read images and all: a text answer has none to judge
+    whole = await proxy.post("/v1/chat/completions", json=chat)
+    await whole.read()
+    assert (await record_of(admin, gw, whole))["policies"][0]["status"] == "skipped"

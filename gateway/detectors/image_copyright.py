@@ -34,6 +34,7 @@ from gateway.index.images import (
     hex64,
     open_image,
     phash64,
+    shrink,
     thumbnail,
     working,
 )
@@ -101,7 +102,11 @@ class ImageCopyrightDetector:
             )
         raw = decode_base64(part.data, part.where, cfg.max_image_bytes)
         img = open_image(raw, part.where, cfg.max_pixels)
-        value = phash64(working(img))
+        # one reduced working copy serves the hash and the thumbnail: never a
+        # full-size copy past the decoded image itself
+        small = shrink(img)
+        del img
+        value = phash64(working(small))
         index = self._get_index()
         if not isinstance(index, ImageIndex):
             raise TypeError(f"index {cfg.index!r} is not an image index")
@@ -127,7 +132,7 @@ class ImageCopyrightDetector:
             index_generation=index.manifest.generation,
         )
         if cfg.thumbnails:
-            ev["thumbnail"] = data_uri(thumbnail(img))
+            ev["thumbnail"] = data_uri(thumbnail(small))
             ev["source_thumbnail"] = data_uri(index.thumbnail(best.row))
         return [
             Finding(
@@ -159,11 +164,14 @@ def build(config: ImageCopyrightPolicy, ctx: BuildContext) -> ImageCopyrightDete
         manager = ctx.resources.indexes = IndexManager.from_root(ctx.base_dir.parent / "indexes")
     if not manager.has(name):
         hint = ""
-        source = ctx.base_dir.parent / "indexes" / name / "images"
-        if isinstance(manager, IndexManager) and source.is_dir():
+        inside = ctx.base_dir.parent / "indexes" / name / "images"
+        if isinstance(manager, IndexManager) and inside.is_dir():
+            # a build replaces its output directory, so the images must live elsewhere
+            source = ctx.base_dir.parent / "images" / name
             hint = (
-                f"; it is not built yet: gateway index build --images {source} "
-                f"--out {source.parent}"
+                f"; it is not built yet: move the images in {inside} out of the index "
+                f"directory, for example to {source}, and run gateway index build "
+                f"--images {source} --out {inside.parent}"
             )
         raise ConfigError(
             f"policy {config.id}: unknown index {name!r} "

@@ -33,7 +33,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,14 +56,31 @@ VARIANTS = ("whole",) + tuple(f"{side}-{round(c * 100)}%" for c in CROPS for sid
 # images are shrunk to this before hashing: pHash looks at 32x32 pixels, and
 # decoding and resizing a full-size image would cost ten times more
 WORK_PX = 512
+# a larger image is first cut down by a whole factor to between this and twice
+# this on its longer side, before any full-size copy (transparency flattened,
+# grey) is made: a 40-megapixel RGBA image would otherwise take several copies
+# of 160 MB; smaller images take the exact path they always took
+REDUCE_PX = 2 * WORK_PX
 THUMB_PX = 96
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
 FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "MPO"})
+# the plugins tried on the bytes (a multi-picture JPEG comes from the JPEG one as MPO)
+OPENERS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 # the file beside the images that names them: one JSON object per line with
 # ``path`` (relative to the directory) and any of ``id``, ``title``, ``owner``,
 # ``licence``, ``url``
 SOURCES_FILE = "sources.jsonl"
-MAX_PIXELS = 40_000_000
+# pixels an image of an answer may have (read from the header, before decoding):
+# 16 million is a 4096x4096 image, over any generator's output size, and keeps
+# the decoded image of one answer under 64 MB
+MAX_PIXELS = 16_000_000
+# a build reads the operator's own files, which may be full-size photographs
+BUILD_MAX_PIXELS = 40_000_000
+# the files an image index build writes; anything else in the output directory
+# (notes, a licence file) is carried over to the new build
+INDEX_FILES = frozenset(
+    {MANIFEST, "hashes.npy", "owners.npy", "variants.npy", "images.jsonl", "thumbs.bin"}
+)
 
 
 class ImageUnreadable(ValueError):
@@ -93,11 +109,15 @@ def decode_base64(data: str, where: str, max_bytes: int) -> bytes:
 
 def open_image(raw: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Any:
     """A decoded Pillow image, refusing unknown formats and oversized pixel counts."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        img = Image.open(io.BytesIO(raw))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        # only the plugins of the formats read here are tried on the bytes
+        img = Image.open(io.BytesIO(raw), formats=OPENERS)
+    except Image.DecompressionBombError as exc:
+        # Pillow's own ceiling, met before ours when max_pixels is set above it
+        raise ImageUnreadable(f"{where}: too many pixels to decode ({exc})") from None
+    except Exception as exc:  # a plugin may raise anything on hostile bytes
         raise ImageUnreadable(f"{where}: not a readable image ({exc})") from None
     if img.format not in FORMATS:
         raise ImageUnreadable(f"{where}: image format {img.format} is not one the gateway reads")
@@ -109,12 +129,40 @@ def open_image(raw: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Any:
     try:
         # JPEG decodes straight to a smaller size, which is all hashing needs
         img.draft("RGB", (WORK_PX, WORK_PX))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageUnreadable(f"{where}: too many pixels to decode ({exc})") from None
+    except Exception as exc:
         raise ImageUnreadable(f"{where}: the image data is damaged ({exc})") from None
     return img
+
+
+def reduce(img: Any) -> Any:
+    """``img`` cut down by a whole factor when it is over twice ``REDUCE_PX``, else itself."""
+    from PIL import Image
+
+    w, h = img.size
+    factor = max(w, h) // REDUCE_PX
+    if factor < 2:
+        return img
+    size = (-(-w // factor), -(-h // factor))
+    if img.mode not in ("1", "P"):
+        try:
+            # box averages of factor x factor pixels: what the later resize does
+            # anyway. In strips, because Pillow reduces RGBA through a whole-size
+            # premultiplied copy; strips a multiple of the factor high give the
+            # same pixels as one call
+            out = Image.new(img.mode, size)
+            step = factor * 64
+            for top in range(0, h, step):
+                strip = img.crop((0, top, w, min(h, top + step))).reduce(factor)
+                out.paste(strip, (0, top // factor))
+            out.info = dict(img.info)
+            return out
+        except ValueError:  # a mode reduce does not handle
+            pass
+    # a palette has no averages: every factor-th pixel is a fair sample at this size
+    return img.resize(size, Image.Resampling.NEAREST)
 
 
 def flatten(img: Any) -> Any:
@@ -128,11 +176,16 @@ def flatten(img: Any) -> Any:
     return img.convert("RGB")
 
 
+def shrink(img: Any) -> Any:
+    """``img`` reduced (see ``reduce``) and then flattened to RGB: the working copy."""
+    return flatten(reduce(img))
+
+
 def working(img: Any) -> Any:
     """The grey image hashes are taken from, at most ``WORK_PX`` on its longer side."""
     from PIL import Image
 
-    grey = flatten(img).convert("L")
+    grey = shrink(img).convert("L")
     w, h = grey.size
     if max(w, h) > WORK_PX:
         scale = WORK_PX / max(w, h)
@@ -167,8 +220,8 @@ def variant_hashes(grey: Any) -> np.ndarray:
 
 
 def thumbnail(img: Any, px: int = THUMB_PX) -> bytes:
-    """A small JPEG of ``img`` for the review page."""
-    small = flatten(img)
+    """A small JPEG of ``img`` (best the ``shrink`` copy) for the review page."""
+    small = shrink(img)
     small.thumbnail((px, px))
     buf = io.BytesIO()
     small.save(buf, "JPEG", quality=75)
@@ -323,6 +376,8 @@ class ImageBuildReport:
     operation: str = "build"
     images: int = 0
     hashes: int = 0
+    # image files left out (unreadable, damaged, too large, a duplicate id)
+    skipped: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -332,6 +387,7 @@ class ImageBuildReport:
             "operation": self.operation,
             "images": self.images,
             "hashes": self.hashes,
+            "skipped": self.skipped,
             "seconds": self.seconds,
             "images_per_second": round(self.images / self.seconds, 1) if self.seconds else None,
             "problems": list(self.problems),
@@ -361,12 +417,21 @@ def _read_sources(root: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
 def build_image_index(
     source: str | Path, out: str | Path, *, progress: bool = False
 ) -> ImageBuildReport:
-    """Hash every image under ``source`` into a new index at ``out`` (swapped in whole)."""
+    """Hash every image under ``source`` into a new index at ``out``.
+
+    The index's own files are replaced together; other files in ``out`` are
+    kept. A source inside ``out``, or an ``out`` that holds another kind of
+    index, is refused before anything is read or written.
+    """
     started = time.perf_counter()
     root, dest = Path(source), Path(out)
     report = ImageBuildReport(path=str(dest))
     if not root.is_dir():
         report.problems.append(f"{root}: not a directory of images")
+        return report
+    refusal = _refuse_output(root, dest)
+    if refusal:
+        report.problems.append(refusal)
         return report
     sources = _read_sources(root, report.problems)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -384,14 +449,22 @@ def build_image_index(
         image_id = str(meta.pop("id", None) or rel.rsplit(".", 1)[0])
         if image_id in seen_ids:
             report.problems.append(f"{rel}: id {image_id!r} is used by another image; skipped")
+            report.skipped += 1
             continue
         try:
             raw = file.read_bytes()
-            img = open_image(raw, rel)
-            hashes = variant_hashes(working(img))
-            thumb = thumbnail(img)
-        except (ImageUnreadable, OSError) as exc:
-            report.problems.append(str(exc))
+            img = open_image(raw, rel, BUILD_MAX_PIXELS)
+            small = shrink(img)
+            hashes = variant_hashes(working(small))
+            thumb = thumbnail(small)
+        except ImageUnreadable as exc:
+            report.problems.append(f"{exc}; skipped")
+            report.skipped += 1
+            continue
+        except Exception as exc:
+            # one file must not end the build of all the others, whatever it raises
+            report.problems.append(f"{rel}: skipped ({type(exc).__name__}: {exc})")
+            report.skipped += 1
             continue
         seen_ids.add(image_id)
         digest.update(rel.encode("utf-8") + b"\0" + hashlib.sha256(raw).digest())
@@ -452,10 +525,52 @@ def build_image_index(
         source=ImageSourceInfo(path=str(root), sha256=digest.hexdigest(), files=len(files)),
         generation=previous + 1,
     ).write(tmp)  # last: a directory with a manifest is complete
+    _swap(tmp, dest)
+    return report
+
+
+def _refuse_output(root: Path, dest: Path) -> str | None:
+    """Why ``dest`` may not receive an image index built from ``root`` (None when it may)."""
+    src, out = root.resolve(), dest.resolve()
+    if src == out or out in src.parents:
+        return (
+            f"{root}: the images are inside the output directory {dest}, which the build "
+            "replaces; move them out of it (for example to images/NAME) and build with "
+            f"--images images/NAME --out {dest}"
+        )
+    if dest.exists() and not dest.is_dir():
+        return f"{dest}: exists and is not a directory"
+    if (dest / MANIFEST).exists() and not is_image_index(dest):
+        return (
+            f"{dest}: holds a text copyright index (or an unreadable manifest), which an "
+            "image build would replace; choose another --out"
+        )
+    return None
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    """Put the finished build ``tmp`` in place of ``dest``, keeping dest's other files."""
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     if dest.exists():
+        for item in dest.iterdir():
+            if item.name in INDEX_FILES or (tmp / item.name).exists():
+                continue
+            # hard links: nothing is copied, and removing the old directory leaves them
+            if item.is_dir() and not item.is_symlink():
+                shutil.copytree(item, tmp / item.name, symlinks=True, copy_function=_link)
+            else:
+                _link(item, tmp / item.name)
         os.rename(dest, old)
     os.rename(tmp, dest)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
-    return report
+
+
+def _link(src: Any, dst: Any) -> None:
+    if Path(src).is_symlink():
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)

@@ -180,6 +180,8 @@ class ResponseGuard:
         self.segments: dict[str, SegmentGuard] = {}
         self.stopped_by: PolicyResult | None = None
         self._run_in_thread = thread_runner
+        # set for a stream whose protocol's translator does not read images
+        self.images_unread = False
 
     # -- segments -------------------------------------------------------
     def segment(self, key: str, image: ImagePart | None = None) -> SegmentGuard:
@@ -317,10 +319,14 @@ class ResponseGuard:
             ):
                 # an answer with segments, none of the kind this policy reads
                 # (an image policy on a text answer): nothing to judge, not a miss
+                reads = modality(result.policy.detector)
                 unread = (
                     result.segments == 0
                     and present
-                    and (modality(result.policy.detector) not in present | {"any"})
+                    and reads not in present | {"any"}
+                    # a stream whose protocol's images are not read could have
+                    # carried some: unchecked, not absent
+                    and not (reads == "image" and self.images_unread)
                 )
                 result.status = Status.SKIPPED if unread else Status.NOT_SCANNED
 

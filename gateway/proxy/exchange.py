@@ -437,6 +437,7 @@ class Exchange:
         sources = translator.sources
         self.add_header_sources(resp, sources.items, sources.errors)
         guard = self.new_guard(route, sources.items, sources.errors)
+        guard.images_unread = not translator.reads_images
         parser = SSEParser(self.gw.settings.limits.max_upstream_event_bytes)
         pending = self.pending
         self.pending_headers = up.response_headers(resp.headers)

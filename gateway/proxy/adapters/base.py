@@ -156,6 +156,10 @@ def openai_error(err: GatewayError) -> dict[str, Any]:
 class StreamTranslator:
     """Per-stream state: parse upstream SSE events, render released ones."""
 
+    # whether images in the stream's events reach the policies (else image
+    # policies record the stream as not scanned)
+    reads_images = False
+
     def __init__(self, info: RequestInfo):
         self.info = info
         self.sources = Sources()

@@ -9,14 +9,16 @@ with an OpenAI error instead, which the SDKs raise.
 
 Edits and variations arrive as ``multipart/form-data``: only the form's text fields
 (``model``, ``n``, ``stream``…) are read, and the body goes upstream as it
-came. Streamed image generation (``stream: true``) is refused: partial images
+came. The form is read by one linear scan for its boundaries, on the event
+loop: file parts are stepped over without a copy, and a form of more than
+``MAX_PARTS`` parts is refused, so a body of thousands of tiny parts costs no
+more than one of a few. Streamed image generation (``stream: true``) is refused: partial images
 would leave before the whole image could be checked.
 """
 
 from __future__ import annotations
 
-from email.parser import BytesParser
-from email.policy import HTTP
+import re
 from typing import Any
 
 from gateway.contract.detector import ImagePart
@@ -32,8 +34,81 @@ from gateway.proxy.adapters.shapes import (
     request_n,
 )
 
-# form fields of an edit that are read (the files are never parsed into memory twice)
+# form fields of an edit that are read (file parts are never copied or decoded)
 FORM_FIELDS = frozenset({"model", "prompt", "n", "stream", "response_format", "size", "user"})
+# an edit has a few fields and up to 16 images; more parts than this is no edit
+MAX_PARTS = 64
+# a part's header block; a real one is a Content-Disposition and a Content-Type
+MAX_PART_HEADER = 8 * 1024
+# ``; name=value`` or ``; name="quoted \"value\""`` in a header
+_PARAM = re.compile(r';\s*([A-Za-z0-9_.*\-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+_ESCAPED = re.compile(r"\\(.)")
+NOT_A_FORM = "the request body is not valid multipart/form-data"
+
+
+def header_params(value: str) -> dict[str, str]:
+    """The parameters of a header value (its part before the first ``;`` is ignored)."""
+    out: dict[str, str] = {}
+    for m in _PARAM.finditer(value):
+        raw = m.group(2)
+        if raw.startswith('"'):
+            raw = _ESCAPED.sub(r"\1", raw[1:-1])
+        out.setdefault(m.group(1).lower(), raw)
+    return out
+
+
+def form_fields(body: bytes, content_type: str, wanted: frozenset[str]) -> dict[str, str]:
+    """The text fields named in ``wanted`` of a ``multipart/form-data`` body.
+
+    Parts with a file name are stepped over: only their end is looked for.
+    """
+    mime = content_type.partition(";")[0].strip().lower()
+    boundary = header_params(content_type).get("boundary", "")
+    if mime != "multipart/form-data" or not 0 < len(boundary) <= 70:
+        raise BadRequest(f"{NOT_A_FORM} (no boundary in its content type)")
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    sep = b"\r\n" + delimiter
+    if body.startswith(delimiter):
+        pos = len(delimiter)
+    else:  # a preamble before the first part is allowed, and ignored
+        start = body.find(sep)
+        if start < 0:
+            raise BadRequest(NOT_A_FORM)
+        pos = start + len(sep)
+    out: dict[str, str] = {}
+    parts = 0
+    while not body.startswith(b"--", pos):  # "--" after a delimiter ends the form
+        eol = body.find(b"\r\n", pos, pos + 1024)
+        if eol < 0:
+            raise BadRequest(f"{NOT_A_FORM} (a boundary line does not end)")
+        parts += 1
+        if parts > MAX_PARTS:
+            raise BadRequest(
+                f"the form has more than {MAX_PARTS} parts; an image edit has a few fields "
+                "and images"
+            )
+        pos = eol + 2
+        if body.startswith(b"\r\n", pos):  # a part without headers
+            head, content = b"", pos + 2
+        else:
+            end_head = body.find(b"\r\n\r\n", pos, pos + MAX_PART_HEADER)
+            if end_head < 0:
+                raise BadRequest(f"{NOT_A_FORM} (a part's headers do not end)")
+            head, content = body[pos:end_head], end_head + 4
+        end = body.find(sep, content)
+        if end < 0:
+            raise BadRequest(f"{NOT_A_FORM} (a part has no closing boundary)")
+        pos = end + len(sep)
+        disposition = ""
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                disposition = value
+        params = header_params(disposition)
+        name = params.get("name")
+        if name in wanted and "filename" not in params and "filename*" not in params:
+            out[name] = body[content:end].decode("utf-8", "replace")
+    return out
 
 
 class ImagesAdapter(Adapter):
@@ -41,17 +116,8 @@ class ImagesAdapter(Adapter):
 
     def parse_form(self, body: bytes, content_type: str) -> dict[str, Any]:
         """The text fields of a ``multipart/form-data`` request, typed as JSON would be."""
-        head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-        message = BytesParser(policy=HTTP).parsebytes(head + body)
-        if not message.is_multipart():
-            raise BadRequest("the request body is not valid multipart/form-data")
         out: dict[str, Any] = {}
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if not isinstance(name, str) or name not in FORM_FIELDS or part.get_filename():
-                continue
-            payload = part.get_payload(decode=True)
-            value = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+        for name, value in form_fields(body, content_type, FORM_FIELDS).items():
             if name == "n":
                 out[name] = int(value) if value.strip().isdecimal() else value
             elif name == "stream":

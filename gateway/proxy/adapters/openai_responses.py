@@ -248,6 +248,9 @@ class ResponsesAdapter(Adapter):
 
 
 class ResponsesStream(StreamTranslator):
+    # image_generation_call results, partial and final, are checked before they leave
+    reads_images = True
+
     def __init__(self, info: RequestInfo, adapter: ResponsesAdapter):
         super().__init__(info)
         self.adapter = adapter
