@@ -311,6 +311,10 @@ class CopyrightIndex:
                 pass
 
 
+# hash tables up to this many entries (8 MB) are searched directly
+SMALL_TABLE = 1 << 20
+
+
 class _Buckets:
     """Where each range of leading hash bits starts in a sorted hash table.
 
@@ -335,6 +339,10 @@ class _Buckets:
 
     def first_at_least(self, table: np.ndarray, hashes: np.ndarray) -> np.ndarray:
         """For each hash, the first table position whose hash is not smaller (searchsorted)."""
+        if len(table) <= SMALL_TABLE:
+            # a table that fits the cache: one searchsorted costs less than the
+            # temporary arrays of the bucket walk below
+            return np.searchsorted(table, hashes, side="left")
         b = (hashes >> self.shift).astype(np.int64)
         lo = self.offsets[b].astype(np.int64)
         hi = self.offsets[b + 1].astype(np.int64)
