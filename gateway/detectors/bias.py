@@ -37,10 +37,19 @@ from gateway.contract.kind import BuildContext, PolicyKind
 from gateway.contract.policy import PolicyBase, check_patterns
 from gateway.detectors.stereotype import StereotypeClassifier
 from gateway.errors import ConfigError, YamlSyntaxError
-from gateway.textnorm import fold
+from gateway.textnorm import fold, to_source_span
 from gateway.yaml_source import load_source
 
 HERE = Path(__file__).parent
+# false-positive budgets the shipped calibration table covers
+CALIBRATION_BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+# below this classifier probability a sentence is read as benign: an
+# ambiguous slur or a dehumanising word in it sets no floor. A constant, not
+# a share of the threshold, so that the calibrated threshold does not move it
+BENIGN = 0.25
+# the threshold when no classifier runs: a generalisation pattern alone
+# (0.5 + the boost) or a slur / dehumanising floor breaches
+RULES_THRESHOLD = 0.7
 LEXICON_DIR = HERE / "lexicons"
 DEFAULT_CLASSIFIER = HERE / "data" / "bias_classifier.npz"
 ATTRIBUTES = (
@@ -76,8 +85,13 @@ class BiasPolicy(PolicyBase):
     # protected attributes to watch; extra lexicons may add more names
     groups: list[str] = Field(default_factory=lambda: list(ATTRIBUTES))
     signals: list[Signal] = Field(default_factory=lambda: list(ALL_SIGNALS))
-    # a sentence scoring at or above this is reported
-    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    # the share of neutral sentences naming a group that may breach: the
+    # threshold is read from the calibration table stored in the classifier
+    # artefact for this budget (see docs/bias.md)
+    fpr_budget: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # a sentence scoring at or above this is reported; set, it overrides
+    # the calibrated threshold
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     # added to the classifier score when a generalisation pattern matches
     generalisation_boost: float = Field(default=0.2, ge=0.0, le=1.0)
     # floor for a sentence that names a group and uses a dehumanising word
@@ -244,7 +258,7 @@ def _squash(token: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _candidates(sentence: str) -> tuple[tuple[str, int, int], ...]:
+def _candidates(sentence: str) -> tuple[tuple[str, int, int, bool], ...]:
     """De-obfuscated words with their spans, including spaced-out letter runs."""
     tokens = [(m.start(), m.end(), _squash(m.group())) for m in _TOKEN.finditer(sentence)]
     out: list[tuple[str, int, int]] = []
@@ -263,10 +277,14 @@ def _candidates(sentence: str) -> tuple[tuple[str, int, int], ...]:
         if word:
             out.append((word, s, e))
         i += 1
-    # two-word slurs and words split in two ("fag got")
-    pairs = [(a[0] + b[0], a[1], b[2]) for a, b in zip(out, out[1:], strict=False) if a[0] and b[0]]
+    # two-word slurs and words split in two ("fag got"); a joined pair is
+    # marked so that only an exact slur counts: fuzzily, ordinary pairs
+    # such as "who are" come within a letter of a slur
+    pairs = [
+        (a[0] + b[0], a[1], b[2], True) for a, b in zip(out, out[1:], strict=False) if a[0] and b[0]
+    ]
     # cached: the mention and slur checks both ask for each sentence's words
-    return tuple(out + pairs)
+    return tuple([(w, s, e, False) for w, s, e in out] + pairs)
 
 
 # --- sentences --------------------------------------------------------------------
@@ -339,14 +357,25 @@ class _Candidate:
     # what the classifier reads; None when it is off for this sentence
     classify_text: str | None
     score: float
+    # the words that named the group, and what the sentence says of it
+    terms: list[str]
+    claim: str
 
 
 class BiasDetector:
     blocking: bool = True
     hold_back: int | None
 
-    def __init__(self, config: BiasPolicy, lexicon: Lexicon, classifier: Any | None):
+    def __init__(
+        self,
+        config: BiasPolicy,
+        lexicon: Lexicon,
+        classifier: Any | None,
+        threshold: float | None = None,
+    ):
         self.config = config
+        # build() reads the calibrated one; an explicit threshold wins
+        self.threshold = config.threshold or threshold or RULES_THRESHOLD
         self.hold_back = config.max_sentence_chars
         self._signals = set(config.signals)
         self._classifier = classifier if "classifier" in self._signals else None
@@ -435,11 +464,7 @@ class BiasDetector:
     # each sentence is judged on its own, plus the previous one when that
     # carries the group the sentence refers to
     def judge(self, sentences: list[tuple[_Sentence, _Sentence | None]]) -> list[Finding]:
-        return [
-            self._finding(c.sent, c.signals, c.groups, c.score)
-            for c in self._scored(sentences)
-            if c.score >= self.config.threshold
-        ]
+        return [self._finding(c) for c in self._scored(sentences) if c.score >= self.threshold]
 
     def score(self, text: str) -> float:
         """Highest sentence score in ``text``, before the threshold (for benchmarks)."""
@@ -453,7 +478,6 @@ class BiasDetector:
         return max((c.score for c in self._scored(batch)), default=0.0)
 
     def _scored(self, sentences: list[tuple[_Sentence, _Sentence | None]]) -> list[_Candidate]:
-        cfg = self.config
         candidates: list[_Candidate] = []
         for sent, previous in sentences:
             cand = self._signals_of(sent, previous)
@@ -464,25 +488,34 @@ class BiasDetector:
             probs = self._classifier.scores([c.classify_text for c in to_classify])
             for cand, prob in zip(to_classify, probs, strict=True):
                 cand.signals["classifier"] = round(prob, 4)
-                if "slur" in cand.signals and cand.floor < 1.0 and prob < cfg.threshold / 2:
-                    # an ambiguous term in a benign sentence ("queer theory")
-                    cand.signals.pop("slur")
+                if prob < BENIGN and cand.floor < 1.0:
+                    # an ambiguous term ("queer theory") or a dehumanising
+                    # word ("calling refugees vermin is vile") in a sentence
+                    # the classifier reads as benign does not set a floor;
+                    # an unambiguous slur (floor 1.0) always does
+                    cand.signals.pop("slur", None)
+                    cand.signals.pop("dehumanising", None)
+                    cand.floor = 0.0
                 cand.score = max(cand.floor, min(1.0, prob + cand.boost))
         return candidates
 
     def _signals_of(self, sent: _Sentence, previous: _Sentence | None) -> _Candidate | None:
         cfg = self.config
-        folded = fold(sent.text)[0]
+        folded, origin = fold(sent.text)
         # mention and pattern spans are offsets into the folded text, slur
         # spans into the original; folding can shift offsets, so keep both
         quoted = _quoted_ranges(folded) if cfg.allow_quotes else []
         quoted_original = _quoted_ranges(sent.text) if cfg.allow_quotes else []
         signals: dict[str, Any] = {}
-        groups = [
-            g
+        kept = [
+            (g, span)
             for g, span in zip(sent.groups, sent.mention_spans, strict=True)
             if not _inside(span, quoted)
         ]
+        groups = [g for g, _ in kept]
+        spans = [to_source_span(origin, a, b, len(sent.text)) for _, (a, b) in kept if b > a]
+        terms = [sent.text[a:b] for a, b in spans]
+        claim = _claim(sent.text, spans[0] if spans else None)
         floor = 0.0
         if "slurs" in self._signals:
             hit = self._slur(sent.text, quoted_original)
@@ -490,6 +523,7 @@ class BiasDetector:
                 term, group, similarity, ambiguous = hit
                 signals["slur"] = {"term": term, "similarity": round(similarity, 1)}
                 groups.append(group)
+                terms.append(term)
                 if not ambiguous:
                     floor = 1.0
         if groups and "dehumanising" in self._signals and self._dehum_re is not None:
@@ -514,38 +548,57 @@ class BiasDetector:
             groups = list(previous.groups)
             text = f"{previous.text} {sent.text}"
             signals["context"] = "previous sentence"
+            terms = self.group_terms(previous.text)
+            claim = _claim(sent.text, None)
         # the allowlist is searched last: most sentences have nothing to
         # judge and never need it
         if self._classifier is not None and (groups or cfg.classify == "all"):
             if self._allowed(sent.text):
                 return None
-            return _Candidate(sent, signals, groups, floor, boost, text, 0.0)
+            return _Candidate(sent, signals, groups, floor, boost, text, 0.0, terms, claim)
         if (floor == 0.0 and "generalisation" not in signals) or self._allowed(sent.text):
             return None
         # without the classifier a generalisation about a group is judged
         # on the pattern alone
         base = 0.5 if "generalisation" in signals else 0.0
-        return _Candidate(sent, signals, groups, floor, boost, None, max(floor, base + boost))
+        return _Candidate(
+            sent, signals, groups, floor, boost, None, max(floor, base + boost), terms, claim
+        )
 
     def _allowed(self, sentence: str) -> bool:
         return any(p.search(sentence) for p in self._allow)
 
-    def _finding(
-        self, sent: _Sentence, signals: dict[str, Any], groups: list[str], score: float
-    ) -> Finding:
-        unique = list(dict.fromkeys(groups)) or ["unspecified"]
+    def group_terms(self, text: str) -> list[str]:
+        """The words in ``text`` that name a group, as written."""
+        folded, origin = fold(text)
+        spans = [
+            to_source_span(origin, a, b, len(text)) for a, b in self.mentions(text)[1] if b > a
+        ]
+        return [text[a:b] for a, b in spans]
+
+    def _finding(self, cand: _Candidate) -> Finding:
+        sent, signals = cand.sent, cand.signals
+        unique = list(dict.fromkeys(cand.groups)) or ["unspecified"]
         attributes = list(dict.fromkeys(g.split("/")[0] for g in unique))
+        terms = list(dict.fromkeys(cand.terms))
+        named = f" ({', '.join(terms)})" if terms else ""
         return Finding(
             sent.start,
             sent.end,
-            float(score),
-            f"stereotyping or derogatory statement about {', '.join(unique)}",
+            float(cand.score),
+            f"stereotyping or derogatory statement about {', '.join(unique)}{named}: {cand.claim}",
             {
                 "group": unique[0],
                 "groups": unique,
                 "attributes": attributes,
+                # the words that named the group, as written
+                "group_terms": terms,
+                # what is said of the group: the pattern that matched, if
+                # any, and the words after the group term
+                "generalisation": {"pattern": signals.get("generalisation"), "claim": cand.claim},
                 "signals": signals,
-                "score": round(float(score), 4),
+                "score": round(float(cand.score), 4),
+                "threshold": round(self.threshold, 4),
                 "sentence": sent.text,
             },
         )
@@ -575,7 +628,7 @@ class BiasDetector:
         if not groups:
             # "w o m e n", "mus1ims": look again with obfuscation undone
             terms = self._terms
-            for word, _s, _e in _candidates(text):
+            for word, _s, _e, _joined in _candidates(text):
                 if len(word) > 3 and (word in terms or word.rstrip("s") in terms):
                     groups.append(terms.get(word) or terms[word.rstrip("s")])
                     spans.append((0, 0))
@@ -616,15 +669,19 @@ class BiasDetector:
         if not self._slurs:
             return None
         best = None
-        for word, s, e in _candidates(sentence):
+        for word, s, e, joined in _candidates(sentence):
             if len(word) < 3:
                 continue
             hit = self._slur_word(word)
             if hit is None or (quoted and _inside((s, e), quoted)):
                 continue
             term, similarity = hit
-            if best is None or similarity > best[2]:
-                best = (term, self._slurs[term], similarity, term in self._ambiguous)
+            if joined and similarity < 100.0:
+                continue
+            ambiguous = term in self._ambiguous
+            # on a tie an unambiguous slur wins: "fag got" is "faggot"
+            if best is None or (similarity, not ambiguous) > (best[2], not best[3]):
+                best = (term, self._slurs[term], similarity, ambiguous)
         return best
 
 
@@ -650,6 +707,19 @@ def _place_pattern(places: dict[str, str]) -> re.Pattern[str]:
         rf"(?<![\w-])(?:{_PEOPLE}\s+(?:from|of|in)\s+(?:the\s+)?(?P<before>{alternation})"
         rf"|(?P<after>{alternation})\s+{_PEOPLE})(?![\w-])"
     )
+
+
+_EDGE = re.compile(r"^[\s,;:.!?\"'\u201d\u2019)-]+|[\s,;:.!?\"'\u201c\u2018(-]+$")
+
+
+def _claim(sentence: str, mention: tuple[int, int] | None) -> str:
+    """What the sentence says of the group: the words after its first group
+    term when there are at least two of them, else the whole sentence."""
+    if mention is not None:
+        rest = _EDGE.sub("", sentence[mention[1] :])
+        if len(rest.split()) >= 2:
+            return rest[:200]
+    return _EDGE.sub("", sentence)[:200]
 
 
 def _quoted_ranges(text: str) -> list[tuple[int, int]]:
@@ -720,7 +790,36 @@ def build(config: BiasPolicy, ctx: BuildContext) -> BiasDetector:
             key,
             lambda: StereotypeClassifier(path, config.model, config.variant, config.runtime),
         )
-    return BiasDetector(config, lexicon, classifier)
+    threshold = config.threshold
+    if threshold is None and classifier is not None:
+        threshold = calibrated_threshold(
+            classifier.meta, config.variant, config.fpr_budget, f"bias policy {config.id!r}"
+        )
+    return BiasDetector(config, lexicon, classifier, threshold)
+
+
+def calibrated_threshold(meta: dict[str, Any], variant: str, budget: float, who: str) -> float:
+    """The threshold the artefact's calibration table gives for ``budget``.
+
+    The table holds thresholds for a few budgets, measured on held-out
+    neutral sentences that name groups. Between two budgets the stricter
+    one's threshold is used, so the calibrated rate never exceeds the budget.
+    """
+    table = (meta.get("calibration") or {}).get("variants", {}).get(variant)
+    if not table:
+        raise ConfigError(
+            f"{who}: the classifier artefact has no calibration table for variant "
+            f"{variant!r}; set `threshold`, or calibrate it (bench/bias_quality.py "
+            "--write-calibration)"
+        )
+    pairs = sorted(zip(table["budgets"], table["thresholds"], strict=True))
+    usable = [t for b, t in pairs if b <= budget + 1e-9]
+    if not usable:
+        raise ConfigError(
+            f"{who}: fpr_budget {budget} is below the smallest calibrated budget "
+            f"{pairs[0][0]}; set `threshold` instead"
+        )
+    return float(usable[-1])
 
 
 KIND = PolicyKind(
