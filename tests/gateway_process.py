@@ -127,18 +127,25 @@ async def start_gateway(
             cwd=str(config.parent),
         )
     admin = f"http://127.0.0.1:{admin_port}"
+    try:
+        await wait_ready(proc, admin, log, seconds=30)
+    except AssertionError:
+        proc.kill()
+        raise
+    return GatewayProcess(proc, f"http://127.0.0.1:{proxy_port}", admin, log)
+
+
+async def wait_ready(proc, admin: str, log: Path, *, seconds: float) -> None:
+    """Until ``/readyz`` answers 200; fail with the log's end if the process exits or stalls."""
     async with aiohttp.ClientSession() as session:
-        for _ in range(600):
+        for _ in range(int(seconds / 0.05)):
             if proc.returncode is not None:
                 raise AssertionError(f"gateway exited: {log.read_text()[-2000:]}")
             try:
                 async with session.get(f"{admin}/readyz") as resp:
                     if resp.status == 200:
-                        break
+                        return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError("gateway did not become ready")
-    return GatewayProcess(proc, f"http://127.0.0.1:{proxy_port}", admin, log)
+    raise AssertionError(f"gateway did not become ready: {log.read_text()[-2000:]}")

@@ -310,6 +310,12 @@ async def test_records_and_metrics_name_the_variant(aiohttp_server, make_gateway
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 6
 
 
+def mlflow_at(server, **extra) -> dict:
+    """``model_registry`` for the fake registry, serving only loopback upstreams."""
+    url = str(server.make_url("")).rstrip("/")
+    return {"mlflow": {"url": url, "allowed_upstreams": ["http://127.0.0.1:"], **extra}}
+
+
 class FakeMlflow:
     """MLflow's model registry REST API (2.0), only the alias endpoints, in memory."""
 
@@ -381,13 +387,7 @@ async def test_variants_named_by_registry_aliases_follow_them_and_roll_back_by_m
     )
     proxy, admin, gw = await make_gateway(
         [route],
-        model_registry={
-            "mlflow": {
-                "url": str(registry.make_url("")).rstrip("/"),
-                "refresh_interval": 0.1,
-                "allowed_upstreams": ["http://127.0.0.1:"],
-            }
-        },
+        model_registry=mlflow_at(registry, refresh_interval=0.1),
     )
 
     async def served(clients: int = 40) -> dict[str, int]:
@@ -455,12 +455,7 @@ async def test_nothing_resolvable_is_a_clear_503(aiohttp_server, make_gateway, p
     )
     proxy, _, _ = await make_gateway(
         [route],
-        model_registry={
-            "mlflow": {
-                "url": str(registry.make_url("")).rstrip("/"),
-                "allowed_upstreams": ["http://127.0.0.1:"],
-            }
-        },
+        model_registry=mlflow_at(registry),
     )
     resp = await proxy.post(
         CHAT, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -529,12 +524,7 @@ async def test_a_rolled_back_candidate_does_not_take_over_when_the_baseline_cann
     )
     proxy, admin, gw = await make_gateway(
         [route],
-        model_registry={
-            "mlflow": {
-                "url": str(registry.make_url("")).rstrip("/"),
-                "allowed_upstreams": ["http://127.0.0.1:"],
-            }
-        },
+        model_registry=mlflow_at(registry),
     )
     # the candidate serves while the stable alias cannot be read...
     assert (await ask(proxy, "k1"))[1] == "candidate"
@@ -574,12 +564,7 @@ async def test_a_tag_outside_the_allowed_prefixes_gets_no_traffic(
     )
     proxy, admin, _ = await make_gateway(
         [route],
-        model_registry={
-            "mlflow": {
-                "url": str(registry.make_url("")).rstrip("/"),
-                "allowed_upstreams": ["http://127.0.0.1:"],
-            }
-        },
+        model_registry=mlflow_at(registry),
     )
     assert {(await ask(proxy, f"k{n}"))[1] for n in range(20)} == {"stable"}
     status = await (await admin.get("/governance/v1/routes/chat/variants", headers=ADMIN)).json()

@@ -30,7 +30,7 @@ from gateway.contract.detector import ScanContext
 from gateway.index.build import BuildParams, build_index
 from gateway.policy.loader import load_policies
 from tests.fakes import FakeUpstream
-from tests.gateway_process import free_port
+from tests.gateway_process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_BIN = Path(sys.executable).with_name("gateway")
@@ -129,18 +129,7 @@ async def quickstart(tmp_path_factory) -> AsyncIterator[QuickStart]:
     http = aiohttp.ClientSession()
     try:
         # the shipped policies load embedding models before /readyz says ready
-        for _ in range(2400):
-            if proc.returncode is not None:
-                raise AssertionError(f"gateway exited: {log.read_text()[-2000:]}")
-            try:
-                async with http.get(f"{admin}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"gateway did not become ready: {log.read_text()[-2000:]}")
+        await wait_ready(proc, admin, log, seconds=120)
         token = (project / ".gateway" / "admin-token").read_text().strip()
         yield QuickStart(upstream, f"http://127.0.0.1:{port}", admin, token, http)
     finally:

@@ -360,7 +360,37 @@ def ks(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.max(np.abs(cdf_e - cdf_a)))
 
 
-class Monitor:
+class _Windows:
+    """An observation window and its baseline: filled first (``fixed``) or fed by what
+    leaves the window (``trailing``). Subclasses keep their counts in step."""
+
+    config: MonitorConfig
+    count: int
+    window: deque[Any]
+    baseline: deque[Any]
+
+    def add(self, obs: Any) -> None:
+        self.count += 1
+        cfg = self.config
+        if cfg.baseline_mode == "fixed" and len(self.baseline) < cfg.baseline:
+            self._to_baseline(obs)
+            return
+        self.window.append(obs)
+        self._count_window(obs, +1)
+        if len(self.window) > cfg.window:
+            old = self.window.popleft()
+            self._count_window(old, -1)
+            if cfg.baseline_mode == "trailing":
+                self._to_baseline(old)
+
+    def _to_baseline(self, obs: Any) -> None:
+        raise NotImplementedError
+
+    def _count_window(self, obs: Any, sign: int) -> None:
+        raise NotImplementedError
+
+
+class Monitor(_Windows):
     """Windows and rule state for one monitor (not thread-safe; MonitorSet locks)."""
 
     def __init__(self, config: MonitorConfig):
@@ -412,20 +442,6 @@ class Monitor:
         if rejected is None and score is None:
             return None
         return rejected, cohort, score
-
-    def add(self, obs: _Obs) -> None:
-        self.count += 1
-        cfg = self.config
-        if cfg.baseline_mode == "fixed" and len(self.baseline) < cfg.baseline:
-            self._to_baseline(obs)
-            return
-        self.window.append(obs)
-        self._count_window(obs, +1)
-        if len(self.window) > cfg.window:
-            old = self.window.popleft()
-            self._count_window(old, -1)
-            if cfg.baseline_mode == "trailing":
-                self._to_baseline(old)
 
     def _to_baseline(self, obs: _Obs) -> None:
         self.baseline.append(obs)
@@ -585,7 +601,7 @@ AGREE, FALSE_POSITIVE, MISS = "agree", "false_positive", "miss"
 _OObs = tuple[bool, str | None, str | None, str | None]
 
 
-class OutcomeMonitor:
+class OutcomeMonitor(_Windows):
     """Windows of feedback events and outcome-rule state (not thread-safe; MonitorSet locks).
 
     The windows count events, as ``Monitor`` counts answers: ``window`` recent
@@ -648,20 +664,6 @@ class OutcomeMonitor:
             None if policy is None else str(policy),
             None if verdict is None else str(verdict),
         )
-
-    def add(self, obs: _OObs) -> None:
-        self.count += 1
-        cfg = self.config
-        if cfg.baseline_mode == "fixed" and len(self.baseline) < cfg.baseline:
-            self._to_baseline(obs)
-            return
-        self.window.append(obs)
-        self._count_window(obs, +1)
-        if len(self.window) > cfg.window:
-            old = self.window.popleft()
-            self._count_window(old, -1)
-            if cfg.baseline_mode == "trailing":
-                self._to_baseline(old)
 
     def _to_baseline(self, obs: _OObs) -> None:
         self.baseline.append(obs)
