@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from gateway.errors import IndexMissing, IndexUnavailable
+from gateway.errors import IndexUnavailable
+from gateway.index.store import manifest_json
 from gateway.records.manifest import FILE as MANIFEST
 from gateway.records.manifest import ImageCounts, ImageIndexManifest, ImageSourceInfo
 
@@ -258,13 +259,7 @@ class ImageMatch:
 
 
 def read_image_manifest(path: Path) -> ImageIndexManifest:
-    file = path / MANIFEST
-    try:
-        data = json.loads(file.read_text("utf-8"))
-    except FileNotFoundError:
-        raise IndexMissing(f"{path}: no index here ({MANIFEST} is missing)") from None
-    except (OSError, ValueError) as exc:
-        raise IndexUnavailable(f"{file}: cannot read the manifest: {exc}") from None
+    file, data = manifest_json(path)
     try:
         return ImageIndexManifest.from_json(data)
     except ValidationError as exc:

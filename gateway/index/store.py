@@ -42,14 +42,19 @@ FORMAT = 1
 P_DOC, P_CHAR0, P_CHAR1, P_BYTE0, P_BYTE1 = range(5)
 
 
-def read_manifest(path: str | Path) -> IndexManifest:
+def manifest_json(path: str | Path) -> tuple[Path, Any]:
+    """The manifest file of the index in ``path`` and its parsed JSON, of any index kind."""
     file = Path(path) / MANIFEST
     try:
-        data = json.loads(file.read_text("utf-8"))
+        return file, json.loads(file.read_text("utf-8"))
     except FileNotFoundError:
         raise IndexMissing(f"{path}: no index here ({MANIFEST} is missing)") from None
     except (OSError, ValueError) as exc:
         raise IndexUnavailable(f"{file}: cannot read the manifest: {exc}") from None
+
+
+def read_manifest(path: str | Path) -> IndexManifest:
+    file, data = manifest_json(path)
     try:
         return IndexManifest.from_json(data)
     except ValidationError as exc:

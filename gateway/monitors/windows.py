@@ -360,6 +360,18 @@ def ks(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.max(np.abs(cdf_e - cdf_a)))
 
 
+def cohort_rates(hits: Any, counts: Any, min_samples: int) -> dict[str, float]:
+    """Each cohort's rate in the window, for cohorts with enough samples to say one."""
+    return {c: hits[c] / n for c, n in counts.items() if n >= min_samples}
+
+
+def worst_to_best(rates: dict[str, float]) -> tuple[str, str, float]:
+    """The lowest and highest cohort, and the ratio of their rates (1 when the best is 0)."""
+    best = max(rates, key=lambda c: rates[c])
+    worst = min(rates, key=lambda c: rates[c])
+    return worst, best, rates[worst] / rates[best] if rates[best] > 0 else 1.0
+
+
 class _Windows:
     """An observation window and its baseline: filled first (``fixed``) or fed by what
     leaves the window (``trailing``). Subclasses keep their counts in step."""
@@ -498,15 +510,9 @@ class Monitor(_Windows):
                 )
         if rules.disparate_impact is not None and len(self.window) >= self.config.window:
             r2 = rules.disparate_impact
-            rates = {
-                c: self._w_cohort_approvals[c] / n
-                for c, n in self._w_cohorts.items()
-                if n >= r2.min_cohort_samples
-            }
+            rates = cohort_rates(self._w_cohort_approvals, self._w_cohorts, r2.min_cohort_samples)
             if len(rates) >= 2:
-                best = max(rates, key=lambda c: rates[c])
-                worst = min(rates, key=lambda c: rates[c])
-                ratio = rates[worst] / rates[best] if rates[best] > 0 else 1.0
+                worst, best, ratio = worst_to_best(rates)
                 out["disparate_impact"] = (
                     ratio < r2.min_ratio,
                     ratio,
@@ -716,15 +722,9 @@ class OutcomeMonitor(_Windows):
             )
         if rules.outcome_cohorts is not None and len(self.window) >= self.config.window:
             r2 = rules.outcome_cohorts
-            rates = {
-                c: self._w_cohort_hits[c] / n
-                for c, n in self._w_cohorts.items()
-                if n >= r2.min_cohort_samples
-            }
+            rates = cohort_rates(self._w_cohort_hits, self._w_cohorts, r2.min_cohort_samples)
             if len(rates) >= 2:
-                best = max(rates, key=lambda c: rates[c])
-                worst = min(rates, key=lambda c: rates[c])
-                ratio = rates[worst] / rates[best] if rates[best] > 0 else 1.0
+                worst, best, ratio = worst_to_best(rates)
                 out["outcome_cohorts"] = (
                     self._judge(
                         "outcome_cohorts", ratio < r2.min_ratio, ratio >= (1 + r2.min_ratio) / 2
